@@ -1,0 +1,86 @@
+"""(b) Masked vs dense forward of a wav2vec2-base-sized backbone; (c) 8 masks vs 1 mask in a batch of 8.
+
+Run: ``python -m bench.bench_forward [--device cuda] [--seconds 5]``. The backbone is
+``Wav2Vec2Model(Wav2Vec2Config())`` (wav2vec2-base shape, ~95M parameters, random weights: no
+download). Masks keep 90% of the FFN weights (exact top-k of random scores). Ratios are against
+baselines measured in the same run. Targets: (b) <= 1.03, (c) <= 1.10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+
+import torch
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from bench.timing import interleaved_medians, markdown_table
+from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
+from router_core.kernels.backend import select_backend
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--kernel", default=None, help="reference | cpu | triton (default: auto)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="audio length of each request")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=8)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    backbone = Backbone.from_model(Wav2Vec2Model(Wav2Vec2Config()), device=args.device)
+    params = sum(p.numel() for p in backbone.model.parameters())
+    backend = select_backend(args.device, args.kernel)
+    head = HeadSpec(kind="ctc", vocab=["<pad>", "|", *"abcdefghijklmnopqrstuvwxyz'"])
+    with tempfile.TemporaryDirectory() as folder:
+        registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), device=args.device, budget_bytes=2**31)
+        names = [f"lang{i}" for i in range(args.batch)]
+        for i, name in enumerate(names):
+            registry.put(encode_mask(random_mask(backbone.spec(), name, head, backbone.default_layer_names(), 0.9, i)))
+        router = Router(backbone, registry, backend)
+        samples = int(args.seconds * 16_000)
+        one = [torch.randn(samples)]
+        batch = [torch.randn(samples) for _ in names]
+
+        times_b = interleaved_medians(
+            {"dense": lambda: backbone.encode(one), "masked": lambda: router.forward(one, ["lang0"])},
+            args.repeats,
+            device=args.device,
+        )
+        times_c = interleaved_medians(
+            {
+                "one mask": lambda: router.forward(batch, ["lang0"] * len(batch)),
+                "all different": lambda: router.forward(batch, names),
+            },
+            max(2, args.repeats // 2),
+            warmup=1,
+            device=args.device,
+        )
+    print(f"device={args.device} kernel={backend.name} params={params / 1e6:.1f}M threads={torch.get_num_threads()}")
+    print(
+        markdown_table(
+            ["benchmark", "baseline", "baseline s", "measured", "measured s", "ratio"],
+            [
+                [
+                    f"(b) 1 x {args.seconds:g}s forward",
+                    "dense (no mask)",
+                    f"{times_b['dense']:.3f}",
+                    "masked 0.9 FFN",
+                    f"{times_b['masked']:.3f}",
+                    f"{times_b['masked'] / times_b['dense']:.3f}",
+                ],
+                [
+                    f"(c) {len(names)} x {args.seconds:g}s batch",
+                    "8 x one mask",
+                    f"{times_c['one mask']:.3f}",
+                    f"{len(names)} different masks",
+                    f"{times_c['all different']:.3f}",
+                    f"{times_c['all different'] / times_c['one mask']:.3f}",
+                ],
+            ],
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""(a) Masked linear per kernel backend vs dense ``F.linear`` at wav2vec2-base FFN shapes.
+
+Run: ``python -m bench.bench_kernels [--device cuda]``. Prints a table of times and ratios, each ratio
+against the dense ``F.linear`` measured in the same run. Target: ratio <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+from bench.timing import interleaved_medians, markdown_table
+from router_core.errors import KernelUnavailableError
+from router_core.kernels.backend import select_backend
+from router_core.kernels.bits import pack_bits
+from router_core.mask_builder import topk_keep
+
+SHAPES = [(768, 3072), (3072, 768)]  # (in K, out N): fc1 and fc2 of wav2vec2-base
+FRAMES = [50, 250, 1000]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    backends = {}
+    for name in ("reference", "cpu", "triton"):
+        try:
+            backends[name] = select_backend(args.device, name)
+        except KernelUnavailableError as exc:
+            print(f"skip {name}: {exc}")
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for k, n in SHAPES:
+        weight = torch.randn(n, k, generator=gen).to(args.device, dtype)
+        bits = pack_bits(topk_keep(torch.randn(n, k, generator=gen), 0.9)).to(args.device)
+        for frames in FRAMES:
+            x = torch.randn(frames, k, generator=gen).to(args.device, dtype)
+            fns = {"dense": lambda x=x, w=weight: F.linear(x, w)}
+            for name, backend in backends.items():
+                fns[name] = lambda x=x, w=weight, b=backend, m=bits: b.masked_linear(x, w, None, m)
+            times = interleaved_medians(fns, args.repeats, device=args.device)
+            base = times["dense"]
+            for name in backends:
+                rows.append(
+                    [
+                        f"{k}->{n}",
+                        frames,
+                        name,
+                        f"{base * 1e3:.3f}",
+                        f"{times[name] * 1e3:.3f}",
+                        f"{times[name] / base:.3f}",
+                    ]
+                )
+    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()}")
+    print(markdown_table(["layer", "T", "backend", "dense ms", "masked ms", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The one error hierarchy of s3router.
+
+Every error the engine raises on purpose derives from :class:`S3RouterError`. The service maps each
+class to an HTTP status in exactly one place (``service/errors.py``); a test checks that every class
+defined here is mapped there.
+"""
+
+from __future__ import annotations
+
+
+class S3RouterError(Exception):
+    """Base class of every deliberate s3router error."""
+
+
+# --- input -----------------------------------------------------------------------------------------
+class InvalidInputError(S3RouterError):
+    """The caller passed something malformed (empty audio, wrong tensor shape, bad argument)."""
+
+
+class InvalidMaskNameError(InvalidInputError):
+    """A mask name that is not a safe identifier (letters, digits, '.', '_', '-'; at most 128)."""
+
+
+# --- masks and the registry -----------------------------------------------------------------------
+class MaskNotFoundError(S3RouterError):
+    """No mask of that name exists in the registry's store."""
+
+    def __init__(self, name: str, available: list[str] | None = None) -> None:
+        self.name = name
+        self.available = sorted(available or [])
+        listing = ", ".join(self.available) if self.available else "none"
+        super().__init__(f"no mask named {name!r}; available: {listing}")
+
+
+class MaskKindError(S3RouterError):
+    """A mask of one kind was used for the other (a classification mask to transcribe, say)."""
+
+
+class MaskFormatError(S3RouterError):
+    """A mask file cannot be read or does not describe a valid mask."""
+
+
+class TruncatedMaskFileError(MaskFormatError):
+    """The file ends early or is not a safetensors file at all."""
+
+
+class ChecksumMismatchError(MaskFormatError):
+    """The stored checksum does not match the file's tensors and metadata."""
+
+
+class UnsupportedFormatVersionError(MaskFormatError):
+    """The file was written by a format version this build cannot read."""
+
+
+class MaskIncompatibleError(MaskFormatError):
+    """The mask is well formed but does not fit the live backbone."""
+
+
+class FingerprintMismatchError(MaskIncompatibleError):
+    """The mask was learned on another backbone (its weights' fingerprint differs)."""
+
+
+class LayerShapeMismatchError(MaskIncompatibleError):
+    """A maskable layer is missing, unknown, or has another shape in the live backbone."""
+
+
+class RegistryBudgetError(S3RouterError):
+    """A mask is larger than the registry's whole resident-memory budget."""
+
+
+class StoreUnavailableError(S3RouterError):
+    """The mask store cannot be reached (I/O error, Redis down)."""
+
+
+# --- backbone and kernels --------------------------------------------------------------------------
+class BackboneError(S3RouterError):
+    """The backbone checkpoint cannot be loaded or is of an unsupported architecture."""
+
+
+class KernelUnavailableError(S3RouterError):
+    """The requested kernel backend cannot run on this machine."""
+
+
+def all_error_classes() -> list[type[S3RouterError]]:
+    """Every error class of the hierarchy, the base included (used by the mapping test)."""
+    found: list[type[S3RouterError]] = []
+    stack: list[type[S3RouterError]] = [S3RouterError]
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return found

@@ -1,0 +1,95 @@
+"""The one place that picks the masked-matmul backend.
+
+Order of precedence: an explicit ``requested`` argument (the service's setting), else the
+``S3R_KERNEL`` environment variable (``reference`` | ``cpu`` | ``triton`` | ``auto``) — the only
+environment read in ``router_core`` — else ``auto``:
+
+* CUDA device -> ``triton`` (reads packed bits inside the GEMM tile loop);
+* CPU device  -> ``cpu`` (fused C++ pass + GEMM), or ``reference`` when the extension cannot be built.
+
+An explicitly requested backend that cannot run raises :class:`KernelUnavailableError` instead of
+silently falling back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from router_core.errors import KernelUnavailableError
+from router_core.kernels.reference import (
+    Segments,
+    masked_linear_reference,
+    segmented_masked_linear_reference,
+)
+
+log = logging.getLogger(__name__)
+
+BACKEND_NAMES = ("reference", "cpu", "triton")
+KERNEL_ENV_VAR = "S3R_KERNEL"
+
+MaskedLinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+SegmentedFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor | None, Sequence[torch.Tensor], Segments], torch.Tensor
+]
+
+
+@dataclass(frozen=True)
+class KernelBackend:
+    """A masked-linear implementation: single-mask and segmented (mixed-mask) entry points."""
+
+    name: str
+    masked_linear: MaskedLinearFn
+    segmented_masked_linear: SegmentedFn
+
+
+REFERENCE = KernelBackend("reference", masked_linear_reference, segmented_masked_linear_reference)
+
+
+def _cpu_backend() -> KernelBackend:
+    from router_core.kernels import cpu
+
+    cpu.load_extension()  # raises KernelUnavailableError when it cannot be built
+    return KernelBackend("cpu", cpu.masked_linear_cpu, cpu.segmented_masked_linear_cpu)
+
+
+def _triton_backend(device: torch.device) -> KernelBackend:
+    try:
+        import triton
+
+        from router_core.kernels import triton_masked
+    except Exception as exc:  # triton not installed, or no usable driver
+        raise KernelUnavailableError(f"triton is not usable here: {exc}") from exc
+    if device.type != "cuda" and not triton.knobs.runtime.interpret:
+        raise KernelUnavailableError(
+            f"the triton backend needs a CUDA device (got {device}); set TRITON_INTERPRET=1 only for tests"
+        )
+    return KernelBackend("triton", triton_masked.masked_linear_triton, triton_masked.segmented_masked_linear_triton)
+
+
+def select_backend(device: torch.device | str, requested: str | None = None) -> KernelBackend:
+    """Resolve the backend for ``device`` once; see the module docstring for the rules."""
+    device = torch.device(device)
+    choice = (requested or os.environ.get(KERNEL_ENV_VAR) or "auto").strip().lower()
+    if choice not in (*BACKEND_NAMES, "auto"):
+        raise KernelUnavailableError(
+            f"unknown kernel backend {choice!r}; choose one of {', '.join(BACKEND_NAMES)} or auto"
+        )
+    if choice == "reference":
+        return REFERENCE
+    if choice == "cpu":
+        if device.type != "cpu":
+            raise KernelUnavailableError(f"the cpu kernel backend runs on CPU tensors only, not {device}")
+        return _cpu_backend()
+    if choice == "triton":
+        return _triton_backend(device)
+    # auto
+    try:
+        return _triton_backend(device) if device.type == "cuda" else _cpu_backend()
+    except KernelUnavailableError as exc:
+        log.warning("falling back to the reference masked-linear kernel: %s", exc)
+        return REFERENCE

@@ -1,0 +1,51 @@
+"""Packed bitmasks: the storage format of one maskable layer's mask.
+
+Bit order (format version 1), for a weight ``W`` of shape ``[N, K]`` (out_features, in_features):
+
+* the mask is packed row by row along ``K`` into ``bits`` of shape ``[N, ceil(K / 8)]``, dtype ``uint8``;
+* element ``W[n, k]`` is bit ``7 - (k % 8)`` of byte ``bits[n, k // 8]`` (most significant bit first,
+  the same as ``numpy.packbits(..., bitorder="big")``);
+* a set bit (1) means **keep** the weight, a clear bit (0) means drop it;
+* the ``8 * ceil(K / 8) - K`` padding bits at the end of each row are 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # [8]: 7, 6, ..., 0
+
+
+def packed_row_bytes(in_features: int) -> int:
+    """Bytes per packed row: ``ceil(K / 8)``."""
+    return (in_features + 7) // 8
+
+
+def pack_bits(keep: torch.Tensor) -> torch.Tensor:
+    """Pack a boolean keep-mask ``[N, K]`` into ``uint8 [N, ceil(K/8)]`` (MSB first, 1 = keep)."""
+    if keep.dim() != 2:
+        raise ValueError(f"pack_bits expects a 2-D mask [N, K], got shape {tuple(keep.shape)}")
+    n_rows, k = keep.shape
+    kb = packed_row_bytes(k)
+    padded = torch.zeros(n_rows, kb * 8, dtype=torch.uint8, device=keep.device)  # [N, 8*KB]
+    padded[:, :k] = keep.to(torch.uint8)
+    groups = padded.view(n_rows, kb, 8)  # [N, KB, 8]
+    shifts = _SHIFTS.to(keep.device)
+    return (groups << shifts).sum(dim=-1, dtype=torch.uint8)  # bytes never overflow: distinct bits
+
+
+def unpack_bits(bits: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Unpack ``uint8 [N, ceil(K/8)]`` into a boolean keep-mask ``[N, K]``."""
+    if bits.dtype != torch.uint8 or bits.dim() != 2:
+        raise ValueError(f"unpack_bits expects uint8 [N, KB], got {bits.dtype} {tuple(bits.shape)}")
+    if bits.shape[1] != packed_row_bytes(in_features):
+        raise ValueError(f"{bits.shape[1]} bytes per row cannot hold {in_features} bits")
+    shifts = _SHIFTS.to(bits.device)
+    expanded = (bits.unsqueeze(-1) >> shifts) & 1  # [N, KB, 8]
+    return expanded.reshape(bits.shape[0], -1)[:, :in_features].bool()  # [N, K]
+
+
+def count_kept(bits: torch.Tensor) -> int:
+    """Number of set bits (kept weights) in a packed mask; padding bits are 0 by construction."""
+    table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=bits.device)
+    return int(table[bits.long()].sum().item())

@@ -1,0 +1,115 @@
+"""``Router``: the public in-process API — a batch of waveforms, one mask name each, one forward pass.
+
+Items are ordered by mask so that items sharing a mask form one contiguous segment; the unmasked
+parts of the backbone (feature encoder, attention, norms) run once for the whole batch, and every
+maskable linear applies each segment's mask through the kernel backend chosen once at construction.
+Outputs come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from router_core.backbone import SAMPLE_RATE, Backbone
+from router_core.decoding import Classification, Transcript, classify, ctc_greedy_decode
+from router_core.errors import InvalidInputError, MaskKindError
+from router_core.kernels.backend import KernelBackend, select_backend
+from router_core.kernels.reference import Segments
+from router_core.maskable import RoutingPlan, routing
+from router_core.registry import LoadedMask, MaskRegistry
+
+
+@dataclass
+class RoutedOutput:
+    """One item's result: its mask, raw head output, and the decoded answer."""
+
+    mask_name: str
+    kind: str
+    logits: torch.Tensor  # CTC: [T_i, V]; classification: [L]
+    audio_seconds: float
+    transcript: Transcript | None = None
+    classification: Classification | None = None
+
+
+class Router:
+    """One frozen backbone, many masks, mixed-mask batches."""
+
+    def __init__(self, backbone: Backbone, registry: MaskRegistry, backend: KernelBackend | None = None) -> None:
+        self.backbone = backbone
+        self.registry = registry
+        self.backend = backend or select_backend(backbone.device)
+
+    def _check_waves(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        checked = []
+        for i, wave in enumerate(waves):
+            if not isinstance(wave, torch.Tensor) or wave.dim() != 1:
+                raise InvalidInputError(f"item {i}: expected a 1-D 16 kHz waveform tensor")
+            if wave.shape[0] < self.backbone.min_samples:
+                raise InvalidInputError(
+                    f"item {i}: {wave.shape[0]} samples is too short; at least {self.backbone.min_samples} needed"
+                )
+            if not torch.isfinite(wave).all():
+                raise InvalidInputError(f"item {i}: waveform contains NaN or infinite samples")
+            checked.append(wave)
+        return checked
+
+    def plan(self, masks: Sequence[LoadedMask]) -> tuple[list[int], RoutingPlan]:
+        """Order items by mask and build the per-layer routing plan for that order."""
+        order = sorted(range(len(masks)), key=lambda i: masks[i].name)
+        unique: list[LoadedMask] = []
+        mask_ids: list[int] = []
+        offsets = [0]
+        for position, item in enumerate(order):
+            if not unique or unique[-1].name != masks[item].name:
+                unique.append(masks[item])
+                mask_ids.append(len(unique) - 1)
+                offsets.append(position + 1)
+            else:
+                offsets[-1] = position + 1
+        layer_names = {n for m in unique for n in m.mask.layer_bits}
+        layer_bits = {n: [m.mask.layer_bits.get(n) for m in unique] for n in layer_names}
+        return order, RoutingPlan(Segments(tuple(offsets), tuple(mask_ids)), layer_bits, self.backend)
+
+    def forward(
+        self, waves: Sequence[torch.Tensor], mask_names: Sequence[str], expect_kind: str | None = None
+    ) -> list[RoutedOutput]:
+        """Run ``waves[i]`` (1-D, 16 kHz) through mask ``mask_names[i]``; outputs in input order.
+
+        ``expect_kind`` (``ctc`` or ``classify``), when given, refuses masks of the other kind.
+        """
+        if len(waves) != len(mask_names):
+            raise InvalidInputError(f"{len(waves)} waveforms but {len(mask_names)} mask names")
+        if not waves:
+            return []
+        checked = self._check_waves(waves)
+        masks = [self.registry.get(name) for name in mask_names]
+        if expect_kind is not None:
+            for m in masks:
+                if m.kind != expect_kind:
+                    raise MaskKindError(f"mask {m.name!r} is a {m.kind} mask; this call needs a {expect_kind} mask")
+        order, plan = self.plan(masks)
+        with routing(plan):
+            hidden, frames = self.backbone.encode([checked[i] for i in order])  # [B, T, D], [B]
+        results: list[RoutedOutput | None] = [None] * len(waves)
+        with torch.inference_mode():
+            for row, item in enumerate(order):
+                results[item] = self._decode(masks[item], hidden[row], int(frames[row]), checked[item])
+        return [r for r in results if r is not None]
+
+    def _decode(self, loaded: LoadedMask, hidden: torch.Tensor, frames: int, wave: torch.Tensor) -> RoutedOutput:
+        logits = loaded.head(hidden, frames).float().cpu()
+        out = RoutedOutput(loaded.name, loaded.kind, logits, wave.shape[0] / SAMPLE_RATE)
+        if loaded.kind == "ctc":
+            out.transcript = ctc_greedy_decode(logits, loaded.mask.head, self.backbone.seconds_per_frame)
+        else:
+            out.classification = classify(logits, loaded.mask.head)
+        return out
+
+    def transcribe(self, waves: Sequence[torch.Tensor], mask_names: Sequence[str]) -> list[Transcript]:
+        return [o.transcript for o in self.forward(waves, mask_names, "ctc") if o.transcript is not None]
+
+    def classify(self, waves: Sequence[torch.Tensor], mask_names: Sequence[str]) -> list[Classification]:
+        return [o.classification for o in self.forward(waves, mask_names, "classify") if o.classification is not None]

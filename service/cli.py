@@ -1,0 +1,89 @@
+"""``s3router`` console script.
+
+Subcommands so far:
+
+* ``s3router info BACKBONE`` — load a checkpoint (folder or hub id), print its fingerprint, size,
+  maskable layers and the kernel backend this machine would use;
+* ``s3router inspect MASK_FILE [--backbone BACKBONE]`` — verify a mask file and print its metadata;
+  with ``--backbone``, also check that it fits that backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from router_core.errors import S3RouterError
+
+
+def _info(args: argparse.Namespace) -> dict:
+    from router_core.backbone import load_backbone
+    from router_core.kernels.backend import select_backend
+
+    backbone = load_backbone(args.backbone, device=args.device, local_files_only=args.offline)
+    names = backbone.default_layer_names()
+    return {
+        "model_type": backbone.config.model_type,
+        "parameters": sum(p.numel() for p in backbone.model.parameters()),
+        "fingerprint": backbone.fingerprint,
+        "hidden_size": backbone.hidden_size,
+        "layers": backbone.num_layers,
+        "default_maskable_layers": len(names),
+        "maskable_weights": sum(o * i for o, i in (backbone.spec().layer_shapes[n] for n in names)),
+        "ctc_head": backbone.ctc_head is not None,
+        "kernel_backend": select_backend(backbone.device).name,
+    }
+
+
+def _inspect(args: argparse.Namespace) -> dict:
+    from router_core.mask_file import check_compatible, decode_mask
+
+    mask = decode_mask(Path(args.mask_file).read_bytes())
+    meta = mask.metadata()
+    ratios = list(mask.keep_ratios.values())
+    summary = {
+        **{k: meta[k] for k in ("name", "kind", "fingerprint", "format_version", "created_at", "metrics")},
+        "masked_layers": len(mask.layer_bits),
+        "mean_keep_ratio": sum(ratios) / len(ratios) if ratios else 1.0,
+        "outputs": mask.head.num_outputs,
+        "bytes": mask.nbytes,
+    }
+    if args.backbone:
+        from router_core.backbone import load_backbone
+
+        check_compatible(mask, load_backbone(args.backbone, local_files_only=args.offline).spec())
+        summary["compatible_with"] = str(args.backbone)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3router", description="Serve many languages from one backbone.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe a backbone checkpoint")
+    info.add_argument("backbone", help="local folder or hub id of a wav2vec2-family checkpoint")
+    info.add_argument("--device", default="cpu")
+    info.add_argument("--offline", action="store_true", help="never contact the hub")
+    info.set_defaults(run=_info)
+    inspect = sub.add_parser("inspect", help="verify a mask file and print its metadata")
+    inspect.add_argument("mask_file")
+    inspect.add_argument("--backbone", help="also check the mask fits this backbone")
+    inspect.add_argument("--offline", action="store_true", help="never contact the hub")
+    inspect.set_defaults(run=_inspect)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+    except (S3RouterError, OSError) as exc:
+        print(f"s3router {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Shared fixtures: tiny wav2vec2-family backbones built in code (no downloads), masks, registries."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Triton kernels run under the interpreter on CPU-only machines; this must be set before triton's
+# kernels are created, i.e. before router_core.kernels.triton_masked is imported anywhere.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest  # noqa: E402
+from transformers import (  # noqa: E402
+    Data2VecAudioConfig,
+    Data2VecAudioModel,
+    HubertConfig,
+    HubertModel,
+    Wav2Vec2Config,
+    Wav2Vec2Model,
+    WavLMConfig,
+    WavLMModel,
+)
+
+import router_core.kernels.triton_masked  # noqa: E402,F401  (its kernels are created in the mode set above)
+from router_core.backbone import Backbone  # noqa: E402
+from router_core.heads import HeadSpec  # noqa: E402
+from router_core.mask_builder import random_mask  # noqa: E402
+from router_core.mask_file import encode_mask  # noqa: E402
+from router_core.registry import DirectoryStore, MaskRegistry  # noqa: E402
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,  # not a multiple of 8: exercises partial bytes
+    conv_dim=(16, 16, 16),
+    conv_stride=(5, 4, 4),
+    conv_kernel=(10, 4, 4),
+    num_conv_pos_embeddings=8,
+    num_conv_pos_embedding_groups=4,
+    vocab_size=12,
+)
+
+ARCHS = {
+    "wav2vec2-group": (Wav2Vec2Config, Wav2Vec2Model, dict(feat_extract_norm="group")),
+    "wav2vec2-layer": (Wav2Vec2Config, Wav2Vec2Model, dict(feat_extract_norm="layer", do_stable_layer_norm=True)),
+    "hubert": (HubertConfig, HubertModel, {}),
+    "wavlm": (WavLMConfig, WavLMModel, dict(num_buckets=16, max_bucket_distance=40)),
+    "data2vec-audio": (
+        Data2VecAudioConfig,
+        Data2VecAudioModel,
+        dict(conv_pos_kernel_size=5, num_conv_pos_embeddings=3),
+    ),
+}
+
+CTC_VOCAB = ["<pad>", "|", "a", "b", "c", "d", "e", "l", "o", "h", "'", "x"]
+
+
+def tiny_config(arch: str):
+    config_cls, _, extra = ARCHS[arch]
+    return config_cls(**{**TINY, **extra})
+
+
+def tiny_model(arch: str = "wav2vec2-group", seed: int = 0):
+    torch.manual_seed(seed)
+    config_cls, model_cls, extra = ARCHS[arch]
+    return model_cls(config_cls(**{**TINY, **extra}))
+
+
+def tiny_backbone(arch: str = "wav2vec2-group", seed: int = 0) -> Backbone:
+    return Backbone.from_model(tiny_model(arch, seed))
+
+
+def ctc_spec() -> HeadSpec:
+    return HeadSpec(kind="ctc", vocab=list(CTC_VOCAB), blank_id=0)
+
+
+def classify_spec(n: int = 3) -> HeadSpec:
+    return HeadSpec(kind="classify", labels=[f"label{i}" for i in range(n)])
+
+
+def waves(*lengths: int, seed: int = 1) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=gen) for n in lengths]
+
+
+@pytest.fixture
+def backbone() -> Backbone:
+    return tiny_backbone()
+
+
+@pytest.fixture
+def make_registry(tmp_path):
+    def make(bb: Backbone, budget_bytes: int = 64 * 2**20, sub: str = "masks") -> MaskRegistry:
+        return MaskRegistry(DirectoryStore(tmp_path / sub), bb.spec(), budget_bytes=budget_bytes)
+
+    return make
+
+
+def add_masks(registry: MaskRegistry, bb: Backbone, names: list[str], keep: float = 0.9, attention=False):
+    """Random masks (seeded by position) written through the registry; returns them."""
+    out = []
+    for i, name in enumerate(names):
+        spec = classify_spec() if name.startswith("cls") else ctc_spec()
+        mask = random_mask(bb.spec(), name, spec, bb.default_layer_names(attention), keep, seed=100 + i)
+        registry.put(encode_mask(mask))
+        out.append(mask)
+    return out

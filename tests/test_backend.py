@@ -1,0 +1,34 @@
+import pytest
+import torch
+
+from router_core.errors import KernelUnavailableError
+from router_core.kernels.backend import KERNEL_ENV_VAR, select_backend
+
+
+def test_auto_on_cpu_picks_the_compiled_cpu_kernel(monkeypatch):
+    monkeypatch.delenv(KERNEL_ENV_VAR, raising=False)
+    assert select_backend("cpu").name == "cpu"
+
+
+def test_environment_override_and_explicit_argument(monkeypatch):
+    monkeypatch.setenv(KERNEL_ENV_VAR, "reference")
+    assert select_backend("cpu").name == "reference"
+    assert select_backend("cpu", "cpu").name == "cpu"  # an explicit argument wins
+
+
+def test_unknown_backend_is_refused(monkeypatch):
+    monkeypatch.setenv(KERNEL_ENV_VAR, "fast")
+    with pytest.raises(KernelUnavailableError, match="unknown kernel backend"):
+        select_backend("cpu")
+
+
+def test_triton_needs_cuda_outside_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(KernelUnavailableError, match="CUDA"):
+        select_backend("cpu", "triton")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_cpu_backend_refuses_a_cuda_device():
+    with pytest.raises(KernelUnavailableError):
+        select_backend("cuda", "cpu")

@@ -1,0 +1,33 @@
+import torch
+
+from conftest import CTC_VOCAB, classify_spec, ctc_spec
+from router_core.decoding import classify, ctc_greedy_decode
+
+
+def _logits(path):
+    out = torch.full((len(path), len(CTC_VOCAB)), -5.0)
+    for t, token in enumerate(path):
+        out[t, CTC_VOCAB.index(token)] = 5.0
+    return out
+
+
+def test_greedy_collapses_repeats_keeps_blank_separated_doubles_and_times_words():
+    path = ["<pad>", "h", "h", "e", "l", "<pad>", "l", "o", "|", "|", "<pad>", "b", "e", "<pad>", "e"]
+    result = ctc_greedy_decode(_logits(path), ctc_spec(), seconds_per_frame=0.02)
+    assert result.text == "hello bee"
+    assert [w.text for w in result.words] == ["hello", "bee"]
+    hello, bee = result.words
+    assert (round(hello.start, 3), round(hello.end, 3)) == (0.02, 0.16)  # frames 1..7
+    assert (round(bee.start, 3), round(bee.end, 3)) == (0.22, 0.3)  # frames 11..14
+
+
+def test_all_blank_gives_empty_transcript():
+    result = ctc_greedy_decode(_logits(["<pad>"] * 5), ctc_spec(), 0.02)
+    assert result.text == "" and result.words == []
+
+
+def test_classification_probabilities_sum_to_one_and_pick_the_best():
+    result = classify(torch.tensor([0.1, 2.0, -1.0]), classify_spec(3))
+    assert result.label == "label1"
+    assert abs(sum(result.probabilities.values()) - 1.0) < 1e-6
+    assert result.top(2)[0][0] == "label1"

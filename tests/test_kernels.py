@@ -1,0 +1,113 @@
+"""Every fast kernel against the plain-torch reference at awkward shapes and masks."""
+
+import pytest
+import torch
+
+from router_core.kernels.backend import REFERENCE, select_backend
+from router_core.kernels.bits import pack_bits, unpack_bits
+from router_core.kernels.cpu import masked_weight_cpu
+from router_core.kernels.reference import (
+    DENSE_SEGMENT,
+    Segments,
+    masked_linear_reference,
+    masked_weight_reference,
+)
+
+SHAPES = [(1, 1, 1), (5, 17, 8), (37, 45, 29), (50, 33, 70), (19, 64, 65)]  # (rows M, out N, in K)
+MASKS = ["random", "all_keep", "all_drop"]
+
+
+def _keep(kind, n, k, seed=0):
+    if kind == "all_keep":
+        return torch.ones(n, k, dtype=torch.bool)
+    if kind == "all_drop":
+        return torch.zeros(n, k, dtype=torch.bool)
+    return torch.rand(n, k, generator=torch.Generator().manual_seed(seed)) > 0.3
+
+
+def _backends():
+    names = ["reference", "cpu", "triton"]
+    return [pytest.param(n, id=n) for n in names]
+
+
+def _backend(name):
+    device = "cuda" if name == "triton" and torch.cuda.is_available() else "cpu"
+    return select_backend(device, name), torch.device(device)
+
+
+def test_reference_is_x_times_masked_weight_transposed():
+    gen = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(6, 13, generator=gen), torch.randn(11, 13, generator=gen), torch.randn(11, generator=gen)
+    keep = _keep("random", 11, 13)
+    expected = x.double() @ (w.double() * keep.double()).T + b.double()
+    assert torch.allclose(masked_linear_reference(x, w, b, pack_bits(keep)).double(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend_name", _backends())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask_kind", MASKS)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_masked_linear_matches_reference(backend_name, shape, mask_kind, with_bias):
+    backend, device = _backend(backend_name)
+    m, n, k = shape
+    gen = torch.Generator().manual_seed(1)
+    x, w = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+    b = torch.randn(n, generator=gen) if with_bias else None
+    bits = pack_bits(_keep(mask_kind, n, k))
+    expected = masked_linear_reference(x, w, b, bits)
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    got = backend.masked_linear(to(x), to(w), to(b), to(bits)).cpu()
+    assert got.shape == (m, n)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+    if mask_kind == "all_drop":
+        assert torch.allclose(got, (b if b is not None else torch.zeros(n)).expand(m, n), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend_name", _backends())
+def test_segmented_mixed_masks_match_reference(backend_name):
+    backend, device = _backend(backend_name)
+    n, k = 45, 29
+    gen = torch.Generator().manual_seed(2)
+    x, w, b = torch.randn(41, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    stack = [
+        pack_bits(_keep(kind, n, k, seed=i)) for i, kind in enumerate(["random", "all_keep", "all_drop", "random"])
+    ]
+    # uneven segments, an empty one, a dense (unmasked) one and a mask used by two segments
+    segments = Segments((0, 3, 3, 20, 21, 35, 41), (3, 0, 1, DENSE_SEGMENT, 2, 3))
+    expected = REFERENCE.segmented_masked_linear(x, w, b, stack, segments)
+    for start, end, mask_id in segments.spans():  # the reference itself, segment by segment
+        weight = w if mask_id == DENSE_SEGMENT else w * unpack_bits(stack[mask_id], k)
+        assert torch.allclose(expected[start:end], x[start:end] @ weight.T + b, atol=1e-5)
+    got = backend.segmented_masked_linear(
+        x.to(device), w.to(device), b.to(device), [s.to(device) for s in stack], segments
+    ).cpu()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_kernel_half_precision_matches_reference():
+    backend = select_backend("cpu", "cpu")
+    gen = torch.Generator().manual_seed(4)
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        w = torch.randn(33, 70, generator=gen).to(dtype)
+        bits = pack_bits(_keep("random", 33, 70))
+        assert torch.equal(masked_weight_cpu(w, bits), masked_weight_reference(w, bits))
+        x = torch.randn(7, 70, generator=gen).to(dtype)
+        assert torch.allclose(
+            backend.masked_linear(x, w, None, bits).float(),
+            masked_linear_reference(x, w, None, bits).float(),
+            atol=2e-2,
+            rtol=2e-2,
+        )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_large_half_on_gpu(dtype):
+    backend = select_backend("cuda", "triton")
+    x = torch.randn(250, 768, device="cuda", dtype=dtype)
+    w = torch.randn(3071, 768, device="cuda", dtype=dtype) * 0.05
+    bits = pack_bits(_keep("random", 3071, 768)).cuda()
+    got = backend.masked_linear(x, w, None, bits).float()
+    expected = masked_linear_reference(x.float(), w.float(), None, bits)
+    assert torch.allclose(got, expected, atol=5e-2, rtol=2e-2)
