@@ -38,6 +38,12 @@ class Router:
     """One frozen backbone, many masks, mixed-mask batches."""
 
     def __init__(self, backbone: Backbone, registry: MaskRegistry, backend: KernelBackend | None = None) -> None:
+        if registry.device != backbone.device:
+            raise InvalidInputError(
+                f"the registry keeps masks on {registry.device} but the backbone runs on {backbone.device}"
+            )
+        if registry.spec.fingerprint != backbone.fingerprint:
+            raise InvalidInputError("the registry was built for another backbone (fingerprints differ)")
         self.backbone = backbone
         self.registry = registry
         self.backend = backend or select_backend(backbone.device)

@@ -93,7 +93,7 @@ def backbone() -> Backbone:
 @pytest.fixture
 def make_registry(tmp_path):
     def make(bb: Backbone, budget_bytes: int = 64 * 2**20, sub: str = "masks") -> MaskRegistry:
-        return MaskRegistry(DirectoryStore(tmp_path / sub), bb.spec(), budget_bytes=budget_bytes)
+        return MaskRegistry(DirectoryStore(tmp_path / sub), bb.spec(), device=bb.device, budget_bytes=budget_bytes)
 
     return make
 
