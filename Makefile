@@ -28,10 +28,10 @@ bench: install
 	$(PY) -m bench.bench_kernels
 	$(PY) -m bench.bench_forward
 
+HOST ?= 127.0.0.1
+PORT ?= 8000
 serve: install
-	@echo "s3router: the HTTP service is not built yet (issue 3); the engine is usable in-process:" >&2
-	@echo "  $(PY) -c 'import router_core; help(router_core.Router)'" >&2
-	@exit 2
+	$(VENV)/bin/s3router serve --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

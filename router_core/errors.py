@@ -81,6 +81,43 @@ class KernelUnavailableError(S3RouterError):
     """The requested kernel backend cannot run on this machine."""
 
 
+# --- serving (raised by service/, defined here so the hierarchy stays one) -------------------------
+class UnsupportedAudioError(InvalidInputError):
+    """The bytes are not audio in a supported container/codec (WAV, FLAC, OGG, MP3)."""
+
+
+class EmptyAudioError(InvalidInputError):
+    """The upload decodes to no samples (or is shorter than one model frame)."""
+
+
+class PayloadTooLargeError(S3RouterError):
+    """The upload exceeds the byte limit or the audio exceeds the duration limit."""
+
+
+class OverloadedError(S3RouterError):
+    """The request queue is full; the client should retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceededError(S3RouterError):
+    """The request was not served before its deadline."""
+
+
+class NotReadyError(S3RouterError):
+    """The service is still starting (backbone loading or warming up)."""
+
+
+class AuthenticationError(S3RouterError):
+    """Missing or wrong admin bearer token."""
+
+
+class AdminDisabledError(S3RouterError):
+    """Admin endpoints are off because no admin token is configured."""
+
+
 def all_error_classes() -> list[type[S3RouterError]]:
     """Every error class of the hierarchy, the base included (used by the mapping test)."""
     found: list[type[S3RouterError]] = []

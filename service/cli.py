@@ -5,7 +5,9 @@ Subcommands so far:
 * ``s3router info BACKBONE`` — load a checkpoint (folder or hub id), print its fingerprint, size,
   maskable layers and the kernel backend this machine would use;
 * ``s3router inspect MASK_FILE [--backbone BACKBONE]`` — verify a mask file and print its metadata;
-  with ``--backbone``, also check that it fits that backbone.
+  with ``--backbone``, also check that it fits that backbone;
+* ``s3router serve [--flags]`` — run the HTTP service; every flag mirrors an ``S3R_*`` setting
+  (``--max-batch-size`` <-> ``S3R_MAX_BATCH_SIZE``), flags win over the environment.
 """
 
 from __future__ import annotations
@@ -58,6 +60,40 @@ def _inspect(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _serve(args: argparse.Namespace) -> dict:
+    import logging
+
+    import uvicorn
+    from pydantic import ValidationError
+
+    from service.app import create_app
+    from service.settings import ServiceSettings, load_settings
+
+    overrides = {name: getattr(args, name) for name in ServiceSettings.model_fields}
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings:\n{exc}") from exc
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    return {"stopped": True}
+
+
+class SettingsError(Exception):
+    """Invalid ``s3router serve`` flags or ``S3R_*`` variables."""
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    from service.settings import ServiceSettings
+
+    for name, field in ServiceSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=field.description or f"S3R_{name.upper()}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3router", description="Serve many languages from one backbone.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", help="also check the mask fits this backbone")
     inspect.add_argument("--offline", action="store_true", help="never contact the hub")
     inspect.set_defaults(run=_inspect)
+    serve = sub.add_parser("serve", help="run the HTTP service")
+    _add_setting_flags(serve)
+    serve.set_defaults(run=_serve)
     return parser
 
 
@@ -78,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
-    except (S3RouterError, OSError) as exc:
+    except (S3RouterError, OSError, SettingsError) as exc:
         print(f"s3router {args.command}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2, sort_keys=True))

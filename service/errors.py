@@ -21,6 +21,14 @@ HTTP_STATUS: dict[type[E.S3RouterError], int] = {
     E.StoreUnavailableError: 503,
     E.BackboneError: 500,
     E.KernelUnavailableError: 500,
+    E.UnsupportedAudioError: 415,
+    E.EmptyAudioError: 400,
+    E.PayloadTooLargeError: 413,
+    E.OverloadedError: 503,
+    E.DeadlineExceededError: 504,
+    E.NotReadyError: 503,
+    E.AuthenticationError: 401,
+    E.AdminDisabledError: 403,
 }
 
 

@@ -107,3 +107,50 @@ def add_masks(registry: MaskRegistry, bb: Backbone, names: list[str], keep: floa
         registry.put(encode_mask(mask))
         out.append(mask)
     return out
+
+
+# --- service fixtures ------------------------------------------------------------------------------
+ADMIN_TOKEN = "test-admin-token-123"
+
+
+def audio_bytes(seconds: float = 1.0, rate: int = 16_000, channels: int = 1, fmt: str = "WAV", seed: int = 0) -> bytes:
+    """Real encoded audio (noise + a tone) in WAV, FLAC, OGG or MP3."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(n) / rate) + 0.05 * rng.standard_normal(n)
+    data = np.repeat(tone[:, None], channels, axis=1).astype("float32")
+    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float = 0.0):
+    """An engine factory for create_app: tiny backbone, random masks, real registry in settings.registry."""
+    from router_core.kernels.backend import select_backend
+    from router_core.router import Router
+    from service.engine import Engine
+
+    def factory(settings):
+        bb = tiny_backbone()
+        registry = MaskRegistry(DirectoryStore(settings.registry), bb.spec(), budget_bytes=64 * 2**20)
+        add_masks(registry, bb, list(mask_names))
+        router = Router(bb, registry, select_backend("cpu", "cpu"))
+        if run_delay:
+            original = router.forward
+
+            def slow_forward(*args, **kwargs):
+                import time
+
+                time.sleep(run_delay)
+                return original(*args, **kwargs)
+
+            router.forward = slow_forward  # type: ignore[method-assign]
+        return Engine(bb, registry, router, "tiny test engine")
+
+    return factory

@@ -1,0 +1,173 @@
+"""``create_app(settings)``: the FastAPI application users deploy.
+
+Start-up (lifespan) builds the engine in a worker thread, warms it up with one forward pass, and
+starts the batcher; ``/readyz`` answers 503 with the reason until all of that is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from router_core.errors import NotReadyError, OverloadedError, S3RouterError
+from service.batching import Batcher
+from service.engine import Engine, build_engine
+from service.errors import status_for
+from service.metrics import ServiceMetrics
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+VERSION = "0.1.0"
+
+
+@dataclass
+class AppState:
+    """Everything the routes share; ``engine``/``batcher`` are set once start-up finished."""
+
+    settings: ServiceSettings
+    metrics: ServiceMetrics
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    warmed_up: bool = False
+    startup_error: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def ready_engine(self) -> tuple[Engine, Batcher]:
+        if self.engine is None or self.batcher is None or not self.warmed_up:
+            raise NotReadyError(self.not_ready_reason() or "starting")
+        return self.engine, self.batcher
+
+    def not_ready_reason(self) -> str | None:
+        if self.startup_error:
+            return f"start-up failed: {self.startup_error}"
+        if self.engine is None:
+            return "loading the backbone"
+        if not self.warmed_up or self.batcher is None:
+            return "warming up"
+        return None
+
+
+def state_of(request: Request) -> AppState:
+    return request.app.state.s3r
+
+
+def error_response(exc: S3RouterError) -> JSONResponse:
+    status = status_for(exc)
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, OverloadedError) else None
+    body = {"error": {"type": type(exc).__name__, "message": str(exc)}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _warm_up(engine: Engine) -> None:
+    """One forward pass per mask kind, so the first request pays no compile or allocation cost."""
+    wave = torch.zeros(16_000)
+    for name in engine.registry.available()[:2]:
+        try:
+            engine.router.forward([wave], [name])
+        except S3RouterError as exc:  # an unusable stored mask must not block start-up
+            log.warning("warm-up skipped mask %s: %s", name, exc)
+
+
+def create_app(
+    settings: ServiceSettings, engine_factory: Callable[[ServiceSettings], Engine] = build_engine
+) -> FastAPI:
+    """The application for ``settings``; ``engine_factory`` lets tests inject a tiny engine."""
+    holder: dict[str, AppState] = {}
+    metrics = ServiceMetrics(lambda: holder["state"].engine.registry if holder["state"].engine else None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = holder["state"]
+        try:
+            engine = await run_in_threadpool(engine_factory, settings)
+            state.engine = engine
+            await run_in_threadpool(_warm_up, engine)
+            batcher = Batcher(
+                engine.router.forward,
+                max_batch=settings.max_batch_size,
+                max_wait_s=settings.max_wait_ms / 1000.0,
+                max_queue=settings.max_queue,
+                on_batch=metrics.observe_batch,
+            )
+            batcher.start()
+            state.batcher = batcher
+            metrics.queue_length.set_function(lambda: batcher.queue_length)
+            metrics.set_info(
+                version=VERSION,
+                backbone=engine.description,
+                fingerprint=engine.backbone.fingerprint,
+                kernel=engine.router.backend.name,
+                device=str(engine.backbone.device),
+            )
+            state.warmed_up = True
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz instead of killing the process
+            log.exception("start-up failed")
+            state.startup_error = f"{type(exc).__name__}: {exc}"
+        yield
+        if state.batcher is not None:
+            await state.batcher.stop()
+
+    app = FastAPI(title="s3router", version=VERSION, lifespan=lifespan,
+                  description="One frozen wav2vec2 backbone, many languages and tasks as binary masks.")  # fmt: skip
+    state = AppState(settings=settings, metrics=metrics)
+    holder["state"] = state
+    app.state.s3r = state
+
+    @app.exception_handler(S3RouterError)
+    async def _s3r_error(request: Request, exc: S3RouterError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.middleware("http")
+    async def _timing(request: Request, call_next: Callable) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")  # the template, never the raw path: bounded labels
+        mask = getattr(request.state, "mask", "")  # set only once a mask was found: bounded labels
+        state.metrics.observe_request(endpoint, mask, response.status_code, time.perf_counter() - started)
+        return response
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        reason = state.not_ready_reason()
+        if reason is not None or state.engine is None:
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+        engine = state.engine
+        try:
+            available = await asyncio.wait_for(run_in_threadpool(engine.registry.available), timeout=2.0)
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"ready": False, "reason": f"mask registry unreachable: {exc}"}, status_code=503)
+        return JSONResponse({
+            "ready": True,
+            "model": engine.description,
+            "demo": engine.is_demo,
+            "fingerprint": engine.backbone.fingerprint,
+            "kernel": engine.router.backend.name,
+            "masks_available": len(available),
+            "masks_resident": len(engine.registry.resident()),
+        })  # fmt: skip
+
+    @app.get("/metrics", tags=["health"])
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    from service.masks_api import router as masks_router
+    from service.speech_api import router as speech_router
+
+    app.include_router(speech_router)
+    app.include_router(masks_router)
+    return app

@@ -1,0 +1,218 @@
+"""Dynamic mixed-mask batching: pure decision functions over a queue, plus the asyncio driver.
+
+The pure part (testable without a server or a model):
+
+* :func:`admit` — may one more request enter a queue of this length?
+* :func:`dispatch_delay` — how long to wait before the next batch (0 = now, ``None`` = nothing queued);
+  a batch goes when it is full or its oldest request has waited ``max_wait`` seconds.
+* :func:`take_batch` — drop cancelled and expired requests, take up to ``max_batch`` in arrival order.
+
+:class:`Batcher` feeds one model executor thread: requests from many coroutines become batches that
+run ``Router.forward`` with mixed masks; each caller gets its own result or exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from router_core.errors import DeadlineExceededError, OverloadedError, S3RouterError
+from router_core.router import RoutedOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    """One queued request."""
+
+    wave: torch.Tensor  # [T] 16 kHz
+    mask: str
+    kind: str  # "ctc" | "classify"
+    enqueued_at: float
+    deadline: float
+    future: asyncio.Future[Any] | None = None
+    id: int = field(default_factory=itertools.count().__next__)
+    cancelled: bool = False
+    started_at: float | None = None  # batch start (queue wait = started_at - enqueued_at)
+    finished_at: float | None = None
+
+    def dead(self, now: float) -> bool:
+        return self.cancelled or now >= self.deadline or (self.future is not None and self.future.done())
+
+
+def admit(queue_length: int, max_queue: int) -> bool:
+    """A request is admitted only while fewer than ``max_queue`` are waiting."""
+    return queue_length < max_queue
+
+
+def dispatch_delay(queue: Sequence[Pending], max_batch: int, max_wait: float, now: float) -> float | None:
+    """Seconds to wait before dispatching: 0 when full or the oldest has waited long enough."""
+    if not queue:
+        return None
+    if len(queue) >= max_batch:
+        return 0.0
+    return max(0.0, queue[0].enqueued_at + max_wait - now)
+
+
+def take_batch(queue: deque[Pending], max_batch: int, now: float) -> tuple[list[Pending], list[Pending]]:
+    """Pop up to ``max_batch`` live requests (arrival order); also return the dead ones popped on the way."""
+    batch: list[Pending] = []
+    dead: list[Pending] = []
+    while queue and len(batch) < max_batch:
+        item = queue.popleft()
+        (dead if item.dead(now) else batch).append(item)
+    return batch, dead
+
+
+@dataclass
+class BatchReport:
+    """What one executed batch looked like (for metrics)."""
+
+    size: int
+    masks: int
+    queue_waits: list[float]
+    inference_seconds: float
+    audio_seconds: float
+
+
+RunBatch = Callable[[list[torch.Tensor], list[str]], list[RoutedOutput]]
+
+
+class Batcher:
+    """Collects requests into batches and runs them on one dedicated executor thread."""
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[BatchReport], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self.clock = clock
+        self.queue: deque[Pending] = deque()
+        self._wake = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3r-model")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="s3r-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self.queue:
+            if item.future is not None and not item.future.done():
+                item.future.set_exception(DeadlineExceededError("the service is shutting down"))
+        self.queue.clear()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, wave: torch.Tensor, mask: str, kind: str, timeout_s: float) -> Pending:
+        """Enqueue at once or raise :class:`OverloadedError` (never waits for room)."""
+        if not admit(len(self.queue), self.max_queue):
+            raise OverloadedError(f"the request queue is full ({self.max_queue} waiting); retry shortly", 1.0)
+        now = self.clock()
+        item = Pending(wave, mask, kind, now, now + timeout_s, asyncio.get_running_loop().create_future())
+        self.queue.append(item)
+        self._wake.set()
+        return item
+
+    async def result(self, item: Pending) -> RoutedOutput:
+        """Wait for ``item``'s result; its deadline turns into :class:`DeadlineExceededError`."""
+        assert item.future is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, item.deadline - self.clock()))
+        except TimeoutError:
+            item.cancelled = True
+            raise DeadlineExceededError("the request was not served before its deadline") from None
+        except asyncio.CancelledError:
+            item.cancelled = True  # client went away: drop the queued work
+            raise
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = dispatch_delay(self.queue, self.max_batch, self.max_wait_s, self.clock())
+            if delay is None or delay > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                continue
+            batch, dead = take_batch(self.queue, self.max_batch, self.clock())
+            for item in dead:
+                if item.future is not None and not item.future.done():
+                    item.future.set_exception(DeadlineExceededError("the request expired in the queue"))
+            if batch:
+                await self._execute(loop, batch)
+
+    async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
+        started = self.clock()
+        waves = [item.wave for item in batch]
+        masks = [item.mask for item in batch]
+        try:
+            outputs: list[RoutedOutput | BaseException] = list(
+                await loop.run_in_executor(self._executor, self.run_batch, waves, masks)
+            )
+        except S3RouterError:
+            outputs = await self._isolate(loop, batch)  # one bad item must not fail its neighbours
+        except Exception as exc:  # noqa: BLE001 - a model failure is reported to every caller of the batch
+            log.exception("batch of %d failed", len(batch))
+            outputs = [exc] * len(batch)
+        finished = self.clock()
+        elapsed = finished - started
+        for item, out in zip(batch, outputs, strict=True):
+            item.started_at, item.finished_at = started, finished
+            if item.future is None or item.future.done():
+                continue
+            if isinstance(out, BaseException):
+                item.future.set_exception(out)
+            else:
+                item.future.set_result(out)
+        if self.on_batch is not None:
+            report = BatchReport(
+                size=len(batch),
+                masks=len(set(masks)),
+                queue_waits=[started - item.enqueued_at for item in batch],
+                inference_seconds=elapsed,
+                audio_seconds=sum(w.shape[0] for w in waves) / 16_000,
+            )
+            try:
+                self.on_batch(report)
+            except Exception:  # noqa: BLE001 - metrics can never fail a request
+                log.exception("batch metrics failed")
+
+    async def _isolate(
+        self, loop: asyncio.AbstractEventLoop, batch: list[Pending]
+    ) -> list[RoutedOutput | BaseException]:
+        results: list[RoutedOutput | BaseException] = []
+        for item in batch:
+            try:
+                (out,) = await loop.run_in_executor(self._executor, self.run_batch, [item.wave], [item.mask])
+                results.append(out)
+            except Exception as exc:  # noqa: BLE001
+                results.append(exc)
+        return results

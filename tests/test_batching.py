@@ -1,0 +1,119 @@
+"""The batching decisions as pure functions, and the asyncio driver with a real (tiny) run function."""
+
+import asyncio
+import threading
+import time
+from collections import deque
+
+import pytest
+import torch
+
+from router_core.errors import DeadlineExceededError, MaskNotFoundError, OverloadedError
+from router_core.router import RoutedOutput
+from service.batching import Batcher, Pending, admit, dispatch_delay, take_batch
+
+
+def _pending(mask="fr", at=0.0, deadline=10.0, cancelled=False):
+    return Pending(torch.zeros(10), mask, "ctc", at, deadline, cancelled=cancelled)
+
+
+def test_admit_bounds_the_queue():
+    assert admit(0, 1) and not admit(1, 1) and admit(63, 64)
+
+
+def test_dispatch_delay_waits_for_a_full_batch_or_the_oldest_request():
+    assert dispatch_delay([], 4, 0.01, now=5.0) is None
+    queue = [_pending(at=1.0), _pending(at=1.004)]
+    assert dispatch_delay(queue, 4, 0.010, now=1.002) == pytest.approx(0.008)
+    assert dispatch_delay(queue, 4, 0.010, now=1.5) == 0.0  # oldest waited long enough
+    assert dispatch_delay(queue * 2, 4, 10.0, now=1.0) == 0.0  # full
+
+
+def test_take_batch_drops_cancelled_and_expired_and_keeps_order():
+    alive = [_pending("a", 0), _pending("b", 1), _pending("c", 2)]
+    queue = deque([alive[0], _pending("x", cancelled=True), alive[1], _pending("y", deadline=0.5), alive[2]])
+    batch, dead = take_batch(queue, max_batch=2, now=1.0)
+    assert [p.mask for p in batch] == ["a", "b"] and [p.mask for p in dead] == ["x"]
+    batch, dead = take_batch(queue, max_batch=2, now=1.0)
+    assert [p.mask for p in batch] == ["c"] and [p.mask for p in dead] == ["y"] and not queue
+
+
+class RecordingModel:
+    """Echoes each item's mask and length; records the batches it saw; can be slowed down or gated."""
+
+    def __init__(self, delay=0.0, gate: threading.Event | None = None):
+        self.batches: list[list[str]] = []
+        self.delay = delay
+        self.gate = gate
+
+    def __call__(self, waves, masks):
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.delay)
+        if "missing" in masks:
+            raise MaskNotFoundError("missing", ["fr"])
+        self.batches.append(list(masks))
+        return [
+            RoutedOutput(m, "ctc", torch.tensor([float(w.shape[0])]), w.shape[0] / 16000)
+            for w, m in zip(waves, masks, strict=True)
+        ]
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_mixed_masks_share_one_batch_and_results_go_to_their_callers():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = Batcher(model, max_batch=8, max_wait_s=0.05, max_queue=16)
+        batcher.start()
+        items = [batcher.submit(torch.zeros(100 + i), m, "ctc", 5.0) for i, m in enumerate(["fr", "de", "fr", "es"])]
+        outs = await asyncio.gather(*(batcher.result(i) for i in items))
+        await batcher.stop()
+        return outs
+
+    outs = _run(scenario())
+    assert model.batches == [["fr", "de", "fr", "es"]]
+    assert [(o.mask_name, int(o.logits.item())) for o in outs] == [("fr", 100), ("de", 101), ("fr", 102), ("es", 103)]
+
+
+def test_full_queue_is_refused_at_once_and_accepted_work_completes():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+
+    async def scenario():
+        batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=2)
+        batcher.start()
+        first = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
+        await asyncio.sleep(0.05)  # first is now running (blocked on the gate), the queue is empty
+        queued = [batcher.submit(torch.zeros(10), "fr", "ctc", 5.0) for _ in range(2)]
+        with pytest.raises(OverloadedError):
+            batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
+        gate.set()
+        outs = await asyncio.gather(*(batcher.result(i) for i in [first, *queued]))
+        await batcher.stop()
+        return outs
+
+    assert len(_run(scenario())) == 3
+
+
+def test_deadline_and_a_bad_item_do_not_take_the_batch_down():
+    model = RecordingModel(delay=0.2)
+
+    async def scenario():
+        batcher = Batcher(model, max_batch=4, max_wait_s=0.01, max_queue=8)
+        batcher.start()
+        late = batcher.submit(torch.zeros(10), "fr", "ctc", 0.05)
+        with pytest.raises(DeadlineExceededError):
+            await batcher.result(late)
+        good = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
+        bad = batcher.submit(torch.zeros(10), "missing", "ctc", 5.0)
+        out = await batcher.result(good)
+        with pytest.raises(MaskNotFoundError):
+            await batcher.result(bad)
+        await batcher.stop()
+        return out
+
+    assert _run(scenario()).mask_name == "fr"

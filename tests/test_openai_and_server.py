@@ -1,0 +1,120 @@
+"""A live server on loopback: the official openai client unchanged, and `s3router serve` start-up."""
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from pydantic import ValidationError
+
+from conftest import audio_bytes, tiny_engine_factory
+from service.app import create_app
+from service.settings import ServiceSettings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_url(tmp_path_factory):
+    settings = ServiceSettings(registry=str(tmp_path_factory.mktemp("reg")), max_wait_ms=5)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    else:
+        pytest.fail("server did not become ready")
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def client(live_url):
+    return openai.OpenAI(base_url=f"{live_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_openai_json_text_and_verbose(client):
+    audio = ("speech.wav", audio_bytes(2.0), "audio/wav")
+    plain = client.audio.transcriptions.create(model="fr", file=audio)
+    assert isinstance(plain.text, str)
+    text = client.audio.transcriptions.create(model="s3router", language="fr", file=audio, response_format="text")
+    assert text.strip() == plain.text
+    verbose = client.audio.transcriptions.create(
+        model="fr", file=audio, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+    )
+    assert verbose.language == "fr" and verbose.duration == pytest.approx(2.0, abs=0.01)
+    assert verbose.text == plain.text
+    assert [w.word for w in verbose.words] == plain.text.split()
+    assert " ".join(s.text for s in verbose.segments) == plain.text
+
+
+def test_openai_subtitles_and_errors(client):
+    audio = ("speech.flac", audio_bytes(2.0, 44100, 2, "FLAC"), "audio/flac")
+    srt = client.audio.transcriptions.create(model="de", file=audio, response_format="srt")
+    vtt = client.audio.transcriptions.create(model="de", file=audio, response_format="vtt")
+    assert vtt.startswith("WEBVTT")
+    if srt.strip():
+        assert srt.startswith("1\n") and " --> " in srt and "," in srt.splitlines()[1]
+    with pytest.raises(openai.NotFoundError):
+        client.audio.transcriptions.create(model="s3router", language="zz", file=audio)
+    with pytest.raises(openai.BadRequestError):
+        client.audio.transcriptions.create(model="s3router", file=audio)  # no language, no mask as model
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.audio.transcriptions.create(model="cls_speaker", file=audio)
+
+
+def test_invalid_settings_fail_clearly(monkeypatch):
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        ServiceSettings(max_batch_size=0)
+    monkeypatch.setenv("S3R_DEVICE", "toaster")
+    with pytest.raises(ValidationError, match="not a torch device"):
+        ServiceSettings()
+    monkeypatch.delenv("S3R_DEVICE")
+    monkeypatch.setenv("S3R_ADMIN_TOKEN", "short")
+    with pytest.raises(ValidationError, match="admin_token"):
+        ServiceSettings()
+
+
+def test_s3router_serve_starts_the_demo_model_and_rejects_bad_flags(tmp_path):
+    bad = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--max-batch-size", "-3"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1 and "max_batch_size" in bad.stderr
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        ready = None
+        while time.monotonic() < deadline and ready is None:
+            try:
+                r = httpx.get(f"{url}/readyz", timeout=1)
+                if r.status_code == 200:
+                    ready = r.json()
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert ready is not None and ready["demo"] is True and "demo" in ready["model"]
+        r = httpx.post(f"{url}/transcribe?lang=en", content=audio_bytes(1.0), timeout=30)
+        assert r.status_code == 200 and "text" in r.json()
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -1,0 +1,198 @@
+"""Every endpoint and error path of the HTTP service, through the real app (FastAPI TestClient/httpx)."""
+
+import concurrent.futures
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory
+from router_core.mask_builder import random_mask
+from router_core.mask_file import encode_mask
+from service.app import create_app
+from service.settings import ServiceSettings
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _settings(tmp_path, **kw):
+    base = dict(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=5, max_audio_seconds=10)
+    return ServiceSettings(**{**base, **kw})
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory())) as c:
+        yield c
+
+
+def test_health_ready_and_docs(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and ready["masks_available"] == 3 and ready["kernel"] == "cpu"
+    assert "/transcribe" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize(
+    "fmt,rate,channels", [("WAV", 16000, 1), ("FLAC", 44100, 2), ("OGG", 22050, 1), ("MP3", 48000, 2)]
+)
+def test_transcribe_any_format_rate_and_channels(client, fmt, rate, channels):
+    r = client.post(
+        "/transcribe?lang=fr", content=audio_bytes(1.5, rate, channels, fmt), headers={"content-type": "audio/x"}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["language"] == "fr" and body["mask"] == "fr"
+    assert body["duration"] == pytest.approx(1.5, abs=0.06)
+    assert set(body["timing"]) == {"queue_ms", "inference_ms"}
+    assert all(w["start"] <= w["end"] for w in body["words"])
+
+
+def test_multipart_upload_and_classify_top_k(client):
+    files = {"file": ("a.wav", audio_bytes(1.0), "audio/wav")}
+    r = client.post("/classify?task=cls_speaker&top_k=2", files=files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "cls_speaker" and len(body["labels"]) == 2
+    assert (
+        body["label"] == body["labels"][0]["label"]
+        and body["labels"][0]["probability"] >= body["labels"][1]["probability"]
+    )
+    t = client.post("/transcribe?lang=de", files=files)
+    assert t.status_code == 200 and t.json()["language"] == "de"
+
+
+def test_bad_input_gets_clear_4xx(client, tmp_path):
+    wav = audio_bytes(1.0)
+    cases = [
+        (client.post("/transcribe?lang=fr", content=b"definitely not audio" * 10), 415, "decode"),
+        (client.post("/transcribe?lang=fr", content=b""), 400, "no audio"),
+        (client.post("/transcribe?lang=xx", content=wav), 404, "available: cls_speaker, de, fr"),
+        (client.post("/transcribe?lang=cls_speaker", content=wav), 422, "classify mask"),
+        (client.post("/classify?task=fr", content=wav), 422, "ctc mask"),
+        (client.post("/transcribe?lang=fr", content=audio_bytes(11.0)), 413, "limit is 10"),
+        (client.post("/transcribe?lang=fr", content=audio_bytes(0.002)), 400, "too short"),
+        (client.post("/transcribe?lang=../x", content=wav), 400, "invalid mask name"),
+        (client.post("/transcribe?lang=fr", files={"other": ("a", wav)}), 400, "no 'file' field"),
+    ]
+    for response, status, text in cases:
+        assert response.status_code == status, response.text
+        assert text in response.json()["error"]["message"]
+    assert client.post("/transcribe", content=wav).status_code == 422  # lang missing: FastAPI validation
+
+
+def test_upload_size_limit(tmp_path):
+    settings = _settings(tmp_path, max_upload_bytes=2048)
+    with TestClient(create_app(settings, tiny_engine_factory())) as c:
+        r = c.post("/transcribe?lang=fr", content=audio_bytes(1.0))
+        assert r.status_code == 413 and "2048" in r.json()["error"]["message"]
+
+
+def test_masks_listing_and_admin_lifecycle(client):
+    listing = client.get("/masks").json()
+    assert {m["name"] for m in listing["masks"]} == {"fr", "de", "cls_speaker"}
+    fr = client.get("/masks/fr").json()
+    assert fr["kind"] == "ctc" and fr["keep_ratio"] == pytest.approx(0.9, abs=0.01) and fr["vocabulary_size"] == 12
+    assert client.get("/masks/zz").status_code == 404
+
+    bb = tiny_backbone()
+    new = encode_mask(random_mask(bb.spec(), "es", ctc_spec(), bb.default_layer_names(), 0.9, seed=5))
+    assert client.put("/masks/es", content=new).status_code == 401
+    assert client.put("/masks/es", content=new, headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+    assert client.put("/masks/es", content=new, headers=ADMIN).status_code == 201
+    assert client.post("/transcribe?lang=es", content=audio_bytes(1.0)).status_code == 200
+
+    corrupt = bytearray(new)
+    corrupt[-2] ^= 0xFF
+    r = client.put("/masks/es", content=bytes(corrupt), headers=ADMIN)
+    assert r.status_code == 400 and "checksum" in r.json()["error"]["message"]
+    foreign = encode_mask(random_mask(tiny_backbone(seed=4).spec(), "es", ctc_spec(), bb.default_layer_names()))
+    assert client.put("/masks/es", content=foreign, headers=ADMIN).status_code == 409
+    assert client.put("/masks/de", content=new, headers=ADMIN).status_code == 400  # file holds 'es'
+    assert client.post("/transcribe?lang=es", content=audio_bytes(1.0)).status_code == 200  # old one still serves
+
+    assert client.post("/masks/es/load", headers=ADMIN).status_code == 200
+    assert client.delete("/masks/es", headers=ADMIN).status_code == 204
+    assert client.delete("/masks/es", headers=ADMIN).status_code == 404
+    assert client.post("/transcribe?lang=es", content=audio_bytes(1.0)).status_code == 404
+
+
+def test_admin_endpoints_are_off_without_a_token(tmp_path):
+    with TestClient(create_app(_settings(tmp_path, admin_token=None), tiny_engine_factory())) as c:
+        assert c.delete("/masks/fr", headers=ADMIN).status_code == 403
+        assert c.get("/masks/fr").status_code == 200
+
+
+def test_readyz_reports_a_failed_start_and_requests_get_503(tmp_path):
+    def broken(settings):
+        raise RuntimeError("backbone folder is empty")
+
+    with TestClient(create_app(_settings(tmp_path), broken)) as c:
+        r = c.get("/readyz")
+        assert r.status_code == 503 and "backbone folder is empty" in r.json()["reason"]
+        assert c.post("/transcribe?lang=fr", content=audio_bytes(1.0)).status_code == 503
+        assert c.get("/healthz").status_code == 200
+
+
+def test_concurrent_mixed_masks_equal_sequential_results(client):
+    requests = [("fr", 1), ("de", 2), ("fr", 3), ("de", 4), ("fr", 5), ("de", 6)]
+    audio = {seed: audio_bytes(1.0 + seed / 10, seed=seed) for _, seed in requests}
+
+    def call(lang, seed):
+        r = client.post(f"/transcribe?lang={lang}", content=audio[seed])
+        assert r.status_code == 200, r.text
+        return r.json()["text"], r.json()["words"]
+
+    sequential = [call(lang, seed) for lang, seed in requests]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        concurrent_results = list(pool.map(lambda a: call(*a), requests))
+    assert concurrent_results == sequential
+
+
+def test_metrics_present_and_increasing(client):
+    def scrape():
+        values = {}
+        for line in client.get("/metrics").text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
+    client.post("/transcribe?lang=fr", content=audio_bytes(1.0))
+    before = scrape()
+    for _ in range(3):
+        client.post("/transcribe?lang=fr", content=audio_bytes(1.0))
+    client.post("/transcribe?lang=xx", content=audio_bytes(1.0))
+    after = scrape()
+    key = 's3router_requests_total{endpoint="/transcribe",mask="fr",status="200"}'
+    assert after[key] == before[key] + 3
+    assert after["s3router_audio_processed_seconds_total"] == pytest.approx(
+        before["s3router_audio_processed_seconds_total"] + 3.0
+    )
+    assert after["s3router_batch_size_count"] >= before["s3router_batch_size_count"] + 1
+    assert after['s3router_requests_total{endpoint="/transcribe",mask="-",status="404"}'] >= 1
+    assert (
+        after["s3router_masks_resident"] == 3
+        and after["s3router_mask_cache_hits_total"] > before["s3router_mask_cache_hits_total"]
+    )
+    assert any(k.startswith("s3router_model_info{") for k in after)
+    assert "s3router_queue_wait_seconds_bucket" in client.get("/metrics").text
+
+
+def test_overload_answers_503_with_retry_after_and_keeps_accepted_work(tmp_path):
+    settings = _settings(tmp_path, max_queue=1, max_batch_size=1, max_wait_ms=0)
+    with TestClient(create_app(settings, tiny_engine_factory(run_delay=0.3))) as c:
+        wav = audio_bytes(1.0)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda _: c.post("/transcribe?lang=fr", content=wav), range(6)))
+    codes = sorted(r.status_code for r in responses)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    for r in responses:
+        if r.status_code == 503:
+            assert int(r.headers["retry-after"]) >= 1 and "queue is full" in r.json()["error"]["message"]
+
+
+def test_request_past_its_deadline_gets_504(tmp_path):
+    settings = _settings(tmp_path, request_timeout_s=0.1)
+    with TestClient(create_app(settings, tiny_engine_factory(run_delay=0.5))) as c:
+        r = c.post("/transcribe?lang=fr", content=audio_bytes(1.0))
+        assert r.status_code == 504 and "deadline" in r.json()["error"]["message"]
