@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_core.errors import NotReadyError, OverloadedError, S3RouterError
 from service.batching import Batcher
@@ -66,6 +67,37 @@ def error_response(exc: S3RouterError) -> JSONResponse:
     headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, OverloadedError) else None
     body = {"error": {"type": type(exc).__name__, "message": str(exc)}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+class RequestMetricsMiddleware:
+    """Pure ASGI middleware (keeps disconnect detection intact): counts and times every HTTP request.
+
+    Labels stay bounded: the route *template* (``/masks/{name}``) or ``unmatched``, and the mask name
+    only once the handler found that mask (``scope["state"]["mask"]``), else ``-``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_record(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            mask = scope.get("state", {}).get("mask", "")
+            self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started)
 
 
 def _warm_up(engine: Engine) -> None:
@@ -127,15 +159,7 @@ def create_app(
     async def _s3r_error(request: Request, exc: S3RouterError) -> JSONResponse:
         return error_response(exc)
 
-    @app.middleware("http")
-    async def _timing(request: Request, call_next: Callable) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")  # the template, never the raw path: bounded labels
-        mask = getattr(request.state, "mask", "")  # set only once a mask was found: bounded labels
-        state.metrics.observe_request(endpoint, mask, response.status_code, time.perf_counter() - started)
-        return response
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

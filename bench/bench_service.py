@@ -1,0 +1,113 @@
+"""Service overhead and throughput: HTTP + batching vs calling ``Router`` directly in-process.
+
+Run: ``python -m bench.bench_service [--seconds 5] [--levels 1,4,8]``. A wav2vec2-base-shaped backbone
+(random weights) with 4 language masks is served by uvicorn on loopback; a mixed-language load is sent
+at each concurrency level. Baseline: ``Router.forward`` on one waveform, same masks, same run.
+Target: p50 at concurrency 1 <= 1.15x the direct call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import io
+import socket
+import statistics
+import tempfile
+import threading
+import time
+
+import httpx
+import soundfile as sf
+import torch
+import uvicorn
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+from bench.timing import markdown_table
+from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
+from service.app import create_app
+from service.engine import DEMO_VOCAB, Engine
+from service.settings import ServiceSettings
+
+LANGS = ["lang0", "lang1", "lang2", "lang3"]
+
+
+def _engine(folder: str, small: bool) -> Engine:
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(num_hidden_layers=4) if small else Wav2Vec2Config()
+    backbone = Backbone.from_model(Wav2Vec2Model(config))
+    registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), budget_bytes=2**31)
+    head = HeadSpec(kind="ctc", vocab=DEMO_VOCAB)
+    for i, name in enumerate(LANGS):
+        registry.put(encode_mask(random_mask(backbone.spec(), name, head, backbone.default_layer_names(), 0.9, i)))
+    return Engine(backbone, registry, Router(backbone, registry), "bench backbone")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--levels", default="1,4,8")
+    parser.add_argument("--requests", type=int, default=12, help="requests per concurrency level")
+    parser.add_argument("--small", action="store_true", help="4 transformer layers instead of 12")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        engine = _engine(folder, args.small)
+        wave = torch.randn(int(args.seconds * 16_000)) * 0.1
+        buf = io.BytesIO()
+        sf.write(buf, wave.numpy(), 16_000, format="WAV", subtype="PCM_16")
+        wav = buf.getvalue()
+
+        direct = []
+        for i in range(args.requests):
+            start = time.perf_counter()
+            engine.router.forward([wave], [LANGS[i % len(LANGS)]])
+            direct.append(time.perf_counter() - start)
+
+        settings = ServiceSettings(registry=folder, max_wait_ms=2, max_batch_size=8, max_queue=256)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(create_app(settings, lambda _: engine), port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        def call(i: int) -> float:
+            start = time.perf_counter()
+            r = httpx.post(f"{url}/transcribe?lang={LANGS[i % len(LANGS)]}", content=wav, timeout=600)
+            r.raise_for_status()
+            return time.perf_counter() - start
+
+        rows = []
+        base_p50 = statistics.median(direct)
+        rows.append(["direct Router.forward", 1, f"{base_p50:.3f}", f"{_percentile(direct, 0.95):.3f}",
+                     f"{args.seconds / base_p50:.1f}", "1.00"])  # fmt: skip
+        for level in [int(x) for x in args.levels.split(",")]:
+            call(0)  # warm
+            started = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(level) as pool:
+                latencies = list(pool.map(call, range(args.requests)))
+            wall = time.perf_counter() - started
+            p50 = statistics.median(latencies)
+            rows.append([f"HTTP, concurrency {level}", level, f"{p50:.3f}", f"{_percentile(latencies, 0.95):.3f}",
+                         f"{args.requests * args.seconds / wall:.1f}", f"{p50 / base_p50:.2f}"])  # fmt: skip
+        server.should_exit = True
+        thread.join(10)
+    layers = "4" if args.small else "12"
+    print(f"{args.seconds:g} s clips, {layers}-layer wav2vec2-base shape, threads={torch.get_num_threads()}")
+    print(markdown_table(["mode", "concurrency", "p50 s", "p95 s", "audio s per s", "p50 / direct p50"], rows))
+
+
+if __name__ == "__main__":
+    main()
