@@ -1,8 +1,9 @@
 """Service overhead and throughput: HTTP + batching vs calling ``Router`` directly in-process.
 
 Run: ``python -m bench.bench_service [--seconds 5] [--levels 1,4,8]``. A wav2vec2-base-shaped backbone
-(random weights) with 4 language masks is served by uvicorn on loopback; a mixed-language load is sent
-at each concurrency level. Baseline: ``Router.forward`` on one waveform, same masks, same run.
+(random weights, saved with ``save_pretrained``) with 4 language masks is served by a separate
+``s3router serve`` process on loopback (so client and server do not share a GIL); a mixed-language
+load is sent at each concurrency level. Baseline: ``Router.forward`` on one waveform, same masks, same run.
 Target: p50 at concurrency 1 <= 1.15x the direct call.
 """
 
@@ -13,34 +14,33 @@ import concurrent.futures
 import io
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 
 import httpx
 import soundfile as sf
 import torch
-import uvicorn
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from bench.timing import markdown_table
-from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
-from service.app import create_app
-from service.engine import DEMO_VOCAB, Engine
-from service.settings import ServiceSettings
+from router_core import DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, load_backbone, random_mask
+from service.engine import DEMO_VOCAB
 
 LANGS = ["lang0", "lang1", "lang2", "lang3"]
 
 
-def _engine(folder: str, small: bool) -> Engine:
+def _engine(folder: str, small: bool) -> Router:
     torch.manual_seed(0)
     config = Wav2Vec2Config(num_hidden_layers=4) if small else Wav2Vec2Config()
-    backbone = Backbone.from_model(Wav2Vec2Model(config))
-    registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), budget_bytes=2**31)
+    Wav2Vec2Model(config).save_pretrained(f"{folder}/backbone")
+    backbone = load_backbone(f"{folder}/backbone", local_files_only=True)
+    registry = MaskRegistry(DirectoryStore(f"{folder}/registry"), backbone.spec(), budget_bytes=2**31)
     head = HeadSpec(kind="ctc", vocab=DEMO_VOCAB)
     for i, name in enumerate(LANGS):
         registry.put(encode_mask(random_mask(backbone.spec(), name, head, backbone.default_layer_names(), 0.9, i)))
-    return Engine(backbone, registry, Router(backbone, registry), "bench backbone")
+    return Router(backbone, registry)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="4 transformer layers instead of 12")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        engine = _engine(folder, args.small)
+        router = _engine(folder, args.small)
         wave = torch.randn(int(args.seconds * 16_000)) * 0.1
         buf = io.BytesIO()
         sf.write(buf, wave.numpy(), 16_000, format="WAV", subtype="PCM_16")
@@ -65,23 +65,24 @@ def main() -> None:
         direct = []
         for i in range(args.requests):
             start = time.perf_counter()
-            engine.router.forward([wave], [LANGS[i % len(LANGS)]])
+            router.forward([wave], [LANGS[i % len(LANGS)]])
             direct.append(time.perf_counter() - start)
 
-        settings = ServiceSettings(registry=folder, max_wait_ms=2, max_batch_size=8, max_queue=256)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(create_app(settings, lambda _: engine), port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--backbone", f"{folder}/backbone", "--registry",
+             f"{folder}/registry", "--port", str(port), "--max-wait-ms", "2", "--max-queue", "256",
+             "--log-level", "warning"],
+        )  # fmt: skip
         url = f"http://127.0.0.1:{port}"
         while True:
             try:
                 if httpx.get(f"{url}/readyz").status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.1)
+                time.sleep(0.2)
 
         def call(i: int) -> float:
             start = time.perf_counter()
@@ -102,8 +103,8 @@ def main() -> None:
             p50 = statistics.median(latencies)
             rows.append([f"HTTP, concurrency {level}", level, f"{p50:.3f}", f"{_percentile(latencies, 0.95):.3f}",
                          f"{args.requests * args.seconds / wall:.1f}", f"{p50 / base_p50:.2f}"])  # fmt: skip
-        server.should_exit = True
-        thread.join(10)
+        server.terminate()
+        server.wait(30)
     layers = "4" if args.small else "12"
     print(f"{args.seconds:g} s clips, {layers}-layer wav2vec2-base shape, threads={torch.get_num_threads()}")
     print(markdown_table(["mode", "concurrency", "p50 s", "p95 s", "audio s per s", "p50 / direct p50"], rows))

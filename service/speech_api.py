@@ -19,7 +19,7 @@ from router_core.errors import (
 )
 from router_core.router import RoutedOutput
 from service.app import AppState, state_of
-from service.audio import decode_audio
+from router_core.audio import decode_audio
 from service.openai_format import render_transcription
 
 router = APIRouter(tags=["speech"])

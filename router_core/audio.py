@@ -7,6 +7,7 @@ resampler from the file's rate to 16 kHz.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import soundfile as sf
 import torch
@@ -41,3 +42,12 @@ def decode_audio(data: bytes, max_seconds: float) -> torch.Tensor:
     if rate != SAMPLE_RATE:
         wave = AF.resample(wave, rate, SAMPLE_RATE)
     return wave.contiguous()
+
+
+def load_audio_file(path: str | Path, max_seconds: float = 3600.0) -> torch.Tensor:
+    """Read and decode an audio file from disk into a 16 kHz mono waveform."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnsupportedAudioError(f"cannot read audio file {path}: {exc.strerror or exc}") from exc
+    return decode_audio(data, max_seconds)
