@@ -201,10 +201,18 @@ class Backbone:
 
         Masked layers follow the active :func:`router_core.maskable.routing` plan, if any.
         """
-        prepared = [self._prepare(w) for w in waves]
-        feats, frames = self._extract_features(prepared)  # [B, T, C], [B]
-        projected = self.model.get_submodule("feature_projection")(feats)
+        return self.encode_with_grad(waves)
+
+    def encode_with_grad(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode` without inference mode, for mask learning: the frozen feature encoder runs
+        under ``no_grad``; the transformer runs with autograd so gradients reach whatever the active
+        :func:`router_core.maskable.weight_transform` makes trainable."""
+        with torch.no_grad():
+            prepared = [self._prepare(w) for w in waves]
+            feats, frames = self._extract_features(prepared)  # [B, T, C], [B]
+            projected = self.model.get_submodule("feature_projection")(feats)
         hidden = projected[0] if isinstance(projected, tuple) else projected  # HuBERT returns a tensor
+        hidden = hidden.clone()  # the encoder zeroes padding in place
         attention_mask = None
         if bool((frames < hidden.shape[1]).any()):
             steps = torch.arange(hidden.shape[1])

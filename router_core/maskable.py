@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +75,24 @@ class RoutingPlan:
         return stack, Segments(self.segments.offsets, ids)
 
 
+class WeightTransform(Protocol):
+    """Training hook: the (differentiable) weight a maskable layer should use, or ``None`` to keep W."""
+
+    def masked_weight(self, name: str, weight: torch.Tensor) -> torch.Tensor | None: ...
+
+
 _ACTIVE_PLAN: ContextVar[RoutingPlan | None] = ContextVar("s3router_routing_plan", default=None)
+_ACTIVE_TRANSFORM: ContextVar[WeightTransform | None] = ContextVar("s3router_weight_transform", default=None)
+
+
+@contextlib.contextmanager
+def weight_transform(transform: WeightTransform) -> Iterator[None]:
+    """Route every maskable layer's weight through ``transform`` (mask learning) inside the block."""
+    token = _ACTIVE_TRANSFORM.set(transform)
+    try:
+        yield
+    finally:
+        _ACTIVE_TRANSFORM.reset(token)
 
 
 @contextlib.contextmanager
@@ -103,6 +121,10 @@ class MaskedLinear(nn.Module):
         self.bias = linear.bias  # [N] or None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        transform = _ACTIVE_TRANSFORM.get()
+        if transform is not None:
+            weight = transform.masked_weight(self.name, self.weight)
+            return F.linear(x, self.weight if weight is None else weight, self.bias)
         plan = _ACTIVE_PLAN.get()
         resolved = plan.for_layer(self.name) if plan is not None else None
         if plan is None or resolved is None:

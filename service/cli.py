@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", help="also check the mask fits this backbone")
     inspect.add_argument("--offline", action="store_true", help="never contact the hub")
     inspect.set_defaults(run=_inspect)
+    from service.cli_tools import add_tool_commands
+
+    add_tool_commands(sub)
     serve = sub.add_parser("serve", help="run the HTTP service")
     _add_setting_flags(serve)
     serve.set_defaults(run=_serve)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except (S3RouterError, OSError, SettingsError) as exc:
         print(f"s3router {args.command}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, sort_keys=True))
+    print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 
 

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from router_core.audio import decode_audio
 from router_core.errors import (
     DeadlineExceededError,
     EmptyAudioError,
@@ -19,7 +20,6 @@ from router_core.errors import (
 )
 from router_core.router import RoutedOutput
 from service.app import AppState, state_of
-from router_core.audio import decode_audio
 from service.openai_format import render_transcription
 
 router = APIRouter(tags=["speech"])

@@ -1,0 +1,39 @@
+"""Dev/test metrics: CER and WER (jiwer) for transcription, accuracy for classification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jiwer
+import torch
+
+from router_core.training.manifest import Example
+
+
+def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Corpus-level character and word error rates (empty hypotheses count as full deletions)."""
+    refs = [r if r.strip() else "-" for r in references]
+    hyps = list(hypotheses)
+    return {"cer": float(jiwer.cer(refs, hyps)), "wer": float(jiwer.wer(refs, hyps))}
+
+
+def accuracy(references: Sequence[str], predictions: Sequence[str]) -> float:
+    return sum(r == p for r, p in zip(references, predictions, strict=True)) / max(1, len(references))
+
+
+def evaluate_examples(
+    examples: Sequence[Example],
+    predict: Callable[[list[torch.Tensor]], list[str]],
+    load: Callable[[Example], torch.Tensor],
+    kind: str,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Run ``predict`` over ``examples`` in batches; CER/WER (ctc) or accuracy (classify)."""
+    predictions: list[str] = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        predictions.extend(predict([load(e) for e in chunk]))
+    references = [e.target for e in examples]
+    if kind == "ctc":
+        return {**error_rates(references, predictions), "examples": len(examples)}
+    return {"accuracy": accuracy(references, predictions), "examples": len(examples)}

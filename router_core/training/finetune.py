@@ -1,0 +1,131 @@
+"""The standard weight-finetuning baseline, on the same data, head and step budget as mask learning.
+
+All transformer and projection weights plus the head are trained with Adam (the convolutional
+feature encoder stays frozen, as usual for wav2vec2 finetuning); the result is a Hugging Face
+checkpoint (``*ForCTC`` or ``*ForSequenceClassification`` + processor files). Also: predicting with any
+such checkpoint, for ``s3router eval --checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
+
+from router_core.backbone import Backbone
+from router_core.decoding import ctc_greedy_decode
+from router_core.heads import HeadSpec
+from router_core.training.evaluation import evaluate_examples
+from router_core.training.export import base_state_dict, linear, model_with_head, save_processor
+from router_core.training.learner import head_loss, pooled_logits
+from router_core.training.manifest import Example
+from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for
+
+log = logging.getLogger(__name__)
+
+
+def _normalize(wave: torch.Tensor, enabled: bool) -> torch.Tensor:
+    wave = wave.float()
+    return (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7) if enabled else wave
+
+
+def hf_forward(
+    model: PreTrainedModel, waves: list[torch.Tensor], normalize: bool, use_attention_mask: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame outputs ``[B, T, O]`` and frame lengths of a HF CTC/classification model.
+
+    For classification the per-frame output is ``classifier(projector(h[t]))``; both are linear, so its
+    mean over valid frames equals the model's pooled logits.
+    """
+    device = next(model.parameters()).device
+    lengths = torch.tensor([w.shape[0] for w in waves])
+    padded = torch.nn.utils.rnn.pad_sequence([_normalize(w, normalize) for w in waves], batch_first=True)
+    mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
+    base = getattr(model, model.base_model_prefix)
+    kwargs = {"attention_mask": mask.to(device)} if use_attention_mask else {}
+    hidden = base(padded.to(device), **kwargs).last_hidden_state  # [B, T, D]
+    frames = torch.as_tensor(getattr(base, "_get_feat_extract_output_lengths")(lengths), dtype=torch.long)  # noqa: B009
+    if hasattr(model, "lm_head"):
+        return linear(model, "lm_head")(model.get_submodule("dropout")(hidden)), frames
+    return linear(model, "classifier")(linear(model, "projector")(hidden)), frames
+
+
+def hf_predict(model: PreTrainedModel, spec: HeadSpec, waves: list[torch.Tensor], normalize: bool, attn: bool,
+               seconds_per_frame: float) -> list[str]:  # fmt: skip
+    with torch.no_grad():
+        outputs, frames = hf_forward(model, waves, normalize, attn)
+    if spec.kind == "classify":
+        return [spec.labels[i] for i in pooled_logits(outputs, frames).argmax(-1).tolist()]
+    return [
+        ctc_greedy_decode(outputs[i, : int(frames[i])].cpu(), spec, seconds_per_frame).text for i in range(len(waves))
+    ]
+
+
+def finetune_weights(
+    backbone: Backbone, config: TrainConfig, train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path
+) -> dict[str, Any]:
+    """Weight-finetune a copy of ``backbone`` with a fresh head; save the best (dev) checkpoint."""
+    torch.manual_seed(config.seed)
+    spec = head_spec_for(config, train)
+    base = {k: v.detach().float().cpu() for k, v in base_state_dict(backbone).items()}
+    model = model_with_head(backbone, spec, base).to(backbone.device)  # type: ignore[arg-type]
+    model.freeze_feature_encoder()
+    model.train()
+    attn = getattr(backbone.config, "feat_extract_norm", "layer") == "layer"
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr)
+    load = AudioCache()
+    gen = torch.Generator().manual_seed(config.seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    best: dict[str, float] | None = None
+    history = []
+    started = time.monotonic()
+
+    def predict(waves: list[torch.Tensor]) -> list[str]:
+        return hf_predict(model, spec, waves, backbone.normalize_input, attn, backbone.seconds_per_frame)
+
+    for step in range(1, config.steps + 1):
+        idx = torch.randint(len(train), (min(config.batch_size, len(train)),), generator=gen).tolist()
+        batch = [train[i] for i in idx]
+        outputs, frames = hf_forward(model, [load(e) for e in batch], backbone.normalize_input, attn)
+        loss = head_loss(outputs.float(), frames, [e.target for e in batch], spec)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        if step % config.eval_every == 0 or step == config.steps:
+            model.eval()
+            metrics = evaluate_examples(dev, predict, load, config.kind, config.batch_size)
+            model.train()
+            history.append({"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics})
+            log.info("finetune step %d: %s", step, history[-1])
+            better = best is None or (
+                metrics["cer"] < best["cer"] if config.kind == "ctc" else metrics["accuracy"] > best["accuracy"]
+            )
+            if better:
+                best = metrics
+                model.config.architectures = [type(model).__name__]
+                model.save_pretrained(out)
+                save_processor(spec, backbone, out)
+    return {"out": str(out), "best": best, "history": history}
+
+
+def load_hf_classifier_or_ctc(path: str | Path) -> tuple[PreTrainedModel, HeadSpec]:
+    """A HF CTC or audio-classification checkpoint with the head description needed to decode it."""
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    archs = config.architectures or []
+    if any(a.endswith("ForCTC") for a in archs):
+        model = AutoModelForCTC.from_pretrained(path, local_files_only=True)
+        vocab_map = json.loads((Path(path) / "vocab.json").read_text(encoding="utf-8"))
+        vocab = [tok for tok, _ in sorted(vocab_map.items(), key=lambda item: item[1])]
+        return model.eval(), HeadSpec(kind="ctc", vocab=vocab, blank_id=int(config.pad_token_id or 0))
+    model = AutoModelForAudioClassification.from_pretrained(path, local_files_only=True)
+    labels = [config.id2label[i] for i in range(config.num_labels)]
+    return model.eval(), HeadSpec(kind="classify", labels=labels)

@@ -1,0 +1,98 @@
+"""The trainable part of mask learning: scores + head over a frozen backbone, and their losses.
+
+CTC loss: ``L = CTC(log_softmax(h W^T + b), y)`` over each item's valid frames (blank = ``blank_id``).
+Classification: ``L = CE(mean_t(h[t]) W^T + b, y)`` over the valid frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from router_core.backbone import Backbone
+from router_core.errors import InvalidInputError
+from router_core.heads import HeadSpec, OutputHead
+from router_core.maskable import weight_transform
+from router_core.training.scores import ScoreMasks
+
+SPECIAL_TOKENS = ("<pad>", "<unk>")
+WORD_DELIMITER = "|"
+
+
+def build_vocab(texts: Sequence[str]) -> list[str]:
+    """``<pad>`` (blank, id 0), ``<unk>``, ``|`` (word delimiter), then every character seen, sorted."""
+    chars = sorted({c for t in texts for c in t if not c.isspace()} - {WORD_DELIMITER})
+    return [*SPECIAL_TOKENS, WORD_DELIMITER, *chars]
+
+
+def encode_text(text: str, vocab: Sequence[str]) -> list[int]:
+    """Characters to ids; spaces become the word delimiter, unknown characters ``<unk>``."""
+    index = {tok: i for i, tok in enumerate(vocab)}
+    unk = index.get("<unk>")
+    ids = []
+    for char in " ".join(text.split()):
+        token = WORD_DELIMITER if char == " " else char
+        if token in index:
+            ids.append(index[token])
+        elif unk is not None:
+            ids.append(unk)
+        else:
+            raise InvalidInputError(f"character {char!r} is not in the vocabulary")
+    return ids
+
+
+class MaskLearner(nn.Module):
+    """Scores for the chosen maskable layers plus an output head; the backbone stays frozen outside."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: HeadSpec,
+        layers: Sequence[str],
+        keep_ratio: float,
+        init: str = "weight_rank",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.__dict__["backbone"] = backbone  # not a submodule: frozen, never synced or saved here
+        self.head_spec = head
+        torch.manual_seed(seed)
+        self.scores = ScoreMasks({n: backbone.layers[n].weight for n in layers}, keep_ratio, init, seed)
+        self.head = OutputHead(head, backbone.hidden_size).to(backbone.device)
+        self.scores.to(backbone.device)
+
+    def forward(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frame head outputs ``[B, T, O]`` (float32) and frame lengths ``[B]``."""
+        backbone: Backbone = self.__dict__["backbone"]
+        with weight_transform(self.scores):
+            hidden, frames = backbone.encode_with_grad(waves)  # [B, T, D], [B]
+        return self.head.proj(hidden.float()), frames
+
+    def loss(self, outputs: torch.Tensor, frames: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
+        return head_loss(outputs, frames, targets, self.head_spec)
+
+
+def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Mean over each item's valid frames: ``[B, T, O] -> [B, O]`` (the head is linear, so this equals
+    the head applied to mean-pooled hidden states)."""
+    steps = torch.arange(outputs.shape[1], device=outputs.device)
+    valid = (steps[None, :] < frames.to(outputs.device)[:, None]).to(outputs.dtype)  # [B, T]
+    return (outputs * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True)
+
+
+def head_loss(outputs: torch.Tensor, frames: torch.Tensor, targets: Sequence[str], spec: HeadSpec) -> torch.Tensor:
+    if spec.kind == "classify":
+        index = {label: i for i, label in enumerate(spec.labels)}
+        try:
+            labels = torch.tensor([index[t] for t in targets], device=outputs.device)
+        except KeyError as exc:
+            raise InvalidInputError(f"label {exc.args[0]!r} is not one of the head's labels") from exc
+        return F.cross_entropy(pooled_logits(outputs, frames), labels)
+    ids = [encode_text(t, spec.vocab) for t in targets]
+    log_probs = F.log_softmax(outputs, dim=-1).transpose(0, 1)  # [T, B, V]
+    flat = torch.tensor([i for seq in ids for i in seq], dtype=torch.long)
+    lengths = torch.tensor([len(seq) for seq in ids], dtype=torch.long)
+    return F.ctc_loss(log_probs, flat, frames.cpu(), lengths, blank=spec.blank_id, zero_infinity=True)

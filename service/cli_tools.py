@@ -1,0 +1,250 @@
+"""``s3router`` subcommands for the S3-Router workflow: train, prune, finetune, eval, export, analyze."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from router_core.errors import InvalidInputError
+
+
+def _log_to(work_dir: Path) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(work_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _backbone(args: argparse.Namespace):
+    from router_core.backbone import load_backbone
+
+    return load_backbone(args.backbone, device=args.device, local_files_only=args.offline)
+
+
+def _registry(args: argparse.Namespace, backbone):
+    from router_core.registry import DirectoryStore, MaskRegistry
+
+    return MaskRegistry(DirectoryStore(args.registry), backbone.spec(), device=backbone.device, budget_bytes=2**40)
+
+
+def _read_vocab(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        return [tok for tok, _ in sorted(data.items(), key=lambda item: item[1])]
+    return [str(tok) for tok in data]
+
+
+def _train_config(args: argparse.Namespace):
+    from router_core.training.trainer import TrainConfig
+
+    return TrainConfig(
+        name=args.name,
+        kind=args.kind,
+        keep=args.keep,
+        init=args.init,
+        include_attention=args.attention,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        score_lr=args.score_lr,
+        eval_every=args.eval_every,
+        seed=args.seed,
+        vocab=_read_vocab(args.vocab),
+        work_dir=args.work_dir or f"runs/{args.name}",
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+
+
+def run_train(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from router_core.mask_file import encode_mask, validate_mask_name
+    from router_core.training.manifest import read_manifest
+    from router_core.training.trainer import train_mask
+
+    validate_mask_name(args.name)
+    if args.distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            args.device = f"cuda:{torch.distributed.get_node_local_rank()}"
+    train = read_manifest(args.train, args.kind)
+    dev = read_manifest(args.dev, args.kind) if args.dev else train
+    config = _train_config(args)
+    _log_to(Path(config.work_dir))
+    backbone = _backbone(args)
+    initial_head = None
+    head = backbone.ctc_head
+    if args.kind == "ctc" and head is not None and head.vocab and config.vocab is None:
+        config.vocab, initial_head = head.vocab, (head.weight, head.bias)  # start from the checkpoint's lm_head
+    result = train_mask(backbone, config, train, dev, distributed=args.distributed, initial_head=initial_head)
+    if args.distributed:
+        torch.distributed.destroy_process_group()
+    if result is None:
+        return {"rank": "worker", "done": True}
+    _registry(args, backbone).put(encode_mask(result.mask))
+    return {
+        "mask": result.mask.name,
+        "registry": args.registry,
+        "best_step": result.best_step,
+        "dev": result.best_metrics,
+        "keep_ratio": sum(result.mask.keep_ratios.values()) / len(result.mask.keep_ratios),
+    }
+
+
+def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.training.finetune import finetune_weights
+    from router_core.training.manifest import read_manifest
+
+    train = read_manifest(args.train, args.kind)
+    dev = read_manifest(args.dev, args.kind) if args.dev else train
+    args.name = "finetune"
+    config = _train_config(args)
+    _log_to(Path(args.out))
+    return finetune_weights(_backbone(args), config, train, dev, args.out)
+
+
+def run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.training.evaluation import evaluate_examples
+    from router_core.training.finetune import hf_predict, load_hf_classifier_or_ctc
+    from router_core.training.manifest import read_manifest
+    from router_core.training.trainer import AudioCache
+
+    if bool(args.checkpoint) == bool(args.mask):
+        raise InvalidInputError("give either --mask (with --backbone and --registry) or --checkpoint")
+    load = AudioCache()
+    kind: str
+    if args.checkpoint:
+        from router_core.backbone import load_backbone
+
+        model, spec = load_hf_classifier_or_ctc(args.checkpoint)
+        probe = load_backbone(args.checkpoint, local_files_only=True)  # frame rate, normalisation, attention
+        attn = getattr(probe.config, "feat_extract_norm", "layer") == "layer"
+        examples = read_manifest(args.manifest, spec.kind)
+
+        def predict(waves):
+            return hf_predict(model, spec, waves, probe.normalize_input, attn, probe.seconds_per_frame)
+
+        kind, subject = spec.kind, str(args.checkpoint)
+    else:
+        from router_core.router import Router
+
+        backbone = _backbone(args)
+        router = Router(backbone, _registry(args, backbone))
+        kind = router.registry.get(args.mask).kind
+        examples = read_manifest(args.manifest, kind)
+
+        def predict(waves):
+            outs = router.forward(waves, [args.mask] * len(waves))
+            return [o.transcript.text if o.transcript else o.classification.label for o in outs]  # type: ignore[union-attr]
+
+        subject = args.mask
+    return {"subject": subject, "kind": kind, **evaluate_examples(examples, predict, load, kind, args.batch_size)}
+
+
+def run_export(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.training.export import export_mask
+
+    backbone = _backbone(args)
+    loaded = _registry(args, backbone).get(args.mask)
+    return export_mask(backbone, loaded.mask, args.out)
+
+
+def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.mask_file import decode_mask
+    from router_core.registry import DirectoryStore
+    from router_core.training.analyze import mask_similarity, save_heatmap, similarity_table
+
+    store = DirectoryStore(args.registry)
+    names = args.masks.split(",") if args.masks else store.names()
+    if len(names) < 1:
+        raise InvalidInputError(f"no masks to analyze in {args.registry}")
+    result = mask_similarity([decode_mask(store.read(n)) for n in names])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "similarity.json").write_text(json.dumps(result, indent=2))
+    save_heatmap(result, out / "similarity_iou.png", "iou")
+    save_heatmap(result, out / "similarity_hamming.png", "hamming")
+    print(similarity_table(result, "iou"))
+    return {"masks": names, "json": str(out / "similarity.json"), "heatmaps": [str(out / "similarity_iou.png")]}
+
+
+def _common(p: argparse.ArgumentParser, registry: bool = True) -> None:
+    p.add_argument("--backbone", required=True, help="checkpoint folder or hub id")
+    if registry:
+        p.add_argument("--registry", required=True, help="mask registry folder")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--offline", action="store_true", help="never contact the hub")
+
+
+def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: bool) -> None:
+    from router_core.training.scores import SCORE_INITS
+
+    p.add_argument("--train", required=True, help="manifest (JSONL or TSV)")
+    p.add_argument("--dev", help="dev manifest (default: the training manifest)")
+    p.add_argument("--kind", choices=["ctc", "classify"], default="ctc")
+    p.add_argument("--keep", type=float, default=keep, help="fraction of weights kept per layer")
+    p.add_argument("--init", choices=SCORE_INITS, default=init)
+    p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=attention,
+                   help="also mask attention projections (default off: the paper's fix_attn)")  # fmt: skip
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
+    p.add_argument("--score-lr", type=float, default=1e-3)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab", help="vocabulary JSON (list or {token: id}); default: built from the text")
+    p.add_argument("--work-dir", help="checkpoints and logs (default runs/NAME)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--distributed", action="store_true", help="under torchrun: DDP across processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser("train", help="learn a mask (and head) for a language or task")
+    _common(train)
+    train.add_argument("--name", required=True, help="mask name, e.g. fr or speaker")
+    _training(train, keep=0.9, init="weight_rank", attention=False)
+    train.set_defaults(run=run_train)
+
+    prune = sub.add_parser("prune", help="learn a sparse mask (keep 0.3-0.7, magnitude init) for pruning")
+    _common(prune)
+    prune.add_argument("--name", required=True)
+    _training(prune, keep=0.5, init="weight_magnitude", attention=True)
+    prune.set_defaults(run=run_train)
+
+    finetune = sub.add_parser("finetune", help="weight-finetuning baseline -> Hugging Face checkpoint")
+    _common(finetune, registry=False)
+    finetune.add_argument("--out", required=True)
+    _training(finetune, keep=1.0, init="kaiming", attention=False)
+    finetune.set_defaults(run=run_finetune, lr=1e-4)
+
+    evaluate = sub.add_parser("eval", help="CER/WER or accuracy of a mask or a checkpoint over a manifest")
+    evaluate.add_argument("--manifest", required=True)
+    evaluate.add_argument("--mask")
+    evaluate.add_argument("--checkpoint", help="a Hugging Face CTC or audio-classification folder")
+    evaluate.add_argument("--backbone")
+    evaluate.add_argument("--registry")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.add_argument("--offline", action="store_true")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.set_defaults(run=run_eval)
+
+    export = sub.add_parser("export", help="bake a mask into a pruned Hugging Face checkpoint")
+    _common(export)
+    export.add_argument("--mask", required=True)
+    export.add_argument("--out", required=True)
+    export.set_defaults(run=run_export)
+
+    analyze = sub.add_parser("analyze", help="pairwise mask similarity: table, JSON, heatmap PNG")
+    analyze.add_argument("--registry", required=True)
+    analyze.add_argument("--masks", help="comma-separated names (default: all)")
+    analyze.add_argument("--out", required=True)
+    analyze.set_defaults(run=run_analyze)

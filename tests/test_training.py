@@ -1,0 +1,209 @@
+"""Mask learning, the finetune baseline, eval, export, prune and analyze on a tiny model and synthetic audio."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from transformers import pipeline
+
+from conftest import classify_spec, ctc_spec, tiny_model
+from router_core.errors import InvalidInputError, UnsupportedAudioError
+from router_core.mask_builder import random_mask
+from router_core.mask_file import decode_mask, encode_mask
+from router_core.registry import DirectoryStore, MaskRegistry
+from router_core.router import Router
+from router_core.training.analyze import mask_similarity, save_heatmap
+from router_core.training.export import export_mask
+from router_core.training.learner import MaskLearner
+from router_core.training.manifest import read_manifest
+from router_core.training.trainer import TrainConfig, train_mask
+from service.cli import main
+
+TEXTS = ["abc", "bad cab", "ace"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """12 short clips: three 'words' as tones of different pitch; JSONL (ctc) and TSV (classify) manifests."""
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    ctc, cls = [], ["audio\tlabel"]
+    for i in range(12):
+        pitch = 0.03 + 0.02 * (i % 3)
+        wave = 0.3 * np.sin(np.arange(6400) * pitch) + 0.02 * rng.standard_normal(6400)
+        sf.write(root / f"clip{i}.wav", wave.astype("float32"), 16000)
+        ctc.append(json.dumps({"audio": f"clip{i}.wav", "text": TEXTS[i % 3]}))
+        cls.append(f"clip{i}.wav\tspeaker{i % 3}")
+    (root / "ctc.jsonl").write_text("\n".join(ctc))
+    (root / "cls.tsv").write_text("\n".join(cls))
+    model = tiny_model("wav2vec2-layer")
+    model.save_pretrained(root / "backbone")
+    return root
+
+
+def _backbone(corpus):
+    from router_core.backbone import load_backbone
+
+    return load_backbone(corpus / "backbone", local_files_only=True)
+
+
+def _config(tmp_path, **kw):
+    base = dict(name="fr", kind="ctc", steps=30, eval_every=10, lr=1e-2, score_lr=1e-2, progress=False,
+                work_dir=str(tmp_path / "run"), batch_size=4)  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_training_lowers_the_loss_and_keeps_exactly_k(corpus, tmp_path):
+    examples = read_manifest(corpus / "ctc.jsonl", "ctc")
+    result = train_mask(_backbone(corpus), _config(tmp_path, keep=0.8), examples, examples)
+    losses = [h["loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    for name, (n, k) in result.mask.layer_shapes.items():
+        assert result.mask.keep_ratios[name] == round(0.8 * n * k) / (n * k)
+    assert result.mask.metrics["dev_cer"] == result.best_metrics["cer"]
+
+
+def test_gradients_reach_only_scores_and_head(corpus):
+    backbone = _backbone(corpus)
+    learner = MaskLearner(backbone, ctc_spec(), backbone.default_layer_names(), 0.9)
+    wave = torch.randn(6400)
+    outputs, frames = learner([wave, wave[:5000]])
+    learner.loss(outputs, frames, ["abc", "bad"]).backward()
+    assert all(p.grad is None for p in backbone.model.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.scores.parameters())
+    assert learner.head.proj.weight.grad is not None
+
+
+def test_resume_continues_from_the_saved_step(corpus, tmp_path):
+    examples = read_manifest(corpus / "ctc.jsonl", "ctc")
+    first = train_mask(_backbone(corpus), _config(tmp_path, steps=10, eval_every=5), examples, examples)
+    resumed = train_mask(_backbone(corpus), _config(tmp_path, steps=15, eval_every=5, resume=True), examples, examples)
+    assert [h["step"] for h in resumed.history] == [5, 10, 15]
+    assert resumed.history[:2] == first.history
+
+
+def test_cli_train_writes_a_mask_the_registry_serves_and_eval_reports_it(corpus, tmp_path, capsys):
+    registry = tmp_path / "registry"
+    args = ["--backbone", str(corpus / "backbone"), "--registry", str(registry), "--offline", "--quiet",
+            "--steps", "6", "--eval-every", "3", "--batch-size", "4", "--work-dir", str(tmp_path / "w")]  # fmt: skip
+    assert main(["train", "--name", "fr", "--train", str(corpus / "ctc.jsonl"), *args]) == 0
+    assert main(["train", "--name", "spk", "--kind", "classify", "--train", str(corpus / "cls.tsv"), *args]) == 0
+    capsys.readouterr()
+    bb = _backbone(corpus)
+    reg = MaskRegistry(DirectoryStore(registry), bb.spec())
+    assert reg.get("fr").kind == "ctc" and reg.get("spk").mask.head.labels == ["speaker0", "speaker1", "speaker2"]
+    assert "dev_cer" in reg.get("fr").mask.metrics
+    common = ["--backbone", str(corpus / "backbone"), "--registry", str(registry), "--offline"]
+    assert main(["eval", "--mask", "spk", "--manifest", str(corpus / "cls.tsv"), *common]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "classify" and 0.0 <= report["accuracy"] <= 1.0 and report["examples"] == 12
+
+
+def test_finetune_baseline_writes_a_checkpoint_eval_can_score(corpus, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["finetune", "--backbone", str(corpus / "backbone"), "--offline", "--quiet", "--train",
+                 str(corpus / "ctc.jsonl"), "--steps", "4", "--eval-every", "2", "--batch-size", "4",
+                 "--out", str(out)]) == 0  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert (out / "config.json").is_file() and (out / "vocab.json").is_file() and "cer" in summary["best"]
+    assert main(["eval", "--checkpoint", str(out), "--manifest", str(corpus / "ctc.jsonl")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["kind"] == "ctc" and report["cer"] == pytest.approx(summary["best"]["cer"], abs=1e-6)
+
+
+def _registry_with(bb, tmp_path, mask):
+    registry = MaskRegistry(DirectoryStore(tmp_path / "reg"), bb.spec())
+    registry.put(encode_mask(mask))
+    return registry
+
+
+def test_exported_ctc_checkpoint_matches_the_router_through_a_transformers_pipeline(corpus, tmp_path):
+    bb = _backbone(corpus)
+    mask = random_mask(bb.spec(), "fr", ctc_spec(), bb.default_layer_names(True), 0.7, seed=3)
+    mask.head_bias[0] = -4.0  # fewer blanks: a non-trivial transcript
+    router = Router(bb, _registry_with(bb, tmp_path, mask))
+    report = export_mask(bb, router.registry.get("fr").mask, tmp_path / "export")
+    assert report["sparsity_of_masked_layers"] == pytest.approx(0.3, abs=0.01)
+    wave = torch.from_numpy(sf.read(corpus / "clip1.wav", dtype="float32")[0])
+    expected = router.transcribe([wave], ["fr"])[0].text
+    asr = pipeline("automatic-speech-recognition", model=str(tmp_path / "export"))
+    assert expected and asr(wave.numpy())["text"] == expected
+
+
+def test_exported_classifier_matches_the_router(corpus, tmp_path):
+    bb = _backbone(corpus)
+    mask = random_mask(bb.spec(), "spk", classify_spec(3), bb.default_layer_names(), 0.9, seed=4)
+    router = Router(bb, _registry_with(bb, tmp_path, mask))
+    export_mask(bb, router.registry.get("spk").mask, tmp_path / "export")
+    wave = torch.from_numpy(sf.read(corpus / "clip2.wav", dtype="float32")[0])
+    ours = router.classify([wave], ["spk"])[0]
+    theirs = pipeline("audio-classification", model=str(tmp_path / "export"))(wave.numpy(), top_k=3)
+    assert theirs[0]["label"] == ours.label
+    assert theirs[0]["score"] == pytest.approx(ours.probabilities[ours.label], abs=1e-4)
+
+
+def test_similarity_of_a_mask_with_itself_is_one(corpus, tmp_path):
+    bb = _backbone(corpus)
+    layers = bb.default_layer_names()
+    a = random_mask(bb.spec(), "a", ctc_spec(), layers, 0.9, seed=1)
+    b = random_mask(bb.spec(), "b", ctc_spec(), layers, 0.9, seed=2)
+    result = mask_similarity([a, b])
+    assert result["iou"][0][0] == 1.0 and result["hamming"][0][0] == 0.0
+    assert 0.0 <= result["iou"][0][1] < 1.0 and result["iou"][0][1] == result["iou"][1][0]
+    assert set(result["pairs"]["a|b"]["layers"]) == set(layers)
+    save_heatmap(result, tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_analyze_and_prune(corpus, tmp_path, capsys):
+    registry = tmp_path / "registry"
+    base = ["--backbone", str(corpus / "backbone"), "--registry", str(registry), "--offline", "--quiet",
+            "--train", str(corpus / "ctc.jsonl"), "--steps", "3", "--eval-every", "3",
+            "--work-dir", str(tmp_path / "w")]  # fmt: skip
+    assert main(["prune", "--name", "sparse", *base]) == 0
+    assert main(["train", "--name", "dense", *base]) == 0
+    sparse = decode_mask((registry / "sparse.s3mask").read_bytes())
+    assert len(sparse.layer_bits) == 12  # attention masked too
+    assert all(abs(r - 0.5) < 1e-3 for r in sparse.keep_ratios.values())
+    assert main(["analyze", "--registry", str(registry), "--out", str(tmp_path / "an")]) == 0
+    data = json.loads((tmp_path / "an" / "similarity.json").read_text())
+    assert data["names"] == ["dense", "sparse"] and data["iou"][0][0] == 1.0
+
+
+@pytest.mark.parametrize(
+    "content,kind,message",
+    [
+        ("", "ctc", "no examples"),
+        ('{"audio": "missing.wav", "text": "a"}', "ctc", ":1: audio file"),
+        ('{"audio": "clip0.wav"}\n', "ctc", ":1: missing 'text'"),
+        ("audio\tlabel\nclip0.wav\t\n", "classify", ":2: missing 'label'"),
+        ('{"audio": "clip0.wav", "text": "a"}\n{broken', "ctc", ":2: not valid JSON"),
+    ],
+)
+def test_bad_manifests_fail_fast_naming_the_line(corpus, content, kind, message):
+    path = corpus / f"bad_{abs(hash(content))}.{'tsv' if kind == 'classify' else 'jsonl'}"
+    path.write_text(content)
+    with pytest.raises(InvalidInputError, match=message):
+        read_manifest(path, kind)
+
+
+def test_unreadable_audio_names_the_manifest_line(corpus, tmp_path):
+    (corpus / "junk.wav").write_bytes(b"not audio at all" * 20)
+    (corpus / "junk.jsonl").write_text(json.dumps({"audio": "junk.wav", "text": "abc"}))
+    examples = read_manifest(corpus / "junk.jsonl", "ctc")
+    with pytest.raises(UnsupportedAudioError, match="junk.jsonl:1"):
+        train_mask(_backbone(corpus), _config(tmp_path, steps=1), examples, examples)
+
+
+def test_distributed_training_under_torchrun(corpus, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "service.cli",
+           "train", "--distributed", "--name", "ddp", "--backbone", str(corpus / "backbone"), "--registry",
+           str(tmp_path / "reg"), "--offline", "--quiet", "--train", str(corpus / "ctc.jsonl"), "--steps", "4",
+           "--eval-every", "2", "--batch-size", "2", "--work-dir", str(tmp_path / "w")]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "reg" / "ddp.s3mask").is_file()
