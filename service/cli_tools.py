@@ -146,7 +146,12 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             return [o.transcript.text if o.transcript else o.classification.label for o in outs]  # type: ignore[union-attr]
 
         subject = args.mask
-    return {"subject": subject, "kind": kind, **evaluate_examples(examples, predict, load, kind, args.batch_size)}
+    result = {"subject": subject, "kind": kind, **evaluate_examples(examples, predict, load, kind, args.batch_size)}
+    if args.table:
+        rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in result.items()]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    return result
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,6 +240,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--offline", action="store_true")
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--table", action="store_true", help="also print a table before the JSON")
     evaluate.set_defaults(run=run_eval)
 
     export = sub.add_parser("export", help="bake a mask into a pruned Hugging Face checkpoint")

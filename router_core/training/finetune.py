@@ -91,7 +91,9 @@ def finetune_weights(
     def predict(waves: list[torch.Tensor]) -> list[str]:
         return hf_predict(model, spec, waves, backbone.normalize_input, attn, backbone.seconds_per_frame)
 
-    for step in range(1, config.steps + 1):
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(1, config.steps + 1), disable=not config.progress, desc="finetune"):
         idx = torch.randint(len(train), (min(config.batch_size, len(train)),), generator=gen).tolist()
         batch = [train[i] for i in idx]
         outputs, frames = hf_forward(model, [load(e) for e in batch], backbone.normalize_input, attn)
