@@ -83,7 +83,9 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     initial_head = None
     head = backbone.ctc_head
     if args.kind == "ctc" and head is not None and head.vocab and config.vocab is None:
-        config.vocab, initial_head = head.vocab, (head.weight, head.bias)  # start from the checkpoint's lm_head
+        needed = {c for e in train for c in e.target if not c.isspace()}
+        if needed <= set(head.vocab):  # the checkpoint's lm_head already spells this language
+            config.vocab, initial_head = head.vocab, (head.weight, head.bias)
     result = train_mask(backbone, config, train, dev, distributed=args.distributed, initial_head=initial_head)
     if args.distributed:
         torch.distributed.destroy_process_group()
@@ -181,6 +183,27 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
     return {"masks": names, "json": str(out / "similarity.json"), "heatmaps": [str(out / "similarity_iou.png")]}
 
 
+def run_synth(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.training.synth import synth_corpus
+
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    counts = {"train": args.train, "dev": args.dev, "test": args.test}
+    return synth_corpus(args.out, langs, counts, args.seed, args.workers, progress=not args.quiet)
+
+
+def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.training.manifest import read_manifest
+    from router_core.training.pretrain import PretrainConfig, pretrain_backbone
+
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    corpus = Path(args.corpus)
+    train = [e for lang in langs for e in read_manifest(corpus / f"{lang}_train.jsonl", "ctc")]
+    dev = [e for lang in langs for e in read_manifest(corpus / f"{lang}_dev.jsonl", "ctc")[: args.dev_per_lang]]
+    _log_to(Path(args.work_dir))
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, progress=not args.quiet)
+    return pretrain_backbone(train, dev, args.out, args.work_dir, config)
+
+
 def _common(p: argparse.ArgumentParser, registry: bool = True) -> None:
     p.add_argument("--backbone", required=True, help="checkpoint folder or hub id")
     if registry:
@@ -254,3 +277,30 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     analyze.add_argument("--masks", help="comma-separated names (default: all)")
     analyze.add_argument("--out", required=True)
     analyze.set_defaults(run=run_analyze)
+
+    data = sub.add_parser("data", help="corpora").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="synthesize a multilingual corpus with espeak-ng")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--langs", default="en,fr,de,es,it,pt")
+    synth.add_argument("--train", type=int, default=1000, help="utterances per language")
+    synth.add_argument("--dev", type=int, default=100)
+    synth.add_argument("--test", type=int, default=100)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument("--quiet", action="store_true")
+    synth.set_defaults(run=run_synth)
+
+    bundle = sub.add_parser("bundle", help="build the bundled default model").add_subparsers(
+        dest="bundle_command", required=True
+    )
+    pretrain = bundle.add_parser("pretrain", help="train the tiny multilingual backbone (character CTC)")
+    pretrain.add_argument("--corpus", required=True, help="folder written by `s3router data synth`")
+    pretrain.add_argument("--langs", default="en,fr,de,es,it")
+    pretrain.add_argument("--out", required=True)
+    pretrain.add_argument("--work-dir", default="runs/pretrain")
+    pretrain.add_argument("--steps", type=int, default=2400)
+    pretrain.add_argument("--batch-size", type=int, default=8)
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--dev-per-lang", type=int, default=40)
+    pretrain.add_argument("--quiet", action="store_true")
+    pretrain.set_defaults(run=run_pretrain)

@@ -24,6 +24,7 @@ class ServiceSettings(BaseSettings):
     kernel: Literal["auto", "reference", "cpu", "triton"] = "auto"
     offline: bool = Field(default=True, description="never contact a model hub")
     model_id: str = Field(default="s3router", description="model id reported to OpenAI-compatible clients")
+    language_mask: str = Field(default="language", description="classification mask used for lang=auto")
 
     max_batch_size: int = Field(default=8, ge=1, le=256)
     max_wait_ms: float = Field(default=10.0, ge=0.0, le=10_000.0)

@@ -102,20 +102,41 @@ def _words(out: RoutedOutput) -> list[dict[str, Any]]:
     return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in out.transcript.words]
 
 
-@router.post("/transcribe", summary="Transcribe audio with a language's mask")
-async def transcribe(request: Request, lang: str = Query(..., description="language mask, e.g. fr")) -> dict:
+AUTO = "auto"
+
+
+async def resolve_language(
+    request: Request, state: AppState, wave: torch.Tensor, lang: str
+) -> tuple[str, float | None]:
+    """``lang`` itself, or for ``auto`` the language-ID mask's best label and its probability."""
+    if lang != AUTO:
+        return lang, None
+    lid = await run_request(request, state, wave, state.settings.language_mask, "classify")
+    assert lid.classification is not None
+    label = lid.classification.label
+    return label, lid.classification.probabilities[label]
+
+
+@router.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)")
+async def transcribe(
+    request: Request, lang: str = Query(..., description="language mask, e.g. fr, or auto to detect it")
+) -> dict:
     state = state_of(request)
     wave, _ = await _decoded(request, state)
-    out = await run_request(request, state, wave, lang, "ctc")
+    language, probability = await resolve_language(request, state, wave, lang)
+    out = await run_request(request, state, wave, language, "ctc")
     assert out.transcript is not None
-    return {
+    body = {
         "text": out.transcript.text,
-        "language": lang,
+        "language": language,
         "mask": out.mask_name,
         "duration": round(out.audio_seconds, 3),
         "words": _words(out),
         "timing": request.state.timing,
     }
+    if probability is not None:
+        body["language_probability"] = round(probability, 6)
+    return body
 
 
 @router.post("/classify", summary="Classify audio with a task's mask")
@@ -151,10 +172,12 @@ async def openai_transcriptions(request: Request) -> Response:
         mask = model
     elif language:
         mask = str(language)
+    elif state.settings.language_mask in available:
+        mask, _ = await resolve_language(request, state, wave, AUTO)
     else:
         raise InvalidInputError(
             f"say which language to transcribe: set 'language' (one of {', '.join(available)}) "
-            f"or use a mask name as 'model'"
+            f"or use a mask name as 'model' (no {state.settings.language_mask!r} mask for auto-detection)"
         )
     fmt = str(fields.get("response_format") or "json")
     granularities = fields.get("timestamp_granularities[]") or fields.get("timestamp_granularities") or ["segment"]

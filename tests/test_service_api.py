@@ -1,8 +1,10 @@
 """Every endpoint and error path of the HTTP service, through the real app (FastAPI TestClient/httpx)."""
 
 import concurrent.futures
+import math
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from conftest import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory
@@ -196,3 +198,30 @@ def test_request_past_its_deadline_gets_504(tmp_path):
     with TestClient(create_app(settings, tiny_engine_factory(run_delay=0.5))) as c:
         r = c.post("/transcribe?lang=fr", content=audio_bytes(1.0))
         assert r.status_code == 504 and "deadline" in r.json()["error"]["message"]
+
+
+def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
+    from router_core.heads import HeadSpec
+
+    base_factory = tiny_engine_factory()
+
+    def factory(settings):
+        engine = base_factory(settings)
+        bb = engine.backbone
+        lid = random_mask(bb.spec(), "language", HeadSpec(kind="classify", labels=["fr", "de"]),
+                          bb.default_layer_names(), 0.9, seed=9)  # fmt: skip
+        lid.head_weight.zero_()
+        lid.head_bias.copy_(torch.tensor([-3.0, 3.0]))  # always German, with p = sigmoid(6)
+        engine.registry.put(encode_mask(lid))
+        return engine
+
+    with TestClient(create_app(_settings(tmp_path), factory)) as c:
+        wav = audio_bytes(1.0)
+        auto = c.post("/transcribe?lang=auto", content=wav).json()
+        assert auto["language"] == "de" and auto["mask"] == "de"
+        assert auto["language_probability"] == pytest.approx(1 / (1 + math.exp(-6)), abs=1e-5)
+        assert auto["text"] == c.post("/transcribe?lang=de", content=wav).json()["text"]
+        files = {"file": ("a.wav", wav, "audio/wav")}
+        assert (
+            c.post("/v1/audio/transcriptions", files=files, data={"model": "s3router"}).json()["text"] == auto["text"]
+        )

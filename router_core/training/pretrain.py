@@ -1,0 +1,136 @@
+"""``s3router bundle pretrain``: the bundled default backbone — a tiny wav2vec2 trained from scratch.
+
+What it is, honestly: not self-supervised. A 3.6M-parameter ``Wav2Vec2ForCTC`` (hidden 256, 4 layers,
+conv feature encoder with the standard strides: 50 frames/s) is trained with **multilingual character
+CTC** on espeak-ng speech of the backbone languages (one shared character vocabulary). Its encoder is
+then frozen and served; every language and task is a learned mask + head on top of it, and the
+held-out language never reaches the backbone. Resumable: a checkpoint is written every
+``checkpoint_every`` steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+from router_core.backbone import Backbone
+from router_core.heads import HeadSpec
+from router_core.training.evaluation import evaluate_examples
+from router_core.training.export import save_processor
+from router_core.training.finetune import hf_forward, hf_predict
+from router_core.training.learner import build_vocab, head_loss
+from router_core.training.manifest import Example
+from router_core.training.trainer import AudioCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PretrainConfig:
+    steps: int = 2400
+    batch_size: int = 8
+    lr: float = 1e-3
+    warmup: int = 300
+    checkpoint_every: int = 200
+    eval_every: int = 400
+    seed: int = 0
+    hidden: int = 256
+    layers: int = 4
+    progress: bool = True
+
+
+def tiny_wav2vec2_config(vocab_size: int, hidden: int = 256, layers: int = 4) -> Wav2Vec2Config:
+    return Wav2Vec2Config(
+        vocab_size=vocab_size,
+        pad_token_id=0,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=4 * hidden,
+        conv_dim=(128,) * 7,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=32,
+        num_conv_pos_embedding_groups=16,
+        mask_time_prob=0.05,
+        layerdrop=0.0,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
+        architectures=["Wav2Vec2ForCTC"],
+    )
+
+
+def _lr_at(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def pretrain_backbone(
+    train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path, work_dir: str | Path, config: PretrainConfig
+) -> dict[str, Any]:
+    """Train (or resume) the tiny backbone and save it as a Hugging Face checkpoint in ``out_dir``."""
+    work, out = Path(work_dir), Path(out_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    spec = HeadSpec(kind="ctc", vocab=build_vocab([e.target for e in train]), blank_id=0)
+    model = Wav2Vec2ForCTC(tiny_wav2vec2_config(len(spec.vocab), config.hidden, config.layers))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(config.seed)
+    step, history = 0, []
+    ckpt_path = work / "pretrain.pt"
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        gen.set_state(ckpt["rng"])
+        step, history = ckpt["step"], ckpt["history"]
+        spec.vocab = ckpt["vocab"]
+        log.info("resumed pretraining at step %d", step)
+    load = AudioCache()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="pretrain")
+    started = time.monotonic()
+    model.train()
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        idx = torch.randint(len(train), (config.batch_size,), generator=gen).tolist()
+        batch = [train[i] for i in idx]
+        outputs, frames = hf_forward(model, [load(e) for e in batch], normalize=True, use_attention_mask=True)
+        loss = head_loss(outputs.float(), frames, [e.target for e in batch], spec)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if step % config.eval_every == 0 or step == config.steps:
+            model.eval()
+            metrics = evaluate_examples(
+                dev, lambda w: hf_predict(model, spec, w, True, True, 0.02), load, "ctc", config.batch_size
+            )
+            model.train()
+            history.append({"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics})
+            log.info("pretrain step %d: %s", step, history[-1])
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
+                        "step": step, "history": history, "vocab": spec.vocab}, ckpt_path)  # fmt: skip
+    bar.close()
+    model.eval()
+    model.save_pretrained(out)
+    probe = Backbone.from_model(Wav2Vec2ForCTC.from_pretrained(out).wav2vec2)
+    save_processor(spec, probe, out)
+    return {"out": str(out), "vocab": len(spec.vocab), "steps": step, "history": history[-3:],
+            "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip

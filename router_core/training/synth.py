@@ -1,0 +1,127 @@
+"""``s3router data synth``: a deterministic multilingual speech corpus from espeak-ng.
+
+For each language, filtered real sentences (:mod:`router_core.training.text_sources`) are split into
+disjoint train/dev/test sets and spoken by random espeak-ng voice variants (the "speakers"), speeds and
+pitches. Audio is stored as 16 kHz mono FLAC; manifests are JSONL with ``audio``, ``text`` (normalised
+lower-case transcript), ``ipa`` (espeak-ng's phonemes, language-switch markers and liaison dashes
+removed), ``speaker``, ``lang`` and ``label`` fields — ``s3router train`` reads ``text`` (ctc) or
+``label`` (classify; the speaker and language-ID manifests set it).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+
+from router_core.audio import decode_audio
+from router_core.errors import InvalidInputError
+from router_core.training.text_sources import normalize, sentences
+
+VOICES = {"en": "en-us", "fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt-br"}
+SPEAKERS = [f"m{i}" for i in range(1, 8)] + [f"f{i}" for i in range(1, 5)]
+_SWITCH = re.compile(r"\([a-z-]+\)")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    lang: str
+    split: str
+    index: int
+    sentence: str
+    speaker: str
+    speed: int
+    pitch: int
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.lang}/{self.split}/{self.lang}_{self.split}_{self.index:05d}.flac"
+
+
+def clean_ipa(raw: str) -> str:
+    """espeak-ng ``--ipa`` output without ``(en)``/``(fr)`` switch markers, liaison dashes and line breaks."""
+    text = _SWITCH.sub("", raw).replace("-", " ").replace("_", " ")
+    return " ".join(text.split())
+
+
+def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utterance]:
+    """Which sentence, speaker, speed and pitch each utterance gets (deterministic for ``seed``)."""
+    plan = []
+    for lang in langs:
+        pool = sentences(lang)
+        rng = random.Random(f"{seed}:{lang}")
+        rng.shuffle(pool)
+        needed = sum(counts.values())
+        if len(pool) < needed:
+            raise InvalidInputError(f"{lang}: {len(pool)} usable sentences, {needed} needed; is its package installed?")
+        start = 0
+        for split, count in counts.items():
+            for i, sentence in enumerate(pool[start : start + count]):
+                plan.append(Utterance(lang, split, i, sentence, rng.choice(SPEAKERS), rng.randint(140, 190),
+                                      rng.randint(35, 65)))  # fmt: skip
+            start += count
+    return plan
+
+
+def synthesize(utt: Utterance, root: Path) -> dict[str, str] | None:
+    """Speak one utterance into ``root/utt.relpath`` (skipped when it exists); its manifest row."""
+    out = root / utt.relpath
+    meta = out.with_suffix(".json")
+    if meta.is_file() and out.is_file():
+        return json.loads(meta.read_text(encoding="utf-8"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    voice = f"{VOICES[utt.lang]}+{utt.speaker}"
+    cmd = ["espeak-ng", "-v", voice, "-s", str(utt.speed), "-p", str(utt.pitch), "--ipa", "--stdout", utt.sentence]
+    done = subprocess.run(cmd, capture_output=True, check=False)
+    if done.returncode != 0:
+        return None
+    wav_end = done.stdout.find(b"RIFF")
+    ipa = done.stdout[:wav_end].decode("utf-8", "replace") if wav_end > 0 else ""
+    wave = decode_audio(done.stdout[max(wav_end, 0) :], max_seconds=60.0)
+    sf.write(out, wave.numpy(), 16_000, format="FLAC", subtype="PCM_16")
+    row = {"audio": utt.relpath, "text": normalize(utt.sentence), "ipa": clean_ipa(ipa), "speaker": utt.speaker,
+           "lang": utt.lang, "sentence": utt.sentence}  # fmt: skip
+    meta.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
+    return row
+
+
+def _synthesize_args(args: tuple[Utterance, Path]) -> dict[str, str] | None:
+    return synthesize(*args)
+
+
+def synth_corpus(
+    out_dir: str | Path,
+    langs: list[str],
+    counts: dict[str, int],
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Synthesize (resumably) and write manifests: ``{lang}_{split}.jsonl``, ``speaker_{split}.jsonl``,
+    ``language_{split}.jsonl``. Returns utterances per manifest."""
+    from tqdm.auto import tqdm
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    plan = plan_corpus(langs, counts, seed)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        rows = list(tqdm(pool.map(_synthesize_args, [(u, root) for u in plan], chunksize=16), total=len(plan),
+                         disable=not progress, desc="espeak-ng"))  # fmt: skip
+    manifests: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        if row is None:
+            continue
+        split = Path(row["audio"]).parent.name
+        manifests.setdefault(f"{row['lang']}_{split}", []).append(row)
+        manifests.setdefault(f"speaker_{split}", []).append({**row, "label": row["speaker"]})
+        manifests.setdefault(f"language_{split}", []).append({**row, "label": row["lang"]})
+    for name, items in manifests.items():
+        lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in items)
+        (root / f"{name}.jsonl").write_text(lines + "\n", encoding="utf-8")
+    return {name: len(items) for name, items in manifests.items()}
