@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck unit bench serve clean
+.PHONY: install test lint typecheck unit bench serve bundle clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 serve: install
 	$(VENV)/bin/s3router serve --host $(HOST) --port $(PORT)
+
+bundle: install
+	bash scripts/build_bundle.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -6,12 +6,13 @@ resampler from the file's rate to 16 kHz.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
 import soundfile as sf
 import torch
-import torchaudio.functional as AF
+import torchaudio
 
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import EmptyAudioError, PayloadTooLargeError, UnsupportedAudioError
@@ -40,8 +41,15 @@ def decode_audio(data: bytes, max_seconds: float) -> torch.Tensor:
         raise PayloadTooLargeError(f"audio is {samples.shape[0] / rate:.1f} s long; the limit is {max_seconds:g} s")
     wave = torch.from_numpy(samples).mean(dim=1)  # [T]
     if rate != SAMPLE_RATE:
-        wave = AF.resample(wave, rate, SAMPLE_RATE)
+        with torch.no_grad():
+            wave = _resampler(rate)(wave)
     return wave.contiguous()
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(rate: int) -> torchaudio.transforms.Resample:
+    """A cached resampler to 16 kHz: building the windowed-sinc kernel costs far more than applying it."""
+    return torchaudio.transforms.Resample(rate, SAMPLE_RATE)
 
 
 def load_audio_file(path: str | Path, max_seconds: float = 3600.0) -> torch.Tensor:

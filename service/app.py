@@ -148,6 +148,8 @@ def create_app(
         yield
         if state.batcher is not None:
             await state.batcher.stop()
+        if state.engine is not None:
+            state.engine.close()
 
     app = FastAPI(title="s3router", version=VERSION, lifespan=lifespan,
                   description="One frozen wav2vec2 backbone, many languages and tasks as binary masks.")  # fmt: skip
@@ -171,18 +173,23 @@ def create_app(
         if reason is not None or state.engine is None:
             return JSONResponse({"ready": False, "reason": reason}, status_code=503)
         engine = state.engine
+        resident = len(engine.registry.resident())
+        registry_status, available = ("degraded" if engine.registry_degraded else "ok"), None
         try:
-            available = await asyncio.wait_for(run_in_threadpool(engine.registry.available), timeout=2.0)
-        except Exception as exc:  # noqa: BLE001
-            return JSONResponse({"ready": False, "reason": f"mask registry unreachable: {exc}"}, status_code=503)
+            available = len(await asyncio.wait_for(run_in_threadpool(engine.registry.available), timeout=2.0))
+        except Exception as exc:  # noqa: BLE001 - the store is down: serve what is resident
+            registry_status = "degraded"
+            if resident == 0:
+                return JSONResponse({"ready": False, "reason": f"mask registry unreachable: {exc}"}, status_code=503)
         return JSONResponse({
             "ready": True,
+            "registry": registry_status,
             "model": engine.description,
             "demo": engine.is_demo,
             "fingerprint": engine.backbone.fingerprint,
             "kernel": engine.router.backend.name,
-            "masks_available": len(available),
-            "masks_resident": len(engine.registry.resident()),
+            "masks_available": available,
+            "masks_resident": resident,
         })  # fmt: skip
 
     @app.get("/metrics", tags=["health"])

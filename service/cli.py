@@ -107,9 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", help="also check the mask fits this backbone")
     inspect.add_argument("--offline", action="store_true", help="never contact the hub")
     inspect.set_defaults(run=_inspect)
+    from service.cli_masks import add_masks_commands
     from service.cli_tools import add_tool_commands
 
     add_tool_commands(sub)
+    add_masks_commands(sub)
     serve = sub.add_parser("serve", help="run the HTTP service")
     _add_setting_flags(serve)
     serve.set_defaults(run=_serve)

@@ -11,15 +11,21 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from router_core.backbone import Backbone, load_backbone
+from router_core.errors import BackboneError
 from router_core.heads import HeadSpec
 from router_core.kernels.backend import select_backend
 from router_core.mask_builder import random_mask
 from router_core.mask_file import encode_mask
+from router_core.redis_store import RedisStore, RegistryWatcher
 from router_core.registry import DirectoryStore, MaskRegistry
 from router_core.router import Router
+from router_core.stores import open_store
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "masks"
+"""The bundled default model: ``masks/backbone`` (a HF checkpoint) and ``masks/registry`` (mask files)."""
 
 DEMO_DESCRIPTION = (
     "built-in demo: a tiny wav2vec2 with random weights and random masks 'en' (ctc) and 'speaker' "
@@ -35,6 +41,15 @@ class Engine:
     router: Router
     description: str
     is_demo: bool = False
+    watcher: RegistryWatcher | None = None  # set for a Redis registry: hot reload across replicas
+
+    @property
+    def registry_degraded(self) -> bool:
+        return self.watcher is not None and self.watcher.degraded
+
+    def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
 
 
 def demo_backbone(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
@@ -58,9 +73,13 @@ def build_engine(settings: ServiceSettings) -> Engine:
     """Load what ``settings`` name; with no backbone configured, the built-in demo model."""
     dtype = getattr(torch, settings.dtype)
     budget = int(settings.mask_budget_mb * 2**20)
-    if settings.backbone is None:
+    backbone_source, registry_dir = settings.backbone, settings.registry
+    if backbone_source is None and (BUNDLE_DIR / "backbone" / "config.json").is_file():
+        backbone_source = str(BUNDLE_DIR / "backbone")
+        registry_dir = registry_dir or str(BUNDLE_DIR / "registry")
+    if backbone_source is None:
         backbone = demo_backbone(settings.device, dtype)
-        folder = Path(tempfile.mkdtemp(prefix="s3router-demo-masks-"))
+        folder = registry_dir or tempfile.mkdtemp(prefix="s3router-demo-masks-")
         registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), device=backbone.device, dtype=dtype,
                                 budget_bytes=budget)  # fmt: skip
         layers = backbone.default_layer_names()
@@ -69,10 +88,16 @@ def build_engine(settings: ServiceSettings) -> Engine:
             registry.put(encode_mask(random_mask(backbone.spec(), name, head, layers, 0.9, seed)))
         description, is_demo = DEMO_DESCRIPTION, True
     else:
-        backbone = load_backbone(settings.backbone, device=settings.device, dtype=dtype,
+        backbone = load_backbone(backbone_source, device=settings.device, dtype=dtype,
                                  local_files_only=settings.offline)  # fmt: skip
-        registry = MaskRegistry(DirectoryStore(settings.registry), backbone.spec(), device=backbone.device,
-                                dtype=dtype, budget_bytes=budget)  # fmt: skip
-        description, is_demo = f"{backbone.config.model_type} from {settings.backbone}", False
+        if registry_dir is None:
+            raise BackboneError("S3R_BACKBONE is set, so S3R_REGISTRY must say where its masks are")
+        store = open_store(registry_dir, settings.redis_prefix)
+        registry = MaskRegistry(store, backbone.spec(), device=backbone.device, dtype=dtype, budget_bytes=budget)
+        bundled = settings.backbone is None
+        description = ("bundled default: tiny wav2vec2 (character-CTC pretrained on espeak-ng speech) + masks"
+                       if bundled else f"{backbone.config.model_type} from {backbone_source}")  # fmt: skip
+        is_demo = False
     backend = select_backend(backbone.device, None if settings.kernel == "auto" else settings.kernel)
-    return Engine(backbone, registry, Router(backbone, registry, backend), description, is_demo)
+    watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None
+    return Engine(backbone, registry, Router(backbone, registry, backend), description, is_demo, watcher)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -57,6 +57,22 @@ class _RegistryCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value)
 
 
+class _GpuCollector(Collector):
+    """``s3router_gpu_memory_allocated_bytes{device}`` on CUDA machines; nothing elsewhere."""
+
+    def collect(self) -> Iterator[Any]:
+        import torch
+
+        if not torch.cuda.is_available():
+            return
+        family = GaugeMetricFamily(
+            "s3router_gpu_memory_allocated_bytes", "GPU memory held by tensors", labels=["device"]
+        )
+        for index in range(torch.cuda.device_count()):
+            family.add_metric([f"cuda:{index}"], torch.cuda.memory_allocated(index))
+        yield family
+
+
 class ServiceMetrics:
     """All metrics of one app."""
 
@@ -67,7 +83,11 @@ class ServiceMetrics:
             "s3router_requests", "Requests by endpoint, mask and status", ["endpoint", "mask", "status"], registry=r
         )
         self.latency = Histogram(
-            "s3router_request_duration_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+            "s3router_request_duration_seconds",
+            "Request latency",
+            ["endpoint", "mask"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "s3router_queue_wait_seconds", "Time from enqueue to batch start", buckets=LATENCY_BUCKETS, registry=r
@@ -88,11 +108,13 @@ class ServiceMetrics:
         self.queue_length = Gauge("s3router_queue_length", "Requests waiting for a batch", registry=r)
         self.info = Info("s3router_model", "Backbone and build information", registry=r)
         r.register(_RegistryCollector(get_registry))
+        ProcessCollector(namespace="s3router", registry=r)
+        r.register(_GpuCollector())
 
     @_guarded
     def observe_request(self, endpoint: str, mask: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, mask or "-", str(status)).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        self.latency.labels(endpoint, mask or "-").observe(seconds)
 
     @_guarded
     def observe_batch(self, report: BatchReport) -> None:

@@ -18,7 +18,11 @@ class ServiceSettings(BaseSettings):
     backbone: str | None = Field(
         default=None, description="checkpoint folder or hub id; unset = the bundled default model"
     )
-    registry: str = Field(default="masks/registry", description="mask registry: a folder path")
+    registry: str | None = Field(
+        default=None,
+        description="mask registry: a folder path or a redis:// URL (credentials, TLS); unset = the bundled masks",
+    )
+    redis_prefix: str = Field(default="s3router:", description="key prefix of the masks in Redis")
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     kernel: Literal["auto", "reference", "cpu", "triton"] = "auto"

@@ -1,0 +1,165 @@
+"""Redis mask store and the hot-reload watcher that keeps replicas in step.
+
+Keys (under a configurable prefix, default ``s3router:``)::
+
+    {prefix}mask:{name}   hash: data (the mask file bytes), version (int), sha256
+    {prefix}names         set of mask names
+    {prefix}version       global version counter (INCR on every change)
+    {prefix}changes       pub/sub channel: {"op": "put"|"delete", "name": ..., "version": ...}
+
+A change is written in one MULTI/EXEC transaction, then published. :class:`RegistryWatcher` subscribes
+on every replica and, for each change, re-validates and swaps (or evicts) the resident mask. When Redis
+goes away the replica keeps serving what it holds (``degraded``), reconnects with exponential backoff,
+and on reconnection compares versions to catch up on changes it missed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from typing import Any
+
+import redis
+
+from router_core.errors import MaskNotFoundError, S3RouterError, StoreUnavailableError
+from router_core.mask_file import validate_mask_name
+from router_core.registry import MaskRegistry
+
+log = logging.getLogger(__name__)
+
+
+class RedisStore:
+    """Mask files in Redis, versioned, with change notifications. Credentials/TLS come from the URL."""
+
+    def __init__(self, url: str, prefix: str = "s3router:", client: redis.Redis | None = None) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.client = client or redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.channel = f"{prefix}changes"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}mask:{validate_mask_name(name)}"
+
+    def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except redis.RedisError as exc:
+            raise StoreUnavailableError(f"redis {what} failed ({self.url_without_password}): {exc}") from exc
+
+    @property
+    def url_without_password(self) -> str:
+        head, sep, tail = self.url.rpartition("@")
+        return f"{self.url.split('://')[0]}://***@{tail}" if sep else self.url
+
+    def names(self) -> list[str]:
+        members = self._call("SMEMBERS", self.client.smembers, f"{self.prefix}names")
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    def read(self, name: str) -> bytes:
+        data = self._call("HGET", self.client.hget, self._key(name), "data")
+        if data is None:
+            raise MaskNotFoundError(name, self.names())
+        return bytes(data)
+
+    def versions(self) -> dict[str, int]:
+        """``{name: version}`` of every stored mask (for catching up after an outage)."""
+        names = self.names()
+        pipe = self.client.pipeline(transaction=False)
+        for name in names:
+            pipe.hget(self._key(name), "version")
+        values = self._call("version scan", pipe.execute)
+        return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
+
+    def write(self, name: str, data: bytes) -> None:
+        version = int(self._call("INCR", self.client.incr, f"{self.prefix}version"))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(self._key(name), mapping={"data": data, "version": version,
+                                            "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+        pipe.sadd(f"{self.prefix}names", name)
+        pipe.publish(self.channel, json.dumps({"op": "put", "name": name, "version": version}))
+        self._call("MULTI/EXEC", pipe.execute)
+
+    def delete(self, name: str) -> bool:
+        version = int(self._call("INCR", self.client.incr, f"{self.prefix}version"))
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self._key(name))
+        pipe.srem(f"{self.prefix}names", name)
+        pipe.publish(self.channel, json.dumps({"op": "delete", "name": name, "version": version}))
+        removed, _, _ = self._call("MULTI/EXEC", pipe.execute)
+        return bool(removed)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.url_without_password!r}, prefix={self.prefix!r})"
+
+
+class RegistryWatcher:
+    """Applies published changes to a registry; survives Redis outages (see the module docstring)."""
+
+    def __init__(self, registry: MaskRegistry, store: RedisStore, max_backoff_s: float = 30.0) -> None:
+        self.registry = registry
+        self.store = store
+        self.max_backoff_s = max_backoff_s
+        self.degraded = False
+        self.applied = 0  # changes applied (for tests and metrics)
+        self._seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="s3r-registry-watcher", daemon=True)
+
+    def start(self) -> RegistryWatcher:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _apply(self, op: str, name: str) -> None:
+        try:
+            if op == "delete":
+                self.registry.evict(name)
+            elif any(m.name == name for m in self.registry.resident()):
+                self.registry.reload(name)  # validates first; a bad change leaves the old mask serving
+            self.applied += 1
+        except S3RouterError as exc:
+            log.warning("change to mask %s not applied: %s", name, exc)
+
+    def _catch_up(self) -> None:
+        """After (re)connecting: apply whatever changed while we were not listening."""
+        current = self.store.versions()
+        for name in {*self._seen, *current}:
+            if name not in current:
+                self._apply("delete", name)
+            elif self._seen.get(name) != current[name] and self._seen:
+                self._apply("put", name)
+        self._seen = current
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.store.channel)
+                self._catch_up()
+                self.degraded, backoff = False, 0.5
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message and message.get("type") == "message":
+                        change = json.loads(message["data"])
+                        self._seen[change["name"]] = int(change["version"])
+                        if change["op"] == "delete":
+                            self._seen.pop(change["name"], None)
+                        self._apply(change["op"], change["name"])
+            except (redis.RedisError, StoreUnavailableError, OSError) as exc:
+                if not self.degraded:
+                    log.warning("mask registry degraded (redis unreachable): %s", exc)
+                self.degraded = True
+                self._stop.wait(backoff)
+                backoff = min(self.max_backoff_s, backoff * 2)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        pubsub.close()

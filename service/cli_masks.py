@@ -1,0 +1,89 @@
+"""``s3router masks``: ls, push, pull, rm and copy between stores (folder <-> Redis)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from router_core.errors import InvalidInputError
+from router_core.mask_file import decode_mask
+from router_core.stores import open_store
+
+
+def _ls(args: argparse.Namespace) -> dict[str, Any]:
+    store = open_store(args.registry, args.redis_prefix)
+    rows = []
+    for name in store.names():
+        data = store.read(name)
+        mask = decode_mask(data)
+        rows.append({"name": name, "kind": mask.kind, "bytes": len(data), "fingerprint": mask.fingerprint,
+                     "created_at": mask.created_at})  # fmt: skip
+    return {"registry": args.registry, "masks": rows}
+
+
+def _push(args: argparse.Namespace) -> dict[str, Any]:
+    store = open_store(args.registry, args.redis_prefix)
+    pushed = []
+    for path in args.files:
+        data = Path(path).read_bytes()
+        mask = decode_mask(data)  # never store a file that does not verify
+        store.write(mask.name, data)
+        pushed.append(mask.name)
+    return {"pushed": pushed}
+
+
+def _pull(args: argparse.Namespace) -> dict[str, Any]:
+    store = open_store(args.registry, args.redis_prefix)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = args.names or store.names()
+    for name in names:
+        (out / f"{name}.s3mask").write_bytes(store.read(name))
+    return {"pulled": names, "out": str(out)}
+
+
+def _rm(args: argparse.Namespace) -> dict[str, Any]:
+    store = open_store(args.registry, args.redis_prefix)
+    missing = [n for n in args.names if not store.delete(n)]
+    if missing:
+        raise InvalidInputError(f"not in {args.registry}: {', '.join(missing)}")
+    return {"removed": args.names}
+
+
+def _copy(args: argparse.Namespace) -> dict[str, Any]:
+    source = open_store(args.source, args.redis_prefix)
+    target = open_store(args.target, args.redis_prefix)
+    names = args.names or source.names()
+    for name in names:
+        data = source.read(name)
+        decode_mask(data)
+        target.write(name, data)
+    return {"copied": names, "from": args.source, "to": args.target}
+
+
+def add_masks_commands(sub: argparse._SubParsersAction) -> None:
+    masks = sub.add_parser("masks", help="manage mask stores (folder or redis:// URL)")
+    masks.add_argument("--redis-prefix", default="s3router:")
+    verbs = masks.add_subparsers(dest="masks_command", required=True)
+    ls = verbs.add_parser("ls", help="list masks")
+    ls.add_argument("registry")
+    ls.set_defaults(run=_ls)
+    push = verbs.add_parser("push", help="upload mask files")
+    push.add_argument("registry")
+    push.add_argument("files", nargs="+")
+    push.set_defaults(run=_push)
+    pull = verbs.add_parser("pull", help="download mask files")
+    pull.add_argument("registry")
+    pull.add_argument("names", nargs="*")
+    pull.add_argument("--out", required=True)
+    pull.set_defaults(run=_pull)
+    rm = verbs.add_parser("rm", help="delete masks")
+    rm.add_argument("registry")
+    rm.add_argument("names", nargs="+")
+    rm.set_defaults(run=_rm)
+    copy = verbs.add_parser("copy", help="copy masks between stores")
+    copy.add_argument("source")
+    copy.add_argument("target")
+    copy.add_argument("names", nargs="*")
+    copy.set_defaults(run=_copy)

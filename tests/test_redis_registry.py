@@ -1,0 +1,210 @@
+"""The Redis mask store against the real Redis on 127.0.0.1:6379 (each test under its own key prefix)."""
+
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from conftest import audio_bytes, ctc_spec, tiny_backbone
+from router_core.errors import MaskNotFoundError, StoreUnavailableError
+from router_core.kernels.backend import select_backend
+from router_core.mask_builder import random_mask
+from router_core.mask_file import encode_mask
+from router_core.redis_store import RedisStore, RegistryWatcher
+from router_core.registry import MaskRegistry
+from router_core.router import Router
+from router_core.stores import open_store
+from service.app import create_app
+from service.cli import main
+from service.engine import Engine
+from service.settings import ServiceSettings
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+ADMIN = {"Authorization": "Bearer redis-test-token"}
+
+
+@pytest.fixture
+def prefix():
+    name = f"s3r-test-{uuid.uuid4().hex[:8]}:"
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{name}*"):
+        client.delete(key)
+
+
+def _mask_bytes(bb, name, seed=0):
+    return encode_mask(random_mask(bb.spec(), name, ctc_spec(), bb.default_layer_names(), 0.9, seed=seed))
+
+
+class Proxy:
+    """A TCP proxy in front of Redis that the test can cut and restore ("Redis goes away")."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen()
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", 6379))
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.up.clear()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self.conns.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+
+def test_store_round_trip_versions_and_errors(prefix):
+    bb = tiny_backbone()
+    store = open_store(REDIS_URL, prefix)
+    assert isinstance(store, RedisStore) and store.names() == []
+    newer = _mask_bytes(bb, "fr", seed=1)
+    store.write("fr", _mask_bytes(bb, "fr"))
+    store.write("de", _mask_bytes(bb, "de"))
+    store.write("fr", newer)
+    assert store.names() == ["de", "fr"] and store.read("fr") == newer
+    versions = store.versions()
+    assert versions["fr"] > versions["de"]
+    assert store.delete("de") and not store.delete("de")
+    with pytest.raises(MaskNotFoundError, match="available: fr"):
+        store.read("de")
+    dead = RedisStore("redis://user:secret@127.0.0.1:1/0", prefix)
+    with pytest.raises(StoreUnavailableError) as err:
+        dead.names()
+    assert "secret" not in str(err.value)
+
+
+def _engine_factory(url, prefix):
+    def factory(settings):
+        bb = tiny_backbone()
+        store = RedisStore(url, prefix)
+        registry = MaskRegistry(store, bb.spec())
+        watcher = RegistryWatcher(registry, store, max_backoff_s=0.5).start()
+        return Engine(bb, registry, Router(bb, registry, select_backend("cpu", "cpu")), "redis test", False, watcher)
+
+    return factory
+
+
+def _settings(tmp_path):
+    return ServiceSettings(registry=str(tmp_path), admin_token="redis-test-token", max_wait_ms=1)
+
+
+def _wait_for(predicate, seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_upload_through_one_replica_is_served_by_the_other_within_a_second(prefix, tmp_path):
+    bb = tiny_backbone()
+    RedisStore(REDIS_URL, prefix).write("fr", _mask_bytes(bb, "fr", seed=0))
+    a = TestClient(create_app(_settings(tmp_path / "a"), _engine_factory(REDIS_URL, prefix)))
+    b = TestClient(create_app(_settings(tmp_path / "b"), _engine_factory(REDIS_URL, prefix)))
+    with a, b:
+        wav = audio_bytes(1.0)
+        before = b.post("/transcribe?lang=fr", content=wav).json()["text"]  # fr now resident on b
+        assert a.post("/transcribe?lang=es", content=wav).status_code == 404
+        assert a.put("/masks/es", content=_mask_bytes(bb, "es", seed=5), headers=ADMIN).status_code == 201
+        assert b.post("/transcribe?lang=es", content=wav).status_code == 200  # new mask: read from Redis
+        new_fr = _mask_bytes(bb, "fr", seed=7)
+        new_fr_text = a.put("/masks/fr", content=new_fr, headers=ADMIN)
+        assert new_fr_text.status_code == 201
+        expected = a.post("/transcribe?lang=fr", content=wav).json()["text"]
+        assert expected != before
+        started = time.monotonic()
+        assert _wait_for(lambda: b.post("/transcribe?lang=fr", content=wav).json()["text"] == expected, 1.0)
+        assert time.monotonic() - started < 1.0
+        assert a.delete("/masks/es", headers=ADMIN).status_code == 204
+        assert _wait_for(lambda: b.post("/transcribe?lang=es", content=wav).status_code == 404, 1.0)
+
+
+def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_path):
+    bb = tiny_backbone()
+    direct = RedisStore(REDIS_URL, prefix)
+    direct.write("fr", _mask_bytes(bb, "fr", seed=0))
+    proxy = Proxy()
+    app = create_app(_settings(tmp_path), _engine_factory(f"redis://127.0.0.1:{proxy.port}/0", prefix))
+    with TestClient(app) as client:
+        wav = audio_bytes(1.0)
+        assert client.post("/transcribe?lang=fr", content=wav).status_code == 200
+        assert client.get("/readyz").json()["registry"] == "ok"
+        proxy.cut()
+        for _ in range(5):  # traffic during the outage: the resident mask keeps serving
+            assert client.post("/transcribe?lang=fr", content=wav).status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["registry"] == "degraded"
+        assert client.post("/transcribe?lang=de", content=wav).status_code == 503  # not resident, store down
+        direct.write("fr", _mask_bytes(bb, "fr", seed=3))  # changed while this replica was cut off
+        expected = Router(bb, MaskRegistry(direct, bb.spec())).transcribe([_decode(wav)], ["fr"])[0].text
+        proxy.restore()
+        assert _wait_for(lambda: client.get("/readyz").json()["registry"] == "ok", 5.0)
+        assert _wait_for(lambda: client.post("/transcribe?lang=fr", content=wav).json()["text"] == expected, 3.0)
+
+
+def _decode(wav):
+    from router_core.audio import decode_audio
+
+    return decode_audio(wav, 60)
+
+
+def test_masks_cli_copies_between_folder_and_redis(prefix, tmp_path, capsys):
+    bb = tiny_backbone()
+    fr = _mask_bytes(bb, "fr")
+    (tmp_path / "fr.s3mask").write_bytes(fr)
+    url = REDIS_URL
+    assert main(["masks", "--redis-prefix", prefix, "push", url, str(tmp_path / "fr.s3mask")]) == 0
+    assert main(["masks", "--redis-prefix", prefix, "copy", url, str(tmp_path / "folder")]) == 0
+    assert (tmp_path / "folder" / "fr.s3mask").read_bytes() == fr
+    assert main(["masks", "--redis-prefix", prefix, "ls", url]) == 0
+    assert main(["masks", "--redis-prefix", prefix, "pull", url, "fr", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "fr.s3mask").is_file()
+    assert main(["masks", "--redis-prefix", prefix, "rm", url, "fr"]) == 0
+    assert main(["masks", "--redis-prefix", prefix, "rm", url, "fr"]) == 1
+    (tmp_path / "bad.s3mask").write_bytes(b"nope")
+    assert main(["masks", "--redis-prefix", prefix, "push", url, str(tmp_path / "bad.s3mask")]) == 1
+    capsys.readouterr()

@@ -1,0 +1,48 @@
+"""The espeak-ng corpus synthesizer on a handful of utterances (needs espeak-ng and the text packages)."""
+
+import json
+
+import soundfile as sf
+
+from router_core.training.manifest import read_manifest
+from router_core.training.synth import clean_ipa, plan_corpus, synth_corpus
+from router_core.training.text_sources import good_sentence, normalize, sentences
+
+
+def test_text_filters_refuse_what_espeak_reads_differently():
+    assert good_sentence("The cat sat on the mat.", "en")
+    assert not good_sentence("Chapter IX was the best.", "en")  # roman numeral
+    assert not good_sentence("Call NASA at once please.", "en")  # abbreviation
+    assert not good_sentence("It costs 12 dollars.", "en")  # digits
+    assert not good_sentence("Written by Richard M. Stallman himself.", "en")  # initial
+    assert not good_sentence("tab(:) allbox; c s s l l lx.", "fr")  # table markup
+    assert normalize("L’été, c'est «super» !") == "l'été c'est super"
+    assert clean_ipa("kɔmˌɑ̃ alˈevu sə- (en)wˈiːkˈɛnd(fr)\nbɔ̃ʒˈuʁ") == "kɔmˌɑ̃ alˈevu sə wˈiːkˈɛnd bɔ̃ʒˈuʁ"
+
+
+def test_sentences_come_from_real_text_for_every_language():
+    for lang in ("en", "fr", "de", "es", "it", "pt"):
+        found = sentences(lang)
+        assert len(found) > 500, lang
+        assert all(good_sentence(s, lang) for s in found[:200])
+
+
+def test_plan_is_deterministic_and_splits_are_disjoint():
+    counts = {"train": 20, "dev": 5, "test": 5}
+    a, b = plan_corpus(["fr"], counts, seed=3), plan_corpus(["fr"], counts, seed=3)
+    assert a == b and a != plan_corpus(["fr"], counts, seed=4)
+    by_split = {split: {u.sentence for u in a if u.split == split} for split in counts}
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["dev"] & by_split["test"])
+
+
+def test_synth_writes_16k_audio_and_manifests_train_reads(tmp_path):
+    result = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
+    assert result["fr_train"] == 3 and result["speaker_train"] == 6 and result["language_test"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "fr_train.jsonl").read_text().splitlines()]
+    info = sf.info(tmp_path / rows[0]["audio"])
+    assert info.samplerate == 16000 and info.channels == 1 and info.duration > 0.5
+    assert rows[0]["ipa"] and "(" not in rows[0]["ipa"] and rows[0]["text"] == normalize(rows[0]["sentence"])
+    assert len(read_manifest(tmp_path / "fr_train.jsonl", "ctc")) == 3
+    assert {e.target for e in read_manifest(tmp_path / "language_train.jsonl", "classify")} == {"fr", "de"}
+    again = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
+    assert again == result  # resumable: existing utterances are reused
