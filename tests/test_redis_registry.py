@@ -1,5 +1,6 @@
 """The Redis mask store against the real Redis on 127.0.0.1:6379 (each test under its own key prefix)."""
 
+import contextlib
 import socket
 import threading
 import time
@@ -77,19 +78,15 @@ class Proxy:
             pass
         finally:
             for s in (a, b):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
 
     def cut(self) -> None:
         self.up.clear()
         for conn in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
-            except OSError:
-                pass
         self.conns.clear()
 
     def restore(self) -> None:
