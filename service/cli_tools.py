@@ -63,6 +63,22 @@ def _train_config(args: argparse.Namespace):
     )
 
 
+def _head_from_checkpoint(head, train) -> tuple[list[str], tuple[Any, Any]]:
+    """Start a CTC head from a ``*ForCTC`` checkpoint's ``lm_head``: its vocabulary plus any new characters
+    of this language; rows of known tokens are copied, new ones start small and random."""
+    import torch
+
+    from router_core.training.learner import build_vocab
+
+    extra = [t for t in build_vocab([e.target for e in train]) if t not in head.vocab]
+    vocab = [*head.vocab, *extra]
+    weight = torch.randn(len(vocab), head.weight.shape[1]) * 0.02
+    bias = torch.zeros(len(vocab))
+    weight[: len(head.vocab)] = head.weight.float().cpu()
+    bias[: len(head.vocab)] = head.bias.float().cpu()
+    return vocab, (weight, bias)
+
+
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -83,9 +99,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     initial_head = None
     head = backbone.ctc_head
     if args.kind == "ctc" and head is not None and head.vocab and config.vocab is None:
-        needed = {c for e in train for c in e.target if not c.isspace()}
-        if needed <= set(head.vocab):  # the checkpoint's lm_head already spells this language
-            config.vocab, initial_head = head.vocab, (head.weight, head.bias)
+        config.vocab, initial_head = _head_from_checkpoint(head, train)
     result = train_mask(backbone, config, train, dev, distributed=args.distributed, initial_head=initial_head)
     if args.distributed:
         torch.distributed.destroy_process_group()

@@ -113,6 +113,15 @@ def test_finetune_baseline_writes_a_checkpoint_eval_can_score(corpus, tmp_path, 
     assert main(["eval", "--checkpoint", str(out), "--manifest", str(corpus / "ctc.jsonl")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "ctc" and report["cer"] == pytest.approx(summary["best"]["cer"], abs=1e-6)
+    # pruning on top of the weight-finetuned checkpoint: its lm_head starts the head
+    registry = tmp_path / "reg"
+    assert main(["prune", "--name", "pruned", "--backbone", str(out), "--registry", str(registry), "--offline",
+                 "--quiet", "--train", str(corpus / "ctc.jsonl"), "--steps", "2", "--eval-every", "2",
+                 "--work-dir", str(tmp_path / "pw")]) == 0  # fmt: skip
+    capsys.readouterr()
+    pruned = decode_mask((registry / "pruned.s3mask").read_bytes())
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert pruned.head.vocab[: len(vocab)] == sorted(vocab, key=vocab.get)
 
 
 def _registry_with(bb, tmp_path, mask):

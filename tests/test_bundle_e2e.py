@@ -1,0 +1,92 @@
+"""End to end on the bundled default model: a real `s3router serve`, speech synthesized inside the test.
+
+Sentences are new (written here, not from the corpus); voices and speeds are as in training. Needs the
+bundle in masks/ (built by `make bundle`) and espeak-ng.
+"""
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import jiwer
+import pytest
+
+from router_core.training.text_sources import normalize
+
+BUNDLE = Path(__file__).resolve().parents[1] / "masks"
+pytestmark = pytest.mark.skipif(
+    not (BUNDLE / "registry" / "fr.s3mask").is_file(), reason="bundled model not built (make bundle)"
+)
+
+SENTENCES = {
+    "fr": [
+        ("Le petit chat dort sur la chaise de la cuisine.", "m3", 160),
+        ("Nous avons mangé une soupe chaude ce soir.", "f2", 150),
+        ("Il faut toujours lire la documentation avant de commencer.", "m1", 170),
+    ],
+    "de": [
+        ("Der Hund spielt jeden Morgen im großen Garten.", "f1", 160),
+        ("Wir fahren morgen mit dem Zug nach Berlin.", "m5", 150),
+        ("Das Wetter ist heute kalt und sehr windig.", "m2", 170),
+    ],
+}
+VOICES = {"fr": "fr", "de": "de"}
+CER_LIMIT = 0.25  # per language, over the three sentences
+
+
+def _speak(text: str, lang: str, speaker: str, speed: int) -> bytes:
+    cmd = ["espeak-ng", "-v", f"{VOICES[lang]}+{speaker}", "-s", str(speed), "-p", "50", "--stdout", text]
+    return subprocess.run(cmd, capture_output=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def server():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.terminate()
+        pytest.fail("server did not become ready")
+    yield url
+    proc.terminate()
+    proc.wait(20)
+
+
+@pytest.mark.parametrize("lang", ["fr", "de"])
+def test_transcribe_with_lang_and_auto(server, lang):
+    refs, hyps, auto_hyps = [], [], []
+    for text, speaker, speed in SENTENCES[lang]:
+        wav = _speak(text, lang, speaker, speed)
+        given = httpx.post(f"{server}/transcribe?lang={lang}", content=wav, timeout=60).json()
+        auto = httpx.post(f"{server}/transcribe?lang=auto", content=wav, timeout=60).json()
+        assert auto["language"] == lang, auto
+        assert given["words"] and given["words"][-1]["end"] <= given["duration"] + 0.05
+        refs.append(normalize(text))
+        hyps.append(given["text"])
+        auto_hyps.append(auto["text"])
+    assert jiwer.cer(refs, hyps) <= CER_LIMIT, list(zip(refs, hyps, strict=True))
+    assert auto_hyps == hyps
+
+
+def test_classify_speaker(server):
+    results = []
+    for lang, items in SENTENCES.items():
+        for text, speaker, speed in items:
+            body = httpx.post(f"{server}/classify?task=speaker&top_k=3", content=_speak(text, lang, speaker, speed),
+                              timeout=60).json()  # fmt: skip
+            results.append(body["label"] == speaker)
+    assert sum(results) >= len(results) - 1, results
