@@ -117,3 +117,25 @@ def test_deadline_and_a_bad_item_do_not_take_the_batch_down():
         return out
 
     assert _run(scenario()).mask_name == "fr"
+
+
+def test_work_of_a_caller_that_went_away_is_dropped():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+
+    async def scenario():
+        batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=8)
+        batcher.start()
+        running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
+        await asyncio.sleep(0.05)  # 'fr' is in the model; the next two wait in the queue
+        gone = batcher.submit(torch.zeros(10), "de", "ctc", 5.0)
+        kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
+        waiter = asyncio.ensure_future(batcher.result(gone))
+        await asyncio.sleep(0.01)
+        waiter.cancel()  # the client disconnected
+        gate.set()
+        await asyncio.gather(batcher.result(running), batcher.result(kept))
+        await batcher.stop()
+
+    _run(scenario())
+    assert model.batches == [["fr"], ["es"]]
