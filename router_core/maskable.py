@@ -86,23 +86,22 @@ _ACTIVE_TRANSFORM: ContextVar[WeightTransform | None] = ContextVar("s3router_wei
 
 
 @contextlib.contextmanager
-def weight_transform(transform: WeightTransform) -> Iterator[None]:
+def _activated(var: ContextVar, value: object) -> Iterator[None]:
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
+def weight_transform(transform: WeightTransform) -> contextlib.AbstractContextManager[None]:
     """Route every maskable layer's weight through ``transform`` (mask learning) inside the block."""
-    token = _ACTIVE_TRANSFORM.set(transform)
-    try:
-        yield
-    finally:
-        _ACTIVE_TRANSFORM.reset(token)
+    return _activated(_ACTIVE_TRANSFORM, transform)
 
 
-@contextlib.contextmanager
-def routing(plan: RoutingPlan) -> Iterator[None]:
+def routing(plan: RoutingPlan) -> contextlib.AbstractContextManager[None]:
     """Activate ``plan`` for the forward passes inside the ``with`` block (this thread/context only)."""
-    token = _ACTIVE_PLAN.set(plan)
-    try:
-        yield
-    finally:
-        _ACTIVE_PLAN.reset(token)
+    return _activated(_ACTIVE_PLAN, plan)
 
 
 class MaskedLinear(nn.Module):

@@ -154,3 +154,28 @@ def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float
         return Engine(bb, registry, router, "tiny test engine")
 
     return factory
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ready(url: str, seconds: float = 120.0) -> None:
+    """Poll ``url`` until it answers 200, or fail the test."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer 200 within {seconds:g} s")

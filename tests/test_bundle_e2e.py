@@ -4,10 +4,8 @@ Sentences are new (written here, not from the corpus); voices and speeds are as 
 bundle in masks/ (built by `make bundle`) and espeak-ng.
 """
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -44,23 +42,15 @@ def _speak(text: str, lang: str, speaker: str, speed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def server():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    )
+    port = free_port()
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
+    try:
+        wait_until_ready(f"{url}/readyz")
+    except BaseException:
         proc.terminate()
-        pytest.fail("server did not become ready")
+        raise
     yield url
     proc.terminate()
     proc.wait(20)

@@ -3,7 +3,6 @@ and a real Prometheus scraping a real `s3router serve` for every Grafana panel's
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -11,11 +10,10 @@ from pathlib import Path
 
 import httpx
 import kubernetes_validate
-import pytest
 import torch
 import yaml
 
-from conftest import audio_bytes
+from conftest import audio_bytes, free_port, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "s3router.json"
@@ -64,27 +62,9 @@ def test_kubernetes_manifests_validate_against_their_schemas():
     assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "StatefulSet"} <= kinds
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"{url} did not come up")
-
-
 def test_real_prometheus_scrapes_serve_and_every_dashboard_query_has_data(tmp_path):
     prometheus = _bin("prometheus")
-    api_port, prom_port = _free_port(), _free_port()
+    api_port, prom_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(api_port),
                                "--registry", str(tmp_path / "reg"), "--log-level", "warning"])  # fmt: skip
     config = tmp_path / "prometheus.yml"
@@ -97,8 +77,8 @@ def test_real_prometheus_scrapes_serve_and_every_dashboard_query_has_data(tmp_pa
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         api = f"http://127.0.0.1:{api_port}"
-        _wait_http(f"{api}/readyz", 120)
-        _wait_http(f"http://127.0.0.1:{prom_port}/-/ready", 60)
+        wait_until_ready(f"{api}/readyz", 120)
+        wait_until_ready(f"http://127.0.0.1:{prom_port}/-/ready", 60)
         wav = audio_bytes(1.0)
         deadline = time.monotonic() + 8  # several scrapes with traffic in between
         while time.monotonic() < deadline:

