@@ -12,6 +12,7 @@ import httpx
 import jiwer
 import pytest
 
+from conftest import free_port, wait_until_ready
 from router_core.training.text_sources import normalize
 
 BUNDLE = Path(__file__).resolve().parents[1] / "masks"
