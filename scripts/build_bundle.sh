@@ -46,5 +46,11 @@ train_mask language classify "$CORPUS/language_train.jsonl" "$CORPUS/language_de
   done
   echo "}"
 } > masks/QUALITY.json
+# The paper's comparison on this data: weight finetuning vs mask finetuning, held-out language, same data/steps.
+if [ ! -f "$RUNS/finetune-$HELD_OUT/config.json" ]; then
+  "$S3R" finetune --backbone masks/backbone --offline --quiet --train "$CORPUS/${HELD_OUT}_train.jsonl" \
+    --dev "$CORPUS/${HELD_OUT}_dev.jsonl" --steps "$MASK_STEPS" --eval-every 100 --out "$RUNS/finetune-$HELD_OUT"
+fi
+"$S3R" eval --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" > "masks/FINETUNE_${HELD_OUT}.json"
 echo "bundle built in $(( ($(date +%s) - start) / 60 )) minutes"
 du -sh masks

@@ -124,7 +124,11 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     args.name = "finetune"
     config = _train_config(args)
     _log_to(Path(args.out))
-    return finetune_weights(_backbone(args), config, train, dev, args.out)
+    backbone = _backbone(args)
+    initial_head = None
+    if args.kind == "ctc" and backbone.ctc_head is not None and backbone.ctc_head.vocab and config.vocab is None:
+        config.vocab, initial_head = _head_from_checkpoint(backbone.ctc_head, train)  # as `train` does
+    return finetune_weights(backbone, config, train, dev, args.out, initial_head)
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from router_core.backbone import Backbone
 from router_core.decoding import ctc_greedy_decode
 from router_core.heads import HeadSpec
 from router_core.training.evaluation import evaluate_examples
-from router_core.training.export import base_state_dict, linear, model_with_head, save_processor
+from router_core.training.export import base_state_dict, linear, model_with_head, save_processor, set_head
 from router_core.training.learner import head_loss, pooled_logits
 from router_core.training.manifest import Example
 from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for
@@ -68,13 +68,21 @@ def hf_predict(model: PreTrainedModel, spec: HeadSpec, waves: list[torch.Tensor]
 
 
 def finetune_weights(
-    backbone: Backbone, config: TrainConfig, train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path
+    backbone: Backbone,
+    config: TrainConfig,
+    train: Sequence[Example],
+    dev: Sequence[Example],
+    out_dir: str | Path,
+    initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """Weight-finetune a copy of ``backbone`` with a fresh head; save the best (dev) checkpoint."""
+    """Weight-finetune a copy of ``backbone`` (head fresh, or from ``initial_head``); save the best checkpoint."""
     torch.manual_seed(config.seed)
     spec = head_spec_for(config, train)
     base = {k: v.detach().float().cpu() for k, v in base_state_dict(backbone).items()}
-    model = model_with_head(backbone, spec, base).to(backbone.device)  # type: ignore[arg-type]
+    model = model_with_head(backbone, spec, base)
+    if initial_head is not None:
+        set_head(model, spec, *initial_head)
+    model = model.to(backbone.device)  # type: ignore[arg-type]
     model.freeze_feature_encoder()
     model.train()
     attn = getattr(backbone.config, "feat_extract_norm", "layer") == "layer"
