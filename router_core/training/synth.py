@@ -11,6 +11,7 @@ removed), ``speaker``, ``lang`` and ``label`` fields — ``s3router train`` read
 from __future__ import annotations
 
 import json
+import multiprocessing
 import random
 import re
 import subprocess
@@ -110,9 +111,14 @@ def synth_corpus(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     plan = plan_corpus(langs, counts, seed)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(_synthesize_args, [(u, root) for u in plan], chunksize=16), total=len(plan),
-                         disable=not progress, desc="espeak-ng"))  # fmt: skip
+    jobs = [(u, root) for u in plan]
+    if workers <= 1:
+        rows = [_synthesize_args(job) for job in tqdm(jobs, disable=not progress, desc="espeak-ng")]
+    else:
+        # spawn, not fork: a forked child of a process whose OpenMP pool already ran can deadlock
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = list(tqdm(pool.map(_synthesize_args, jobs, chunksize=16), total=len(jobs),
+                             disable=not progress, desc="espeak-ng"))  # fmt: skip
     manifests: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         if row is None:
