@@ -193,13 +193,17 @@ class MaskRegistry:
                 return loaded
             self.stats.misses += 1
             load_lock = self._load_locks.setdefault(name, threading.Lock())
-        with load_lock:  # one load per name at a time; other names load in parallel
-            with self._lock:
-                if name in self._resident:
-                    return self._resident[name]
-            loaded = self.prepare(self.store.read(name), expected_name=name)
-            self._admit(loaded)
-            return loaded
+        try:
+            with load_lock:  # one load per name at a time; other names load in parallel
+                with self._lock:
+                    if name in self._resident:
+                        return self._resident[name]
+                loaded = self.prepare(self.store.read(name), expected_name=name)
+                self._admit(loaded)
+                return loaded
+        finally:
+            with self._lock:  # never accumulate locks for names that were asked for once (or do not exist)
+                self._load_locks.pop(name, None)
 
     def _check_fits(self, loaded: LoadedMask) -> None:
         if loaded.nbytes > self.budget_bytes:

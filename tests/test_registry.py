@@ -109,3 +109,11 @@ def test_delete_and_reload(make_registry, bb):
     assert registry.available() == ["fr"]
     with pytest.raises(MaskNotFoundError):
         registry.delete("de")
+
+
+def test_lookups_of_unknown_names_leave_nothing_behind(make_registry, bb):
+    registry = make_registry(bb)
+    for i in range(50):
+        with pytest.raises(MaskNotFoundError):
+            registry.get(f"nope{i}")
+    assert registry._load_locks == {} and registry.resident() == []
