@@ -71,6 +71,7 @@ class DirectoryStore:
         target = self._path(name)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.root)
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; mask files are meant to be readable by the server user
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
