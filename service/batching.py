@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from router_core.backbone import SAMPLE_RATE
 from router_core.errors import DeadlineExceededError, OverloadedError, S3RouterError
 from router_core.router import RoutedOutput
 
@@ -198,7 +199,7 @@ class Batcher:
                 masks=len(set(masks)),
                 queue_waits=[started - item.enqueued_at for item in batch],
                 inference_seconds=elapsed,
-                audio_seconds=sum(w.shape[0] for w in waves) / 16_000,
+                audio_seconds=sum(w.shape[0] for w in waves) / SAMPLE_RATE,
             )
             try:
                 self.on_batch(report)
