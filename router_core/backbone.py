@@ -228,8 +228,13 @@ class Backbone:
         """1-D float waveform on the backbone's device/dtype, zero-mean unit-variance if configured."""
         wave = wave.to(device=self.device, dtype=torch.float32)
         if self.normalize_input:
-            wave = (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
+            wave = zero_mean_unit_var(wave)
         return wave.to(self.dtype)
+
+
+def zero_mean_unit_var(wave: torch.Tensor) -> torch.Tensor:
+    """``(x - mean) / sqrt(var + 1e-7)`` (population variance), as Hugging Face's feature extractors do."""
+    return (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7)
 
 
 def load_backbone(

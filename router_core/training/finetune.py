@@ -18,21 +18,15 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
 
-from router_core.backbone import Backbone
-from router_core.decoding import ctc_greedy_decode
+from router_core.backbone import Backbone, zero_mean_unit_var
 from router_core.heads import HeadSpec
 from router_core.training.evaluation import evaluate_examples
 from router_core.training.export import base_state_dict, linear, model_with_head, save_processor, set_head
-from router_core.training.learner import head_loss, pooled_logits
+from router_core.training.learner import decode_outputs, head_loss
 from router_core.training.manifest import Example
 from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for
 
 log = logging.getLogger(__name__)
-
-
-def _normalize(wave: torch.Tensor, enabled: bool) -> torch.Tensor:
-    wave = wave.float()
-    return (wave - wave.mean()) / torch.sqrt(wave.var(unbiased=False) + 1e-7) if enabled else wave
 
 
 def hf_forward(
@@ -45,7 +39,9 @@ def hf_forward(
     """
     device = next(model.parameters()).device
     lengths = torch.tensor([w.shape[0] for w in waves])
-    padded = torch.nn.utils.rnn.pad_sequence([_normalize(w, normalize) for w in waves], batch_first=True)
+    padded = torch.nn.utils.rnn.pad_sequence(
+        [zero_mean_unit_var(w.float()) if normalize else w.float() for w in waves], batch_first=True
+    )
     mask = (torch.arange(padded.shape[1])[None, :] < lengths[:, None]).long()
     base = getattr(model, model.base_model_prefix)
     kwargs = {"attention_mask": mask.to(device)} if use_attention_mask else {}
@@ -60,11 +56,7 @@ def hf_predict(model: PreTrainedModel, spec: HeadSpec, waves: list[torch.Tensor]
                seconds_per_frame: float) -> list[str]:  # fmt: skip
     with torch.no_grad():
         outputs, frames = hf_forward(model, waves, normalize, attn)
-    if spec.kind == "classify":
-        return [spec.labels[i] for i in pooled_logits(outputs, frames).argmax(-1).tolist()]
-    return [
-        ctc_greedy_decode(outputs[i, : int(frames[i])].cpu(), spec, seconds_per_frame).text for i in range(len(waves))
-    ]
+    return decode_outputs(outputs, frames, spec, seconds_per_frame)
 
 
 def finetune_weights(

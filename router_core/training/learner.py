@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from router_core.backbone import Backbone
+from router_core.decoding import ctc_greedy_decode
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec, OutputHead
 from router_core.maskable import weight_transform
@@ -81,6 +82,16 @@ def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     steps = torch.arange(outputs.shape[1], device=outputs.device)
     valid = (steps[None, :] < frames.to(outputs.device)[:, None]).to(outputs.dtype)  # [B, T]
     return (outputs * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True)
+
+
+def decode_outputs(outputs: torch.Tensor, frames: torch.Tensor, spec: HeadSpec, seconds_per_frame: float) -> list[str]:
+    """Per-frame head outputs ``[B, T, O]`` -> one answer per item: greedy CTC text or best label."""
+    if spec.kind == "classify":
+        return [spec.labels[i] for i in pooled_logits(outputs, frames).argmax(dim=-1).tolist()]
+    return [
+        ctc_greedy_decode(outputs[i, : int(frames[i])].cpu(), spec, seconds_per_frame).text
+        for i in range(outputs.shape[0])
+    ]
 
 
 def head_loss(outputs: torch.Tensor, frames: torch.Tensor, targets: Sequence[str], spec: HeadSpec) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from router_core.backbone import Backbone
+from router_core.backbone import SAMPLE_RATE, Backbone
 from router_core.heads import HeadSpec
 from router_core.training.evaluation import evaluate_examples
 from router_core.training.export import save_processor
@@ -84,6 +84,7 @@ def pretrain_backbone(
     torch.manual_seed(config.seed)
     spec = HeadSpec(kind="ctc", vocab=build_vocab([e.target for e in train]), blank_id=0)
     model = Wav2Vec2ForCTC(tiny_wav2vec2_config(len(spec.vocab), config.hidden, config.layers))
+    seconds_per_frame = math.prod(model.config.conv_stride) / SAMPLE_RATE
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
@@ -119,7 +120,7 @@ def pretrain_backbone(
         if step % config.eval_every == 0 or step == config.steps:
             model.eval()
             metrics = evaluate_examples(
-                dev, lambda w: hf_predict(model, spec, w, True, True, 0.02), load, "ctc", config.batch_size
+                dev, lambda w: hf_predict(model, spec, w, True, True, seconds_per_frame), load, "ctc", config.batch_size
             )
             model.train()
             history.append({"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics})

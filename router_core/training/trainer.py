@@ -19,13 +19,12 @@ from torch import nn
 
 from router_core.audio import load_audio_file
 from router_core.backbone import Backbone
-from router_core.decoding import ctc_greedy_decode
 from router_core.heads import HeadSpec
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.mask_builder import build_mask
 from router_core.mask_file import RoutingMask
 from router_core.training.evaluation import evaluate_examples
-from router_core.training.learner import MaskLearner, build_vocab, pooled_logits
+from router_core.training.learner import MaskLearner, build_vocab, decode_outputs
 from router_core.training.manifest import Example
 
 log = logging.getLogger(__name__)
@@ -82,15 +81,9 @@ class AudioCache:
 
 
 def _predict(learner: MaskLearner, waves: list[torch.Tensor], seconds_per_frame: float) -> list[str]:
-    spec = learner.head_spec
     with torch.no_grad():
         outputs, frames = learner(waves)
-    if spec.kind == "classify":
-        best = pooled_logits(outputs, frames).argmax(dim=-1).tolist()
-        return [spec.labels[i] for i in best]
-    return [
-        ctc_greedy_decode(outputs[i, : int(frames[i])].cpu(), spec, seconds_per_frame).text for i in range(len(waves))
-    ]
+    return decode_outputs(outputs, frames, learner.head_spec, seconds_per_frame)
 
 
 def _metric_is_better(kind: str, new: dict[str, float], old: dict[str, float] | None) -> bool:
