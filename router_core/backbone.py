@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ class BackboneSpec:
     fingerprint: str
     hidden_size: int
     layer_shapes: dict[str, tuple[int, int]]  # name -> (out_features, in_features), every maskable layer
+    num_hidden_states: int  # what ``encode(..., all_layers=True)`` stacks: input embeddings + each layer
 
 
 @dataclass
@@ -160,7 +163,7 @@ class Backbone:
     def spec(self) -> BackboneSpec:
         names = maskable_layer_names(self.num_layers, include_attention=True)
         shapes = {n: (self.layers[n].out_features, self.layers[n].in_features) for n in names}
-        return BackboneSpec(self.fingerprint, self.hidden_size, shapes)
+        return BackboneSpec(self.fingerprint, self.hidden_size, shapes, self.num_layers + 1)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced by the feature encoder for inputs of ``sample_lengths`` samples."""
@@ -196,14 +199,19 @@ class Backbone:
         return nn.utils.rnn.pad_sequence(per_item, batch_first=True), frames
 
     @torch.inference_mode()
-    def encode(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Last hidden states ``[B, T, D]`` and frame lengths ``[B]`` for 16 kHz mono waveforms.
+    def encode(self, waves: list[torch.Tensor], all_layers: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last hidden states ``[B, T, D]`` and frame lengths ``[B]`` for 16 kHz mono waveforms. With
+        ``all_layers``: ``[S + 1, B, T, D]`` — the ``S = layers + 1`` hidden states of Hugging Face's
+        ``output_hidden_states``, then the encoder output (which differs from the S-th for pre-norm
+        encoders, whose output passes a final LayerNorm).
 
         Masked layers follow the active :func:`router_core.maskable.routing` plan, if any.
         """
-        return self.encode_with_grad(waves)
+        return self.encode_with_grad(waves, all_layers)
 
-    def encode_with_grad(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_with_grad(
+        self, waves: list[torch.Tensor], all_layers: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`encode` without inference mode, for mask learning: the frozen feature encoder runs
         under ``no_grad``; the transformer runs with autograd so gradients reach whatever the active
         :func:`router_core.maskable.weight_transform` makes trainable."""
@@ -217,12 +225,16 @@ class Backbone:
         if bool((frames < hidden.shape[1]).any()):
             steps = torch.arange(hidden.shape[1])
             attention_mask = (steps[None, :] < frames[:, None]).to(self.device)  # [B, T] bool
+        encoder = self.model.get_submodule("encoder")
         token = _FRAME_LENGTHS.set(frames)
         try:
-            out = self.model.get_submodule("encoder")(hidden, attention_mask=attention_mask)
+            with _hidden_states(encoder, enabled=all_layers) as states:
+                last = encoder(hidden, attention_mask=attention_mask).last_hidden_state  # [B, T, D]
         finally:
             _FRAME_LENGTHS.reset(token)
-        return out.last_hidden_state, frames  # [B, T, D], [B]
+        if all_layers:
+            return torch.stack([*states, last]), frames  # [S + 1, B, T, D], [B]
+        return last, frames  # [B, T, D], [B]
 
     def _prepare(self, wave: torch.Tensor) -> torch.Tensor:
         """1-D float waveform on the backbone's device/dtype, zero-mean unit-variance if configured."""
@@ -230,6 +242,32 @@ class Backbone:
         if self.normalize_input:
             wave = zero_mean_unit_var(wave)
         return wave.to(self.dtype)
+
+
+@contextmanager
+def _hidden_states(encoder: nn.Module, enabled: bool) -> Iterator[list[torch.Tensor]]:
+    """Record what enters each transformer layer and what leaves the last one: the ``S = layers + 1``
+    hidden states of Hugging Face's ``output_hidden_states`` (transformers 5 records them only through
+    the top-level model; like it, for pre-LayerNorm encoders the last is taken before the final norm)."""
+    recorded: list[torch.Tensor] = []
+    if not enabled:
+        yield recorded
+        return
+
+    def entering(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        recorded.append(args[0] if args else kwargs["hidden_states"])
+
+    def leaving(_module: nn.Module, _args: tuple, output: torch.Tensor | tuple) -> None:
+        recorded.append(output[0] if isinstance(output, tuple) else output)  # WavLM adds position bias
+
+    layers = list(encoder.get_submodule("layers").children())
+    handles = [layer.register_forward_pre_hook(entering, with_kwargs=True) for layer in layers]
+    handles.append(layers[-1].register_forward_hook(leaving))
+    try:
+        yield recorded
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def zero_mean_unit_var(wave: torch.Tensor) -> torch.Tensor:
@@ -262,7 +300,7 @@ def load_backbone(
             head = PretrainedCTCHead(
                 weight=full.lm_head.weight.detach().clone(),
                 bias=full.lm_head.bias.detach().clone(),
-                vocab=_read_vocab(source, local_files_only),
+                vocab=read_checkpoint_vocab(source, local_files_only),
                 blank_id=int(config.pad_token_id if config.pad_token_id is not None else 0),
             )
         else:
@@ -280,7 +318,7 @@ def _local_file(source: str, filename: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def _read_vocab(source: str, local_files_only: bool) -> list[str] | None:
+def read_checkpoint_vocab(source: str, local_files_only: bool = True) -> list[str] | None:
     """Token strings in id order from the checkpoint's ``vocab.json``, if it has one."""
     path = _local_file(source, "vocab.json")
     if path is None:

@@ -1,7 +1,14 @@
 """Per-mask output heads, trained as ordinary weights on top of the masked backbone.
 
+Input features ``h[t]`` of one item (``D`` wide) are either the last hidden states or, with
+``layer_mix``, a learned softmax-weighted sum over every hidden state the encoder produces (its input
+embeddings and each layer's output, ``S = layers + 1`` of them; SUPERB's weighted-layer sum):
+``h[t] = sum_s softmax(a)_s * H_s[t]``.
+
 * CTC head: ``logits[t] = h[t] @ W^T + b`` over a vocabulary (``W [V, D]``), decoded with CTC.
-* Classification head: mean-pool the valid frames, ``p = softmax(mean_t(h[t]) @ W^T + b)`` (``W [L, D]``).
+* Classification head: pool the valid frames, ``p = softmax(pool(h) @ W^T + b)``, where ``pool`` is
+  ``mean_t h[t]`` (``W [L, D]``) or, with ``pooling="mean_std"``, the statistics pooling
+  ``[mean_t h[t] ; std_t h[t]]`` (``W [L, 2D]``) that speaker recognition needs.
 """
 
 from __future__ import annotations
@@ -16,21 +23,30 @@ from router_core.errors import InvalidInputError
 
 MaskKind = Literal["ctc", "classify"]
 MASK_KINDS: tuple[str, ...] = ("ctc", "classify")
+POOLINGS: tuple[str, ...] = ("mean", "mean_std")
+_STD_EPS = 1e-5
 
 
 @dataclass
 class HeadSpec:
-    """What a head needs besides its weights: vocabulary (CTC) or label names (classification)."""
+    """What a head needs besides its weights: vocabulary (CTC) or label names (classification), and
+    which features it reads (``layer_mix``) and how a classifier pools them (``pooling``)."""
 
     kind: MaskKind
     vocab: list[str] = field(default_factory=list)  # CTC: token strings in id order
     labels: list[str] = field(default_factory=list)  # classification: label names in id order
     blank_id: int = 0
     word_delimiter: str = "|"
+    pooling: str = "mean"  # classification: "mean" | "mean_std"
+    layer_mix: bool = False  # read a learned weighted sum of all hidden states, not the last one
 
     @property
     def num_outputs(self) -> int:
         return len(self.vocab) if self.kind == "ctc" else len(self.labels)
+
+    def input_size(self, hidden_size: int) -> int:
+        """Width of the projection's input: ``D``, or ``2D`` for statistics pooling."""
+        return 2 * hidden_size if self.kind == "classify" and self.pooling == "mean_std" else hidden_size
 
     def validate(self) -> None:
         if self.kind not in MASK_KINDS:
@@ -41,23 +57,50 @@ class HeadSpec:
             )
         if self.kind == "ctc" and not 0 <= self.blank_id < len(self.vocab):
             raise InvalidInputError(f"blank id {self.blank_id} is outside the vocabulary of {len(self.vocab)}")
+        if self.pooling not in POOLINGS or (self.kind == "ctc" and self.pooling != "mean"):
+            raise InvalidInputError(f"pooling {self.pooling!r} is not one of {POOLINGS} (classification heads only)")
         names = self.vocab if self.kind == "ctc" else self.labels
         if len(set(names)) != len(names):
             raise InvalidInputError(f"the {self.kind} head has duplicate entries")
 
 
-class OutputHead(nn.Module):
-    """``Linear(hidden, outputs)``; pooling for classification happens in :meth:`forward`."""
+def valid_frames(frames: torch.Tensor, steps: int, device: torch.device) -> torch.Tensor:
+    """``[B, T]`` 1.0 where frame ``t < frames[b]``."""
+    return (torch.arange(steps, device=device)[None, :] < frames.to(device)[:, None]).float()
 
-    def __init__(self, spec: HeadSpec, hidden_size: int) -> None:
+
+class OutputHead(nn.Module):
+    """Optional layer mix, ``Linear(input_size, outputs)``, and pooling for classification."""
+
+    def __init__(self, spec: HeadSpec, hidden_size: int, num_hidden_states: int = 1) -> None:
         super().__init__()
         spec.validate()
         self.spec = spec
-        self.proj = nn.Linear(hidden_size, spec.num_outputs)
+        self.proj = nn.Linear(spec.input_size(hidden_size), spec.num_outputs)
+        # [S] softmax logits over hidden states; zeros = equal weights
+        self.layer_weights = nn.Parameter(torch.zeros(num_hidden_states)) if spec.layer_mix else None
 
-    def forward(self, hidden: torch.Tensor, frames: int) -> torch.Tensor:
-        """``hidden [T, D]`` of one item (first ``frames`` valid) -> CTC logits ``[frames, V]`` or ``[L]``."""
-        valid = hidden[:frames].to(self.proj.weight.dtype)  # [T_i, D]
+    def features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The encoder output ``[B, T, D]``, or ``[S + 1, B, T, D]`` (all hidden states, then the encoder
+        output; :meth:`Backbone.encode` with ``all_layers``) -> the head's input ``[B, T, D]``."""
+        if self.layer_weights is None:
+            return hidden[-1] if hidden.dim() == 4 else hidden
+        if hidden.dim() != 4 or hidden.shape[0] != self.layer_weights.shape[0] + 1:
+            expected = self.layer_weights.shape[0]
+            raise InvalidInputError(f"this head mixes {expected} hidden states; got {tuple(hidden.shape)}")
+        weights = torch.softmax(self.layer_weights.float(), dim=0).to(hidden.dtype)  # [S]
+        return torch.einsum("s,sbtd->btd", weights, hidden[:-1])
+
+    def forward(self, hidden: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Hidden states of a batch (``[B, T, D]`` or ``[S + 1, B, T, D]``) and valid frames ``[B]`` ->
+        CTC logits ``[B, T, V]`` (rows past ``frames[b]`` are padding) or class logits ``[B, L]``."""
+        feats = self.features(hidden).to(self.proj.weight.dtype)  # [B, T, D]
         if self.spec.kind == "ctc":
-            return self.proj(valid)  # [T_i, V]
-        return self.proj(valid.mean(dim=0))  # [L]
+            return self.proj(feats)  # [B, T, V]
+        valid = valid_frames(frames, feats.shape[1], feats.device).to(feats.dtype)[..., None]  # [B, T, 1]
+        count = valid.sum(dim=1).clamp_min(1.0)  # [B, 1]
+        mean = (feats * valid).sum(dim=1) / count  # [B, D]
+        if self.spec.pooling == "mean":
+            return self.proj(mean)  # [B, L]
+        var = (((feats - mean[:, None]) ** 2) * valid).sum(dim=1) / count  # [B, D]
+        return self.proj(torch.cat([mean, torch.sqrt(var + _STD_EPS)], dim=-1))  # [B, L]

@@ -37,6 +37,7 @@ def build_mask(
     head_bias: torch.Tensor,
     keep: Mapping[str, torch.Tensor],
     metrics: dict[str, Any] | None = None,
+    head_layer_weights: torch.Tensor | None = None,
 ) -> RoutingMask:
     """Pack per-layer boolean keep masks (``[N, K]`` each) and a head into a :class:`RoutingMask`."""
     shapes = {layer: spec.layer_shapes[layer] for layer in keep}
@@ -49,6 +50,7 @@ def build_mask(
         layer_shapes=shapes,
         fingerprint=spec.fingerprint,
         metrics=dict(metrics or {}),
+        head_layer_weights=None if head_layer_weights is None else head_layer_weights.detach().float().cpu(),
     )
 
 
@@ -63,6 +65,7 @@ def random_mask(
     """A mask with random scores (exact top-k per layer) and a random head: for tests and benchmarks."""
     gen = torch.Generator().manual_seed(seed)
     keep = {layer: topk_keep(torch.randn(spec.layer_shapes[layer], generator=gen), keep_ratio) for layer in layers}
-    weight = torch.randn(head.num_outputs, spec.hidden_size, generator=gen) * 0.1
+    weight = torch.randn(head.num_outputs, head.input_size(spec.hidden_size), generator=gen) * 0.1
     bias = torch.zeros(head.num_outputs)
-    return build_mask(spec, name, head, weight, bias, keep)
+    mix = torch.randn(spec.num_hidden_states, generator=gen) if head.layer_mix else None
+    return build_mask(spec, name, head, weight, bias, keep, head_layer_weights=mix)

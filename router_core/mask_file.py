@@ -1,13 +1,14 @@
 """The mask file: one safetensors file (never pickle) with packed bits, head tensors and JSON metadata.
 
-Layout (format version 1):
+Layout (format version 2; version 1 files, which predate ``pooling``/``layer_mix``, still load):
 
 * tensors ``bits/<layer name>`` — ``uint8 [N, ceil(K/8)]`` per masked layer (bit order in
-  :mod:`router_core.kernels.bits`); ``head/weight`` ``[O, D]`` and ``head/bias`` ``[O]``;
+  :mod:`router_core.kernels.bits`); ``head/weight`` ``[O, D]`` (``[O, 2D]`` with ``mean_std``
+  pooling) and ``head/bias`` ``[O]``; with ``layer_mix``, ``head/layer_weights`` ``[S]``;
 * safetensors metadata key ``s3router`` — JSON with ``format_version``, ``name``, ``kind``
   (``ctc`` | ``classify``), ``fingerprint`` (of the backbone), ``layers`` (``{name: [N, K]}``),
   ``keep_ratios`` (``{name: kept / (N*K)}``), ``vocab`` / ``labels``, ``blank_id``, ``word_delimiter``,
-  ``created_at`` (ISO 8601, UTC), ``metrics`` and ``checksum``;
+  ``pooling``, ``layer_mix``, ``created_at`` (ISO 8601, UTC), ``metrics`` and ``checksum``;
 * ``checksum`` = SHA-256 over the canonical JSON of the metadata without ``checksum``, then, for each
   tensor in name order, its name, dtype, shape and bytes.
 
@@ -42,7 +43,8 @@ from router_core.errors import (
 from router_core.heads import HeadSpec
 from router_core.kernels.bits import count_kept, packed_row_bytes
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "s3router"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -70,6 +72,7 @@ class RoutingMask:
     keep_ratios: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    head_layer_weights: torch.Tensor | None = None  # [S], with ``head.layer_mix``
 
     def __post_init__(self) -> None:
         validate_mask_name(self.name)
@@ -86,6 +89,8 @@ class RoutingMask:
     @property
     def nbytes(self) -> int:
         tensors = [self.head_weight, self.head_bias, *self.layer_bits.values()]
+        if self.head_layer_weights is not None:
+            tensors.append(self.head_layer_weights)
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def metadata(self) -> dict[str, Any]:
@@ -101,6 +106,8 @@ class RoutingMask:
             "labels": self.head.labels,
             "blank_id": self.head.blank_id,
             "word_delimiter": self.head.word_delimiter,
+            "pooling": self.head.pooling,
+            "layer_mix": self.head.layer_mix,
             "created_at": self.created_at,
             "metrics": self.metrics,
         }
@@ -109,6 +116,8 @@ class RoutingMask:
         out = {f"bits/{n}": b for n, b in self.layer_bits.items()}
         out["head/weight"] = self.head_weight
         out["head/bias"] = self.head_bias
+        if self.head_layer_weights is not None:
+            out["head/layer_weights"] = self.head_layer_weights
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
 
@@ -156,9 +165,9 @@ def decode_mask(data: bytes) -> RoutingMask:
     except json.JSONDecodeError as exc:
         raise MaskFormatError(f"mask metadata is not valid JSON: {exc}") from exc
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedFormatVersionError(
-            f"mask format version {version!r} is not supported (this build reads version {FORMAT_VERSION})"
+            f"mask format version {version!r} is not supported (this build reads versions {READABLE_VERSIONS})"
         )
     try:
         tensors = st_load(data)
@@ -174,6 +183,8 @@ def decode_mask(data: bytes) -> RoutingMask:
             labels=list(meta["labels"]),
             blank_id=int(meta["blank_id"]),
             word_delimiter=str(meta["word_delimiter"]),
+            pooling=str(meta.get("pooling", "mean")),
+            layer_mix=bool(meta.get("layer_mix", False)),
         )
         head.validate()
         shapes = {n: (int(s[0]), int(s[1])) for n, s in meta["layers"].items()}
@@ -189,6 +200,7 @@ def decode_mask(data: bytes) -> RoutingMask:
             keep_ratios={n: float(r) for n, r in meta["keep_ratios"].items()},
             metrics=dict(meta.get("metrics") or {}),
             created_at=str(meta["created_at"]),
+            head_layer_weights=tensors["head/layer_weights"] if head.layer_mix else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MaskFormatError(f"mask file is missing or has a malformed field: {exc}") from exc
@@ -206,6 +218,10 @@ def _check_internal_shapes(mask: RoutingMask) -> None:
         raise MaskFormatError(
             f"head tensors {tuple(mask.head_weight.shape)}/{tuple(mask.head_bias.shape)} do not match {outputs} outputs"
         )
+    mix = mask.head_layer_weights
+    if mask.head.layer_mix != (mix is not None) or (mix is not None and mix.dim() != 1):
+        raise MaskFormatError(f"head layer weights {None if mix is None else tuple(mix.shape)} do not match "
+                              f"layer_mix={mask.head.layer_mix}")  # fmt: skip
 
 
 def check_compatible(mask: RoutingMask, spec: BackboneSpec) -> None:
@@ -223,7 +239,13 @@ def check_compatible(mask: RoutingMask, spec: BackboneSpec) -> None:
             raise LayerShapeMismatchError(
                 f"mask {mask.name!r} layer {name}: shape {list(shape)} but the backbone has {list(live)}"
             )
-    if mask.head_weight.shape[1] != spec.hidden_size:
+    if mask.head_weight.shape[1] != mask.head.input_size(spec.hidden_size):
         raise LayerShapeMismatchError(
-            f"mask {mask.name!r} head expects hidden size {mask.head_weight.shape[1]}, backbone has {spec.hidden_size}"
+            f"mask {mask.name!r} head takes {mask.head_weight.shape[1]} features, "
+            f"but {mask.head.input_size(spec.hidden_size)} come from a backbone of hidden size {spec.hidden_size}"
+        )
+    mix = mask.head_layer_weights
+    if mix is not None and mix.shape[0] != spec.num_hidden_states:
+        raise LayerShapeMismatchError(
+            f"mask {mask.name!r} head mixes {mix.shape[0]} hidden states; the backbone has {spec.num_hidden_states}"
         )

@@ -164,10 +164,12 @@ class MaskRegistry:
 
     def _to_device(self, mask: RoutingMask) -> LoadedMask:
         bits = {n: b.to(self.device) for n, b in mask.layer_bits.items()}
-        head = OutputHead(mask.head, self.spec.hidden_size)
+        head = OutputHead(mask.head, self.spec.hidden_size, self.spec.num_hidden_states)
         with torch.no_grad():
             head.proj.weight.copy_(mask.head_weight)
             head.proj.bias.copy_(mask.head_bias)
+            if head.layer_weights is not None and mask.head_layer_weights is not None:
+                head.layer_weights.copy_(mask.head_layer_weights)
         head = head.to(device=self.device, dtype=self.dtype).eval().requires_grad_(False)
         on_device = RoutingMask(
             name=mask.name,
@@ -180,6 +182,7 @@ class MaskRegistry:
             keep_ratios=mask.keep_ratios,
             metrics=mask.metrics,
             created_at=mask.created_at,
+            head_layer_weights=head.layer_weights,
         )
         return LoadedMask(on_device, head, on_device.nbytes)
 

@@ -97,16 +97,21 @@ class Router:
                 if m.kind != expect_kind:
                     raise MaskKindError(f"mask {m.name!r} is a {m.kind} mask; this call needs a {expect_kind} mask")
         order, plan = self.plan(masks)
+        all_layers = any(m.mask.head.layer_mix for m in masks)
         with routing(plan):
-            hidden, frames = self.backbone.encode([checked[i] for i in order])  # [B, T, D], [B]
+            # [B, T, D] or, when a head mixes layers, [S + 1, B, T, D]; frames [B]
+            hidden, frames = self.backbone.encode([checked[i] for i in order], all_layers)
         results: list[RoutedOutput | None] = [None] * len(waves)
         with torch.inference_mode():
             for row, item in enumerate(order):
-                results[item] = self._decode(masks[item], hidden[row], int(frames[row]), checked[item])
+                rows = hidden[..., row : row + 1, :, :]  # [1, T, D] or [S + 1, 1, T, D]
+                logits = masks[item].head(rows, frames[row : row + 1])[0]  # [T, V] or [L]
+                if masks[item].kind == "ctc":
+                    logits = logits[: int(frames[row])]
+                results[item] = self._decode(masks[item], logits.float().cpu(), checked[item])
         return [r for r in results if r is not None]
 
-    def _decode(self, loaded: LoadedMask, hidden: torch.Tensor, frames: int, wave: torch.Tensor) -> RoutedOutput:
-        logits = loaded.head(hidden, frames).float().cpu()
+    def _decode(self, loaded: LoadedMask, logits: torch.Tensor, wave: torch.Tensor) -> RoutedOutput:
         out = RoutedOutput(loaded.name, loaded.kind, logits, wave.shape[0] / SAMPLE_RATE)
         if loaded.kind == "ctc":
             out.transcript = ctc_greedy_decode(logits, loaded.mask.head, self.backbone.seconds_per_frame)

@@ -9,14 +9,14 @@ cd "$(dirname "$0")/.."
 S3R=${S3R:-.venv/bin/s3router}
 CORPUS=${CORPUS:-data/corpus}
 RUNS=${RUNS:-runs}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-2400}
-MASK_STEPS=${MASK_STEPS:-400}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
+MASK_STEPS=${MASK_STEPS:-200}
 CLS_STEPS=${CLS_STEPS:-300}
 LANGS="en fr de es it"
 HELD_OUT="pt"
 start=$(date +%s)
 
-"$S3R" data synth --out "$CORPUS" --langs en,fr,de,es,it,pt --train 1000 --dev 100 --test 100 --quiet
+"$S3R" data synth --out "$CORPUS" --langs en,fr,de,es,it,pt --train 3000 --dev 100 --test 100 --quiet
 
 if [ ! -f masks/backbone/model.safetensors ]; then
   "$S3R" bundle pretrain --corpus "$CORPUS" --langs en,fr,de,es,it --out masks/backbone \

@@ -60,6 +60,8 @@ def _train_config(args: argparse.Namespace):
         work_dir=args.work_dir or f"runs/{args.name}",
         resume=args.resume,
         progress=not args.quiet,
+        pooling=args.pooling,
+        layer_mix=args.layer_mix,
     )
 
 
@@ -218,7 +220,8 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     train = [e for lang in langs for e in read_manifest(corpus / f"{lang}_train.jsonl", "ctc")]
     dev = [e for lang in langs for e in read_manifest(corpus / f"{lang}_dev.jsonl", "ctc")[: args.dev_per_lang]]
     _log_to(Path(args.work_dir))
-    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, progress=not args.quiet)
+    config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
+                            progress=not args.quiet, init_from=args.init_from)  # fmt: skip
     return pretrain_backbone(train, dev, args.out, args.work_dir, config)
 
 
@@ -231,6 +234,7 @@ def _common(p: argparse.ArgumentParser, registry: bool = True) -> None:
 
 
 def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: bool) -> None:
+    from router_core.heads import POOLINGS
     from router_core.training.scores import SCORE_INITS
 
     p.add_argument("--train", required=True, help="manifest (JSONL or TSV)")
@@ -240,6 +244,13 @@ def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: boo
     p.add_argument("--init", choices=SCORE_INITS, default=init)
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=attention,
                    help="also mask attention projections (default off: the paper's fix_attn)")  # fmt: skip
+    p.add_argument("--pooling", choices=POOLINGS, help="classification pooling (default mean_std)")
+    p.add_argument(
+        "--layer-mix",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="head reads a learned weighted sum of all hidden states (default: on for classify)",
+    )
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")
@@ -300,7 +311,12 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     synth = data.add_parser("synth", help="synthesize a multilingual corpus with espeak-ng")
     synth.add_argument("--out", required=True)
     synth.add_argument("--langs", default="en,fr,de,es,it,pt")
-    synth.add_argument("--train", type=int, default=1000, help="utterances per language")
+    synth.add_argument(
+        "--train",
+        type=int,
+        default=1000,
+        help="training utterances per language (at most: fewer where its text runs out)",
+    )
     synth.add_argument("--dev", type=int, default=100)
     synth.add_argument("--test", type=int, default=100)
     synth.add_argument("--seed", type=int, default=0)
@@ -319,6 +335,8 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--steps", type=int, default=2400)
     pretrain.add_argument("--batch-size", type=int, default=8)
     pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--warmup", type=int, default=300, help="learning-rate warmup steps")
+    pretrain.add_argument("--init-from", help="continue from this trained backbone folder (new optimizer/schedule)")
     pretrain.add_argument("--dev-per-lang", type=int, default=40)
     pretrain.add_argument("--quiet", action="store_true")
     pretrain.set_defaults(run=run_pretrain)

@@ -15,9 +15,10 @@ from router_core.errors import (
     TruncatedMaskFileError,
     UnsupportedFormatVersionError,
 )
+from router_core.heads import HeadSpec
 from router_core.kernels.bits import pack_bits
 from router_core.mask_builder import build_mask, random_mask, topk_keep
-from router_core.mask_file import FORMAT_VERSION, METADATA_KEY, check_compatible, decode_mask, encode_mask
+from router_core.mask_file import FORMAT_VERSION, METADATA_KEY, _checksum, check_compatible, decode_mask, encode_mask
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,11 @@ def _mask(bb, name="fr", keep=0.9, spec=None, attention=False):
     return random_mask(bb.spec(), name, spec or ctc_spec(), bb.default_layer_names(attention), keep, seed=7)
 
 
-@pytest.mark.parametrize("spec", [ctc_spec(), classify_spec(4)], ids=["ctc", "classify"])
+def _stats_spec():
+    return HeadSpec(kind="classify", labels=["a", "b", "c"], pooling="mean_std", layer_mix=True)
+
+
+@pytest.mark.parametrize("spec", [ctc_spec(), classify_spec(4), _stats_spec()], ids=["ctc", "classify", "mixed-stats"])
 def test_round_trip_keeps_everything(bb, spec):
     mask = _mask(bb, spec=spec, attention=True)
     mask.metrics = {"cer": 0.05, "steps": 1000}
@@ -39,7 +44,36 @@ def test_round_trip_keeps_everything(bb, spec):
     for name, bits in mask.layer_bits.items():
         assert torch.equal(back.layer_bits[name], bits)
     assert torch.equal(back.head_weight, mask.head_weight)
+    assert back.head == spec
+    if spec.layer_mix:
+        assert torch.equal(back.head_layer_weights, mask.head_layer_weights)
     check_compatible(back, bb.spec())
+
+
+def test_version_1_files_still_load_as_mean_pooled_last_layer_heads(bb):
+    mask = _mask(bb, spec=classify_spec(4))
+    meta = {k: v for k, v in mask.metadata().items() if k not in ("pooling", "layer_mix")}
+    meta["format_version"] = 1
+    tensors = mask.tensors()
+    meta["checksum"] = _checksum(meta, tensors)
+    back = decode_mask(st_save(tensors, metadata={METADATA_KEY: json.dumps(meta)}))
+    assert back.head.pooling == "mean" and not back.head.layer_mix and back.head_layer_weights is None
+    check_compatible(back, bb.spec())
+
+
+def test_head_that_does_not_fit_the_backbone_is_refused(bb):
+    spec = bb.spec()
+    mask = _mask(bb, spec=_stats_spec())
+    mask.head_layer_weights = torch.zeros(spec.num_hidden_states + 2)
+    with pytest.raises(LayerShapeMismatchError, match=f"mixes {spec.num_hidden_states + 2} hidden states"):
+        check_compatible(decode_mask(encode_mask(mask)), spec)
+    mask = _mask(bb, spec=_stats_spec())
+    mask.head_weight = torch.zeros(3, spec.hidden_size)  # mean_std pooling needs 2D inputs
+    with pytest.raises(LayerShapeMismatchError, match=f"takes {spec.hidden_size} features"):
+        check_compatible(decode_mask(encode_mask(mask)), spec)
+    mask.head_layer_weights = None
+    with pytest.raises(MaskFormatError, match="layer_weights"):
+        decode_mask(encode_mask(mask))
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.3, 0.9, 1.0])

@@ -40,7 +40,7 @@ def test_all_keep_mask_equals_the_unmasked_model(make_registry):
     out = _router(bb, registry).forward([wave], ["keep_all"])[0]
     hidden, frames = bb.encode([wave])  # no routing plan: plain frozen model
     head = registry.get("keep_all").head
-    assert torch.allclose(out.logits, head(hidden[0], int(frames[0])), atol=1e-5)
+    assert torch.allclose(out.logits, head(hidden, frames)[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("attention", [False, True], ids=["ffn", "ffn+attention"])
@@ -52,10 +52,10 @@ def test_router_applies_exactly_the_mask(make_registry, attention):
     out = _router(bb, registry).forward([wave], ["fr"])[0]
     truth = _dense_masked_copy(bb, mask)
     hidden, frames = truth.encode([wave])
-    expected = registry.get("fr").head(hidden[0], int(frames[0]))
+    expected = registry.get("fr").head(hidden, frames)[0]
     assert torch.allclose(out.logits, expected, atol=1e-4)
     unmasked, _ = bb.encode([wave])
-    assert not torch.allclose(registry.get("fr").head(unmasked[0], int(frames[0])), expected, atol=1e-3)
+    assert not torch.allclose(registry.get("fr").head(unmasked, frames)[0], expected, atol=1e-3)
 
 
 @pytest.mark.parametrize("arch", ["wav2vec2-group", "wav2vec2-layer", "data2vec-audio"])
@@ -63,10 +63,10 @@ def test_router_applies_exactly_the_mask(make_registry, attention):
 def test_mixed_mask_batch_equals_items_alone(make_registry, arch, backend):
     bb = Backbone.from_model(tiny_model(arch), device=_device_for(backend))
     registry = make_registry(bb)
-    add_masks(registry, bb, ["fr", "de", "cls_speaker"], keep=0.8)
+    add_masks(registry, bb, ["fr", "de", "cls_speaker", "cls_mix_lang"], keep=0.8)
     router = _router(bb, registry, backend)
-    batch = waves(1600, 3211, 800, 2500, 2000)
-    names = ["de", "fr", "cls_speaker", "de", "fr"]
+    batch = waves(1600, 3211, 800, 2500, 2000, 1900)
+    names = ["de", "fr", "cls_speaker", "de", "fr", "cls_mix_lang"]
     together = router.forward(batch, names)
     for wave, name, out in zip(batch, names, together, strict=True):
         alone = router.forward([wave], [name])[0]
@@ -74,6 +74,7 @@ def test_mixed_mask_batch_equals_items_alone(make_registry, arch, backend):
         assert out.logits.shape == alone.logits.shape
         assert torch.allclose(out.logits, alone.logits, atol=1e-4 if bb.device.type == "cpu" else 2e-3)
     assert together[2].classification is not None and together[0].transcript is not None
+    assert together[5].classification is not None and together[5].logits.shape == (3,)
 
 
 def test_kind_unknown_mask_and_bad_input_are_refused(make_registry):

@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
 import soundfile as sf
 
+from router_core.errors import InvalidInputError
 from router_core.training.manifest import read_manifest
 from router_core.training.synth import clean_ipa, plan_corpus, synth_corpus
 from router_core.training.text_sources import good_sentence, normalize, sentences
@@ -46,3 +48,13 @@ def test_synth_writes_16k_audio_and_manifests_train_reads(tmp_path):
     assert {e.target for e in read_manifest(tmp_path / "language_train.jsonl", "classify")} == {"fr", "de"}
     again = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
     assert again == result  # resumable: existing utterances are reused
+
+
+def test_train_split_takes_what_is_left_when_text_runs_out():
+    available = len(sentences("pt"))
+    plan = plan_corpus(["pt"], {"train": available + 50, "dev": 7, "test": 9}, seed=0)
+    sizes = {split: sum(u.split == split for u in plan) for split in ("train", "dev", "test")}
+    assert sizes == {"train": available - 16, "dev": 7, "test": 9}
+    assert len({u.sentence for u in plan}) == len(plan)
+    with pytest.raises(InvalidInputError, match="pt: "):
+        plan_corpus(["pt"], {"train": 10, "dev": available, "test": 1}, seed=0)

@@ -143,9 +143,12 @@ def test_exported_ctc_checkpoint_matches_the_router_through_a_transformers_pipel
     assert expected and asr(wave.numpy())["text"] == expected
 
 
-def test_exported_classifier_matches_the_router(corpus, tmp_path):
+@pytest.mark.parametrize("layer_mix", [False, True], ids=["last-layer", "weighted-layer-sum"])
+def test_exported_classifier_matches_the_router(corpus, tmp_path, layer_mix):
     bb = _backbone(corpus)
-    mask = random_mask(bb.spec(), "spk", classify_spec(3), bb.default_layer_names(), 0.9, seed=4)
+    spec = classify_spec(3)
+    spec.layer_mix = layer_mix
+    mask = random_mask(bb.spec(), "spk", spec, bb.default_layer_names(), 0.9, seed=4)
     router = Router(bb, _registry_with(bb, tmp_path, mask))
     export_mask(bb, router.registry.get("spk").mask, tmp_path / "export")
     wave = torch.from_numpy(sf.read(corpus / "clip2.wav", dtype="float32")[0])
@@ -153,6 +156,15 @@ def test_exported_classifier_matches_the_router(corpus, tmp_path):
     theirs = pipeline("audio-classification", model=str(tmp_path / "export"))(wave.numpy(), top_k=3)
     assert theirs[0]["label"] == ours.label
     assert theirs[0]["score"] == pytest.approx(ours.probabilities[ours.label], abs=1e-4)
+
+
+def test_statistics_pooling_has_no_hugging_face_export(corpus, tmp_path):
+    bb = _backbone(corpus)
+    spec = classify_spec(3)
+    spec.pooling = "mean_std"
+    mask = random_mask(bb.spec(), "spk", spec, bb.default_layer_names(), 0.9, seed=4)
+    with pytest.raises(InvalidInputError, match="mean_std"):
+        export_mask(bb, mask, tmp_path / "export")
 
 
 def test_similarity_of_a_mask_with_itself_is_one(corpus, tmp_path):
@@ -216,3 +228,23 @@ def test_distributed_training_under_torchrun(corpus, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "reg" / "ddp.s3mask").is_file()
+
+
+def test_pretrain_writes_a_backbone_and_init_from_continues_it(corpus, tmp_path):
+    from dataclasses import replace
+
+    from router_core.backbone import load_backbone
+    from router_core.training.manifest import Example
+    from router_core.training.pretrain import PretrainConfig, pretrain_backbone
+
+    examples = read_manifest(corpus / "ctc.jsonl", "ctc")
+    config = PretrainConfig(steps=2, batch_size=2, warmup=1, eval_every=2, hidden=32, layers=1, progress=False)
+    first = pretrain_backbone(examples, examples[:2], tmp_path / "bb1", tmp_path / "w1", config)
+    assert first["steps"] == 2 and load_backbone(tmp_path / "bb1", local_files_only=True).ctc_head is not None
+    again = pretrain_backbone(examples, examples[:2], tmp_path / "bb2", tmp_path / "w2",
+                              replace(config, init_from=str(tmp_path / "bb1")))  # fmt: skip
+    assert again["vocab"] == first["vocab"] and (tmp_path / "bb2" / "model.safetensors").is_file()
+    unseen = [*examples, Example(audio=examples[0].audio, target="zzz", source="x")]
+    with pytest.raises(InvalidInputError, match="lacks \\['z'\\]"):
+        pretrain_backbone(unseen, examples[:2], tmp_path / "bb3", tmp_path / "w3",
+                          replace(config, init_from=str(tmp_path / "bb1")))  # fmt: skip

@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from router_core.backbone import Backbone
+from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec
 from router_core.kernels.bits import unpack_bits
 from router_core.mask_file import RoutingMask
@@ -67,6 +68,8 @@ def model_with_head(backbone: Backbone, spec: HeadSpec, base: dict[str, torch.Te
     """A ``*ForCTC`` or ``*ForSequenceClassification`` model around ``base`` weights (head left to the caller)."""
     config = copy.deepcopy(backbone.config)
     if spec.kind == "ctc":
+        if spec.layer_mix:
+            raise InvalidInputError("a CTC head that mixes layers has no Hugging Face *ForCTC equivalent")
         config.vocab_size = len(spec.vocab)
         config.pad_token_id = spec.blank_id
         config.ctc_loss_reduction = "mean"
@@ -75,15 +78,32 @@ def model_with_head(backbone: Backbone, spec: HeadSpec, base: dict[str, torch.Te
         config.num_labels = len(spec.labels)
         config.id2label = dict(enumerate(spec.labels))
         config.label2id = {label: i for i, label in enumerate(spec.labels)}
+        if spec.pooling != "mean":
+            raise InvalidInputError(
+                f"a classification head with {spec.pooling!r} pooling has no Hugging Face equivalent (mean only); "
+                "serve the mask with s3router instead"
+            )
         config.classifier_proj_size = backbone.hidden_size
-        config.use_weighted_layer_sum = False
+        config.use_weighted_layer_sum = spec.layer_mix
         model = AutoModelForAudioClassification.from_config(config)
     getattr(model, model.base_model_prefix).load_state_dict(base)
     return model.float()
 
 
-def set_head(model: PreTrainedModel, spec: HeadSpec, weight: torch.Tensor, bias: torch.Tensor) -> None:
+def set_head(
+    model: PreTrainedModel,
+    spec: HeadSpec,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    layer_weights: torch.Tensor | None = None,
+) -> None:
+    """Copy a head into the HF model: ``lm_head``, or an identity ``projector`` + ``classifier`` (HF
+    classifies ``mean_t(projector(h[t])) W^T + b``, which equals our mean-pooled head), and the
+    softmax logits of a weighted layer sum."""
     with torch.no_grad():
+        if layer_weights is not None:
+            hf_weights = model.get_parameter("layer_weights")  # [S], softmaxed by HF as ours are
+            hf_weights.copy_(layer_weights)
         if spec.kind == "ctc":
             linear(model, "lm_head").weight.copy_(weight)
             linear(model, "lm_head").bias.copy_(bias)
@@ -116,7 +136,8 @@ def export_mask(backbone: Backbone, mask: RoutingMask, out_dir: str | Path) -> d
         dropped += int((~keep).sum())
         masked_total += keep.numel()
     model = model_with_head(backbone, mask.head, base)
-    set_head(model, mask.head, mask.head_weight.float().cpu(), mask.head_bias.float().cpu())
+    mix = None if mask.head_layer_weights is None else mask.head_layer_weights.float().cpu()
+    set_head(model, mask.head, mask.head_weight.float().cpu(), mask.head_bias.float().cpu(), mix)
     model.config.architectures = [type(model).__name__]
     model.save_pretrained(out)
     save_processor(mask.head, backbone, out)

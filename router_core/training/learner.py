@@ -1,7 +1,7 @@
 """The trainable part of mask learning: scores + head over a frozen backbone, and their losses.
 
 CTC loss: ``L = CTC(log_softmax(h W^T + b), y)`` over each item's valid frames (blank = ``blank_id``).
-Classification: ``L = CE(mean_t(h[t]) W^T + b, y)`` over the valid frames.
+Classification: ``L = CE(pool(h) W^T + b, y)`` over the valid frames (pooling in :mod:`router_core.heads`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from router_core.backbone import Backbone
 from router_core.decoding import ctc_greedy_decode
 from router_core.errors import InvalidInputError
-from router_core.heads import HeadSpec, OutputHead
+from router_core.heads import HeadSpec, OutputHead, valid_frames
 from router_core.maskable import weight_transform
 from router_core.training.scores import ScoreMasks
 
@@ -62,30 +62,33 @@ class MaskLearner(nn.Module):
         self.head_spec = head
         torch.manual_seed(seed)
         self.scores = ScoreMasks({n: backbone.layers[n].weight for n in layers}, keep_ratio, init, seed)
-        self.head = OutputHead(head, backbone.hidden_size).to(backbone.device)
+        self.head = OutputHead(head, backbone.hidden_size, backbone.num_layers + 1).to(backbone.device)
         self.scores.to(backbone.device)
 
     def forward(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-frame head outputs ``[B, T, O]`` (float32) and frame lengths ``[B]``."""
+        """Head outputs (float32): per frame ``[B, T, V]`` (CTC) or per item ``[B, L]`` (classification);
+        and frame lengths ``[B]``."""
         backbone: Backbone = self.__dict__["backbone"]
         with weight_transform(self.scores):
-            hidden, frames = backbone.encode_with_grad(waves)  # [B, T, D], [B]
-        return self.head.proj(hidden.float()), frames
+            hidden, frames = backbone.encode_with_grad(waves, self.head_spec.layer_mix)  # [(S + 1,) B, T, D], [B]
+        return self.head(hidden.float(), frames), frames
 
     def loss(self, outputs: torch.Tensor, frames: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
         return head_loss(outputs, frames, targets, self.head_spec)
 
 
 def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-    """Mean over each item's valid frames: ``[B, T, O] -> [B, O]`` (the head is linear, so this equals
-    the head applied to mean-pooled hidden states)."""
-    steps = torch.arange(outputs.shape[1], device=outputs.device)
-    valid = (steps[None, :] < frames.to(outputs.device)[:, None]).to(outputs.dtype)  # [B, T]
+    """Class logits ``[B, L]``: as given, or the mean over each item's valid frames of per-frame logits
+    ``[B, T, L]`` (a linear head on mean-pooled states; what the HF classification models compute)."""
+    if outputs.dim() == 2:
+        return outputs
+    valid = valid_frames(frames, outputs.shape[1], outputs.device).to(outputs.dtype)  # [B, T]
     return (outputs * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True)
 
 
 def decode_outputs(outputs: torch.Tensor, frames: torch.Tensor, spec: HeadSpec, seconds_per_frame: float) -> list[str]:
-    """Per-frame head outputs ``[B, T, O]`` -> one answer per item: greedy CTC text or best label."""
+    """Head outputs (per frame ``[B, T, O]``, or per item ``[B, L]``) -> one answer per item: greedy CTC
+    text or best label."""
     if spec.kind == "classify":
         return [spec.labels[i] for i in pooled_logits(outputs, frames).argmax(dim=-1).tolist()]
     return [

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-from router_core.backbone import SAMPLE_RATE, Backbone
+from router_core.backbone import SAMPLE_RATE, Backbone, read_checkpoint_vocab
+from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec
 from router_core.training.evaluation import evaluate_examples
 from router_core.training.export import save_processor
@@ -45,6 +46,7 @@ class PretrainConfig:
     hidden: int = 256
     layers: int = 4
     progress: bool = True
+    init_from: str | None = None  # continue from this Wav2Vec2ForCTC folder (fresh optimizer and schedule)
 
 
 def tiny_wav2vec2_config(vocab_size: int, hidden: int = 256, layers: int = 4) -> Wav2Vec2Config:
@@ -75,6 +77,17 @@ def _lr_at(step: int, config: PretrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _initial_model(folder: str, corpus_vocab: list[str]) -> tuple[Wav2Vec2ForCTC, list[str]]:
+    """A trained checkpoint to continue from; its vocabulary must cover every character of the corpus."""
+    vocab = read_checkpoint_vocab(folder)
+    if vocab is None:
+        raise InvalidInputError(f"{folder}: no vocab.json to continue pretraining from")
+    missing = sorted(set(corpus_vocab) - set(vocab))
+    if missing:
+        raise InvalidInputError(f"{folder}: its vocabulary lacks {missing} that the corpus uses")
+    return Wav2Vec2ForCTC.from_pretrained(folder, local_files_only=True), vocab
+
+
 def pretrain_backbone(
     train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path, work_dir: str | Path, config: PretrainConfig
 ) -> dict[str, Any]:
@@ -83,7 +96,10 @@ def pretrain_backbone(
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     spec = HeadSpec(kind="ctc", vocab=build_vocab([e.target for e in train]), blank_id=0)
-    model = Wav2Vec2ForCTC(tiny_wav2vec2_config(len(spec.vocab), config.hidden, config.layers))
+    if config.init_from is not None:
+        model, spec.vocab = _initial_model(config.init_from, spec.vocab)
+    else:
+        model = Wav2Vec2ForCTC(tiny_wav2vec2_config(len(spec.vocab), config.hidden, config.layers))
     seconds_per_frame = math.prod(model.config.conv_stride) / SAMPLE_RATE
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed)

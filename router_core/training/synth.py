@@ -52,17 +52,25 @@ def clean_ipa(raw: str) -> str:
 
 
 def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utterance]:
-    """Which sentence, speaker, speed and pitch each utterance gets (deterministic for ``seed``)."""
+    """Which sentence, speaker, speed and pitch each utterance gets (deterministic for ``seed``).
+
+    Splits take consecutive slices of each language's shuffled sentences, in ``counts`` order, so they
+    are disjoint. Every split but ``train`` must be filled; ``train`` is an upper bound and takes what
+    the language's text leaves over (a language with little text still gets full dev and test sets).
+    """
     plan = []
     for lang in langs:
         pool = sentences(lang)
         rng = random.Random(f"{seed}:{lang}")
         rng.shuffle(pool)
-        needed = sum(counts.values())
-        if len(pool) < needed:
-            raise InvalidInputError(f"{lang}: {len(pool)} usable sentences, {needed} needed; is its package installed?")
+        held = sum(n for split, n in counts.items() if split != "train")
+        if len(pool) <= held:
+            raise InvalidInputError(f"{lang}: {len(pool)} usable sentences, more than {held} needed; "
+                                    "is its package installed?")  # fmt: skip
         start = 0
         for split, count in counts.items():
+            if split == "train":
+                count = min(count, len(pool) - held)
             for i, sentence in enumerate(pool[start : start + count]):
                 plan.append(Utterance(lang, split, i, sentence, rng.choice(SPEAKERS), rng.randint(140, 190),
                                       rng.randint(35, 65)))  # fmt: skip

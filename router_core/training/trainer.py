@@ -48,6 +48,8 @@ class TrainConfig:
     work_dir: str = "runs/mask"
     resume: bool = False
     progress: bool = True
+    pooling: str | None = None  # classification pooling; None: "mean_std" (statistics pooling)
+    layer_mix: bool | None = None  # weighted sum of all hidden states; None: on for classification only
 
 
 @dataclass
@@ -60,8 +62,11 @@ class TrainResult:
 
 def head_spec_for(config: TrainConfig, train: Sequence[Example]) -> HeadSpec:
     if config.kind == "ctc":
-        return HeadSpec(kind="ctc", vocab=config.vocab or build_vocab([e.target for e in train]), blank_id=0)
-    return HeadSpec(kind="classify", labels=sorted({e.target for e in train}))
+        vocab = config.vocab or build_vocab([e.target for e in train])
+        return HeadSpec(kind="ctc", vocab=vocab, blank_id=0, layer_mix=bool(config.layer_mix))
+    mix = True if config.layer_mix is None else config.layer_mix
+    return HeadSpec(kind="classify", labels=sorted({e.target for e in train}), pooling=config.pooling or "mean_std",
+                    layer_mix=mix)  # fmt: skip
 
 
 class AudioCache:
@@ -205,5 +210,6 @@ def train_mask(
             "init": config.init,
             "train_examples": len(train),
         },
+        head_layer_weights=best_head.get("layer_weights"),
     )
     return TrainResult(mask, state["best_step"], metrics, state["history"])

@@ -1,0 +1,79 @@
+"""Output heads: statistics pooling, the weighted layer mix, and the hidden states they read."""
+
+import pytest
+import torch
+
+from conftest import classify_spec, tiny_model, waves
+from router_core.backbone import Backbone
+from router_core.errors import InvalidInputError
+from router_core.heads import HeadSpec, OutputHead
+
+
+def _stats_head(layers: int = 3, hidden: int = 4) -> OutputHead:
+    spec = HeadSpec(kind="classify", labels=["a", "b"], pooling="mean_std", layer_mix=True)
+    torch.manual_seed(0)
+    head = OutputHead(spec, hidden, layers)
+    with torch.no_grad():
+        head.layer_weights.copy_(torch.randn(layers))
+    return head
+
+
+def test_mean_std_pooling_over_a_layer_mix_matches_the_formula():
+    head = _stats_head()
+    hidden = torch.randn(4, 2, 6, 4)  # [S + 1, B, T, D]: S states, then the encoder output
+    frames = torch.tensor([6, 4])
+    out = head(hidden, frames)  # [B, L]
+    mix = torch.softmax(head.layer_weights, 0)
+    for b, n in enumerate(frames.tolist()):
+        h = (mix[:, None, None] * hidden[:3, b, :n]).sum(0)  # [T_b, D]
+        pooled = torch.cat([h.mean(0), torch.sqrt(h.var(0, unbiased=False) + 1e-5)])
+        assert torch.allclose(out[b], head.proj(pooled), atol=1e-5)
+
+
+def test_padding_never_reaches_a_pooled_head():
+    head = _stats_head()
+    hidden = torch.randn(4, 1, 5, 4)
+    padded = torch.cat([hidden, 100 * torch.randn(4, 1, 7, 4)], dim=2)  # [S + 1, 1, 12, D]
+    assert torch.allclose(head(hidden, torch.tensor([5])), head(padded, torch.tensor([5])), atol=1e-5)
+
+
+def test_head_specs_refuse_what_they_cannot_do():
+    with pytest.raises(InvalidInputError, match="pooling"):
+        HeadSpec(kind="ctc", vocab=["<pad>", "a"], pooling="mean_std").validate()
+    with pytest.raises(InvalidInputError, match="pooling"):
+        HeadSpec(kind="classify", labels=["a"], pooling="max").validate()
+    assert HeadSpec(kind="classify", labels=["a"], pooling="mean_std").input_size(8) == 16
+    with pytest.raises(InvalidInputError, match="mixes 3 hidden states"):
+        _stats_head()(torch.randn(3, 1, 5, 4), torch.tensor([5]))
+
+
+@pytest.mark.parametrize("arch", ["wav2vec2-group", "wav2vec2-layer", "hubert", "wavlm", "data2vec-audio"])
+def test_all_hidden_states_are_the_models_own(arch):
+    """The stack ``encode(all_layers=True)`` returns is the Hugging Face model's own ``hidden_states``
+    (so an exported head with a weighted layer sum computes the same thing)."""
+    model = tiny_model(arch).eval()
+    bb = Backbone.from_model(model)
+    wave = waves(3000)[0]
+    stacked, frames = bb.encode([wave], all_layers=True)  # [S + 1, 1, T, D]
+    last, _ = bb.encode([wave])
+    assert stacked.shape[0] - 1 == bb.num_layers + 1 == bb.spec().num_hidden_states
+    assert torch.equal(stacked[-1], last)  # then the encoder output, after any final LayerNorm
+    x = wave[None]
+    if bb.normalize_input:
+        x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+    with torch.no_grad():
+        reference = model(x, output_hidden_states=True).hidden_states
+    for mine, theirs in zip(stacked[:-1], reference, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+def test_mixed_head_learns_through_the_layer_weights(backbone):
+    from router_core.training.learner import MaskLearner
+
+    spec = HeadSpec(kind="classify", labels=classify_spec().labels, pooling="mean_std", layer_mix=True)
+    learner = MaskLearner(backbone, spec, backbone.default_layer_names(), keep_ratio=0.9)
+    outputs, frames = learner(waves(1600, 2400))
+    assert outputs.shape == (2, 3)
+    learner.loss(outputs, frames, ["label0", "label2"]).backward()
+    assert learner.head.layer_weights.grad is not None and learner.head.layer_weights.grad.abs().sum() > 0
+    assert next(iter(learner.scores.parameters())).grad is not None
