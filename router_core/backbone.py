@@ -150,6 +150,11 @@ class Backbone:
         return int(self.config.num_hidden_layers)
 
     @property
+    def num_hidden_states(self) -> int:
+        """Hidden states a layer-mixing head reads: the transformer's input and each layer's output."""
+        return self.num_layers + 1
+
+    @property
     def seconds_per_frame(self) -> float:
         """Hop of the feature encoder in seconds (0.02 for the standard conv stack)."""
         hop = 1
@@ -163,7 +168,7 @@ class Backbone:
     def spec(self) -> BackboneSpec:
         names = maskable_layer_names(self.num_layers, include_attention=True)
         shapes = {n: (self.layers[n].out_features, self.layers[n].in_features) for n in names}
-        return BackboneSpec(self.fingerprint, self.hidden_size, shapes, self.num_layers + 1)
+        return BackboneSpec(self.fingerprint, self.hidden_size, shapes, self.num_hidden_states)
 
     def frame_lengths(self, sample_lengths: torch.Tensor) -> torch.Tensor:
         """Frames produced by the feature encoder for inputs of ``sample_lengths`` samples."""

@@ -64,9 +64,11 @@ class HeadSpec:
             raise InvalidInputError(f"the {self.kind} head has duplicate entries")
 
 
-def valid_frames(frames: torch.Tensor, steps: int, device: torch.device) -> torch.Tensor:
-    """``[B, T]`` 1.0 where frame ``t < frames[b]``."""
-    return (torch.arange(steps, device=device)[None, :] < frames.to(device)[:, None]).float()
+def masked_mean(values: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """``[B, T, C] -> [B, C]``: the mean over each item's first ``frames[b]`` frames (padding ignored)."""
+    steps = torch.arange(values.shape[1], device=values.device)
+    valid = (steps[None, :] < frames.to(values.device)[:, None]).to(values.dtype)[..., None]  # [B, T, 1]
+    return (values * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1.0)
 
 
 class OutputHead(nn.Module):
@@ -97,10 +99,8 @@ class OutputHead(nn.Module):
         feats = self.features(hidden).to(self.proj.weight.dtype)  # [B, T, D]
         if self.spec.kind == "ctc":
             return self.proj(feats)  # [B, T, V]
-        valid = valid_frames(frames, feats.shape[1], feats.device).to(feats.dtype)[..., None]  # [B, T, 1]
-        count = valid.sum(dim=1).clamp_min(1.0)  # [B, 1]
-        mean = (feats * valid).sum(dim=1) / count  # [B, D]
+        mean = masked_mean(feats, frames)  # [B, D]
         if self.spec.pooling == "mean":
             return self.proj(mean)  # [B, L]
-        var = (((feats - mean[:, None]) ** 2) * valid).sum(dim=1) / count  # [B, D]
+        var = masked_mean((feats - mean[:, None]) ** 2, frames)  # [B, D]
         return self.proj(torch.cat([mean, torch.sqrt(var + _STD_EPS)], dim=-1))  # [B, L]

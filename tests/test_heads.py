@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import classify_spec, tiny_model, waves
-from router_core.backbone import Backbone
+from router_core.backbone import Backbone, zero_mean_unit_var
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec, OutputHead
 
@@ -58,9 +58,7 @@ def test_all_hidden_states_are_the_models_own(arch):
     last, _ = bb.encode([wave])
     assert stacked.shape[0] - 1 == bb.num_layers + 1 == bb.spec().num_hidden_states
     assert torch.equal(stacked[-1], last)  # then the encoder output, after any final LayerNorm
-    x = wave[None]
-    if bb.normalize_input:
-        x = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + 1e-7)
+    x = (zero_mean_unit_var(wave) if bb.normalize_input else wave)[None]
     with torch.no_grad():
         reference = model(x, output_hidden_states=True).hidden_states
     for mine, theirs in zip(stacked[:-1], reference, strict=True):

@@ -15,7 +15,7 @@ from torch import nn
 from router_core.backbone import Backbone
 from router_core.decoding import ctc_greedy_decode
 from router_core.errors import InvalidInputError
-from router_core.heads import HeadSpec, OutputHead, valid_frames
+from router_core.heads import HeadSpec, OutputHead, masked_mean
 from router_core.maskable import weight_transform
 from router_core.training.scores import ScoreMasks
 
@@ -62,7 +62,7 @@ class MaskLearner(nn.Module):
         self.head_spec = head
         torch.manual_seed(seed)
         self.scores = ScoreMasks({n: backbone.layers[n].weight for n in layers}, keep_ratio, init, seed)
-        self.head = OutputHead(head, backbone.hidden_size, backbone.num_layers + 1).to(backbone.device)
+        self.head = OutputHead(head, backbone.hidden_size, backbone.num_hidden_states).to(backbone.device)
         self.scores.to(backbone.device)
 
     def forward(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,10 +80,7 @@ class MaskLearner(nn.Module):
 def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     """Class logits ``[B, L]``: as given, or the mean over each item's valid frames of per-frame logits
     ``[B, T, L]`` (a linear head on mean-pooled states; what the HF classification models compute)."""
-    if outputs.dim() == 2:
-        return outputs
-    valid = valid_frames(frames, outputs.shape[1], outputs.device).to(outputs.dtype)  # [B, T]
-    return (outputs * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True)
+    return outputs if outputs.dim() == 2 else masked_mean(outputs, frames)
 
 
 def decode_outputs(outputs: torch.Tensor, frames: torch.Tensor, spec: HeadSpec, seconds_per_frame: float) -> list[str]:
