@@ -34,8 +34,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--layers", type=int, default=1, help="distinct weight matrices cycled through")
+    parser.add_argument("--inner", type=int, default=None,
+                        help="calls per timed sample (default: 20 on a GPU, 1 on the CPU)")  # fmt: skip
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
+    inner = args.inner or (20 if args.device.startswith("cuda") else 1)
     backends = {}
     for name in ("reference", "cpu", "triton"):
         try:
@@ -54,7 +57,7 @@ def main() -> None:
             for name, backend in backends.items():
                 call = lambda i, x=x, b=backend, w=weights, m=masks: b.masked_linear(x, w[i], None, m[i])  # noqa: E731
                 fns[name] = _cycling(call, position, len(weights))
-            times = interleaved_medians(fns, args.repeats, device=args.device)
+            times = interleaved_medians(fns, args.repeats, device=args.device, inner=inner)
             base = times["dense"]
             for name in backends:
                 rows.append(
@@ -67,7 +70,8 @@ def main() -> None:
                         f"{times[name] / base:.3f}",
                     ]
                 )
-    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} layers={args.layers}")
+    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} layers={args.layers} "
+          f"inner={inner}")  # fmt: skip
     print(markdown_table(["layer", "T", "backend", "dense ms", "masked ms", "ratio"], rows))
 
 

@@ -15,9 +15,13 @@ def _sync(device: str) -> None:
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu"
+    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu", inner: int = 1
 ) -> dict[str, float]:
-    """Median seconds per call of each function, run round-robin so drift hits them all alike."""
+    """Median seconds per call of each function, run round-robin so drift hits them all alike.
+
+    Each sample times ``inner`` back-to-back calls between two device synchronisations and divides by
+    ``inner``: on a GPU, ``inner > 1`` measures calls as a model issues them (launches queued behind
+    running kernels), not one launch plus a host round trip."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -26,9 +30,10 @@ def interleaved_medians(
         for name, fn in fns.items():
             _sync(device)
             start = time.perf_counter()
-            fn()
+            for _ in range(inner):
+                fn()
             _sync(device)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append((time.perf_counter() - start) / inner)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -1,56 +1,88 @@
 #!/usr/bin/env bash
 # Rebuild the bundled default model from scratch (resumable: rerun after a stop and it continues).
+# Defaults fit 2 CPU cores (~2.4 h). On a GPU box: DEVICE=cuda WORKERS=$(nproc) JOBS=8 and larger steps/batches
+# through PRETRAIN_ARGS / MASK_ARGS (README: how the shipped bundle was built).
 #   1. synthesize the corpus with espeak-ng            -> data/corpus   (not committed)
 #   2. pretrain the tiny backbone (character CTC)       -> masks/backbone
 #   3. learn masks on the frozen backbone                -> masks/registry (en fr de es it pt speaker language)
 #   4. evaluate every mask on the held-out test sets     -> masks/QUALITY.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
-S3R=${S3R:-.venv/bin/s3router}
+S3R=${S3R:-.venv/bin/s3router}  # may be a command line, e.g. "python3 -m service.cli"
 CORPUS=${CORPUS:-data/corpus}
 RUNS=${RUNS:-runs}
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
 MASK_STEPS=${MASK_STEPS:-200}
 CLS_STEPS=${CLS_STEPS:-300}
+DEVICE=${DEVICE:-cpu}
+WORKERS=${WORKERS:-2}     # espeak-ng processes
+JOBS=${JOBS:-1}           # masks learned at once
+PLAN=${PLAN:-}            # a corpus plan (`s3router data synth --write-plan`) for a box without the text packages
+PRETRAIN_ARGS=${PRETRAIN_ARGS:-}  # extra `bundle pretrain` flags, e.g. "--init-from DIR --batch-size 32 --max-seconds 900"
+MASK_ARGS=${MASK_ARGS:-}          # extra `train`/`finetune` flags, e.g. "--batch-size 16"
+s3r() { $S3R "$@"; }
 LANGS="en fr de es it"
 HELD_OUT="pt"
 start=$(date +%s)
 
-"$S3R" data synth --out "$CORPUS" --langs en,fr,de,es,it,pt --train 3000 --dev 100 --test 100 --quiet
+s3r data synth --out "$CORPUS" --langs en,fr,de,es,it,pt --train 3000 --dev 100 --test 100 --quiet \
+  --workers "$WORKERS" ${PLAN:+--plan "$PLAN"}
 
 if [ ! -f masks/backbone/model.safetensors ]; then
-  "$S3R" bundle pretrain --corpus "$CORPUS" --langs en,fr,de,es,it --out masks/backbone \
-    --work-dir "$RUNS/pretrain" --steps "$PRETRAIN_STEPS" --quiet
+  # shellcheck disable=SC2086
+  s3r bundle pretrain --corpus "$CORPUS" --langs en,fr,de,es,it --out masks/backbone \
+    --work-dir "$RUNS/pretrain" --steps "$PRETRAIN_STEPS" --device "$DEVICE" --quiet $PRETRAIN_ARGS
 fi
 
 train_mask() {  # name kind train dev steps
   if [ -f "masks/registry/$1.s3mask" ]; then echo "mask $1: done"; return; fi
-  "$S3R" train --backbone masks/backbone --registry masks/registry --offline --quiet --resume \
-    --name "$1" --kind "$2" --train "$3" --dev "$4" --steps "$5" --eval-every 100 --work-dir "$RUNS/mask-$1"
+  # shellcheck disable=SC2086
+  s3r train --backbone masks/backbone --registry masks/registry --offline --quiet --resume --device "$DEVICE" \
+    --name "$1" --kind "$2" --train "$3" --dev "$4" --steps "$5" --eval-every 100 --work-dir "$RUNS/mask-$1" $MASK_ARGS
 }
+# The paper's comparison on this data: weight finetuning vs mask finetuning, held-out language, same data/steps.
+finetune_held_out() {
+  if [ -f "$RUNS/finetune-$HELD_OUT/config.json" ]; then echo "finetune $HELD_OUT: done"; return; fi
+  # shellcheck disable=SC2086
+  s3r finetune --device "$DEVICE" --backbone masks/backbone --offline --quiet $MASK_ARGS --steps "$MASK_STEPS" \
+    --train "$CORPUS/${HELD_OUT}_train.jsonl" --dev "$CORPUS/${HELD_OUT}_dev.jsonl" --eval-every 100 \
+    --out "$RUNS/finetune-$HELD_OUT"
+}
+mask_jobs=("finetune_held_out")
 for lang in $LANGS $HELD_OUT; do
-  train_mask "$lang" ctc "$CORPUS/${lang}_train.jsonl" "$CORPUS/${lang}_dev.jsonl" "$MASK_STEPS"
+  mask_jobs+=("train_mask $lang ctc $CORPUS/${lang}_train.jsonl $CORPUS/${lang}_dev.jsonl $MASK_STEPS")
 done
-train_mask speaker classify "$CORPUS/speaker_train.jsonl" "$CORPUS/speaker_dev.jsonl" "$CLS_STEPS"
-train_mask language classify "$CORPUS/language_train.jsonl" "$CORPUS/language_dev.jsonl" "$CLS_STEPS"
+for task in speaker language; do
+  mask_jobs+=("train_mask $task classify $CORPUS/${task}_train.jsonl $CORPUS/${task}_dev.jsonl $CLS_STEPS")
+done
+for job in "${mask_jobs[@]}"; do
+  # shellcheck disable=SC2086
+  $job &
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+done
+wait
 
+evaluate() {  # mask -> $RUNS/eval/mask.json
+  s3r eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask "$1" \
+    --manifest "$CORPUS/${1}_test.jsonl" > "$RUNS/eval/$1.json"
+}
+mkdir -p "$RUNS/eval"
+s3r eval --device "$DEVICE" --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" \
+  > "masks/FINETUNE_${HELD_OUT}.json" &
+for mask in $LANGS $HELD_OUT speaker language; do
+  evaluate "$mask" &
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+done
+wait
 {
   echo "{"
   first=1
   for mask in $LANGS $HELD_OUT speaker language; do
-    case $mask in speaker|language) manifest="$CORPUS/${mask}_test.jsonl" ;; *) manifest="$CORPUS/${mask}_test.jsonl" ;; esac
-    result=$("$S3R" eval --backbone masks/backbone --registry masks/registry --offline --mask "$mask" --manifest "$manifest")
     [ $first = 1 ] || echo ","
     first=0
-    printf '"%s": %s' "$mask" "$result"
+    printf '"%s": %s' "$mask" "$(cat "$RUNS/eval/$mask.json")"
   done
   echo "}"
 } > masks/QUALITY.json
-# The paper's comparison on this data: weight finetuning vs mask finetuning, held-out language, same data/steps.
-if [ ! -f "$RUNS/finetune-$HELD_OUT/config.json" ]; then
-  "$S3R" finetune --backbone masks/backbone --offline --quiet --train "$CORPUS/${HELD_OUT}_train.jsonl" \
-    --dev "$CORPUS/${HELD_OUT}_dev.jsonl" --steps "$MASK_STEPS" --eval-every 100 --out "$RUNS/finetune-$HELD_OUT"
-fi
-"$S3R" eval --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" > "masks/FINETUNE_${HELD_OUT}.json"
 echo "bundle built in $(( ($(date +%s) - start) / 60 )) minutes"
 du -sh masks

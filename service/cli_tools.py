@@ -204,11 +204,18 @@ def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_synth(args: argparse.Namespace) -> dict[str, Any]:
-    from router_core.training.synth import synth_corpus
+    from router_core.training.synth import plan_corpus, read_plan, synth_corpus, write_plan
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
     counts = {"train": args.train, "dev": args.dev, "test": args.test}
-    return synth_corpus(args.out, langs, counts, args.seed, args.workers, progress=not args.quiet)
+    if args.write_plan:
+        planned = plan_corpus(langs, counts, args.seed)
+        write_plan(planned, args.write_plan)
+        return {"plan": args.write_plan, "utterances": len(planned)}
+    if not args.out:
+        raise InvalidInputError("data synth needs --out (or --write-plan)")
+    plan = read_plan(args.plan) if args.plan else None
+    return synth_corpus(args.out, langs, counts, args.seed, args.workers, progress=not args.quiet, plan=plan)
 
 
 def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -221,7 +228,8 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     dev = [e for lang in langs for e in read_manifest(corpus / f"{lang}_dev.jsonl", "ctc")[: args.dev_per_lang]]
     _log_to(Path(args.work_dir))
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
-                            progress=not args.quiet, init_from=args.init_from)  # fmt: skip
+                            progress=not args.quiet, init_from=args.init_from, device=args.device,
+                            max_seconds=args.max_seconds, eval_every=args.eval_every)  # fmt: skip
     return pretrain_backbone(train, dev, args.out, args.work_dir, config)
 
 
@@ -309,7 +317,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
 
     data = sub.add_parser("data", help="corpora").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="synthesize a multilingual corpus with espeak-ng")
-    synth.add_argument("--out", required=True)
+    synth.add_argument("--out", help="corpus folder (required unless --write-plan)")
     synth.add_argument("--langs", default="en,fr,de,es,it,pt")
     synth.add_argument(
         "--train",
@@ -321,6 +329,12 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--test", type=int, default=100)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=2)
+    synth.add_argument(
+        "--write-plan",
+        metavar="FILE",
+        help="only write the plan (sentence, voice, speed, pitch per utterance) as JSONL",
+    )
+    synth.add_argument("--plan", metavar="FILE", help="speak this plan instead of planning from the text packages")
     synth.add_argument("--quiet", action="store_true")
     synth.set_defaults(run=run_synth)
 
@@ -338,5 +352,8 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--warmup", type=int, default=300, help="learning-rate warmup steps")
     pretrain.add_argument("--init-from", help="continue from this trained backbone folder (new optimizer/schedule)")
     pretrain.add_argument("--dev-per-lang", type=int, default=40)
+    pretrain.add_argument("--eval-every", type=int, default=400)
+    pretrain.add_argument("--device", default="cpu")
+    pretrain.add_argument("--max-seconds", type=float, help="time budget: fewer steps (same schedule shape) to fit it")
     pretrain.add_argument("--quiet", action="store_true")
     pretrain.set_defaults(run=run_pretrain)

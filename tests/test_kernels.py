@@ -111,3 +111,19 @@ def test_triton_large_half_on_gpu(dtype):
     got = backend.masked_linear(x, w, None, bits).float()
     expected = masked_linear_reference(x.float(), w.float(), None, bits)
     assert torch.allclose(got, expected, atol=5e-2, rtol=2e-2)
+
+
+def test_triton_multiplies_float32_as_f_linear_does():
+    """F.linear on CUDA multiplies float32 in IEEE float32 unless torch allows TF32; the kernel follows it
+    (on an H100, TF32 tiles missed the float32 reference by ~1e-3)."""
+    from router_core.kernels.triton_masked import _input_precision
+
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert _input_precision(torch.float32) == "ieee"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert _input_precision(torch.float32) == "tf32"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert _input_precision(torch.float16) == _input_precision(torch.bfloat16) == "tf32"  # tensor cores, f32 accum

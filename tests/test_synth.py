@@ -7,7 +7,7 @@ import soundfile as sf
 
 from router_core.errors import InvalidInputError
 from router_core.training.manifest import read_manifest
-from router_core.training.synth import clean_ipa, plan_corpus, synth_corpus
+from router_core.training.synth import clean_ipa, plan_corpus, read_plan, synth_corpus, write_plan
 from router_core.training.text_sources import good_sentence, normalize, sentences
 
 
@@ -58,3 +58,16 @@ def test_train_split_takes_what_is_left_when_text_runs_out():
     assert len({u.sentence for u in plan}) == len(plan)
     with pytest.raises(InvalidInputError, match="pt: "):
         plan_corpus(["pt"], {"train": 10, "dev": available, "test": 1}, seed=0)
+
+
+def test_a_written_plan_speaks_the_same_corpus_elsewhere(tmp_path):
+    plan = plan_corpus(["de"], {"train": 2, "dev": 1, "test": 1}, seed=5)
+    write_plan(plan, tmp_path / "plan.jsonl")
+    assert read_plan(tmp_path / "plan.jsonl") == plan
+    from_plan = synth_corpus(tmp_path / "a", [], {}, workers=1, progress=False, plan=read_plan(tmp_path / "plan.jsonl"))
+    planned = synth_corpus(tmp_path / "b", ["de"], {"train": 2, "dev": 1, "test": 1}, seed=5, workers=1, progress=False)
+    assert from_plan == planned
+    assert (tmp_path / "a/de_train.jsonl").read_text() == (tmp_path / "b/de_train.jsonl").read_text()
+    (tmp_path / "bad.jsonl").write_text('{"lang": "de"}\n')
+    with pytest.raises(InvalidInputError, match="not a corpus plan"):
+        read_plan(tmp_path / "bad.jsonl")

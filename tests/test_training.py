@@ -248,3 +248,13 @@ def test_pretrain_writes_a_backbone_and_init_from_continues_it(corpus, tmp_path)
     with pytest.raises(InvalidInputError, match="lacks \\['z'\\]"):
         pretrain_backbone(unseen, examples[:2], tmp_path / "bb3", tmp_path / "w3",
                           replace(config, init_from=str(tmp_path / "bb1")))  # fmt: skip
+
+
+def test_pretrain_time_budget_shrinks_the_run_after_its_timed_steps(corpus, tmp_path):
+    from router_core.training.pretrain import PretrainConfig, pretrain_backbone
+
+    examples = read_manifest(corpus / "ctc.jsonl", "ctc")
+    config = PretrainConfig(steps=500, batch_size=1, warmup=1, eval_every=1000, hidden=32, layers=1, progress=False,
+                            max_seconds=0.0)  # fmt: skip
+    result = pretrain_backbone(examples, examples[:1], tmp_path / "bb", tmp_path / "w", config)
+    assert result["steps"] == 21  # the 20 timed steps, then one: no time was left

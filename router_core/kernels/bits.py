@@ -16,6 +16,11 @@ import torch
 _SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)  # [8]: 7, 6, ..., 0
 
 
+def _shifts(device: torch.device) -> torch.Tensor:
+    """The bit shifts on ``device``: made there, not copied (a host-to-device copy stalls the host)."""
+    return _SHIFTS if device.type == "cpu" else torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+
+
 def packed_row_bytes(in_features: int) -> int:
     """Bytes per packed row: ``ceil(K / 8)``."""
     return (in_features + 7) // 8
@@ -30,7 +35,7 @@ def pack_bits(keep: torch.Tensor) -> torch.Tensor:
     padded = torch.zeros(n_rows, kb * 8, dtype=torch.uint8, device=keep.device)  # [N, 8*KB]
     padded[:, :k] = keep.to(torch.uint8)
     groups = padded.view(n_rows, kb, 8)  # [N, KB, 8]
-    shifts = _SHIFTS.to(keep.device)
+    shifts = _shifts(keep.device)
     return (groups << shifts).sum(dim=-1, dtype=torch.uint8)  # bytes never overflow: distinct bits
 
 
@@ -40,7 +45,7 @@ def unpack_bits(bits: torch.Tensor, in_features: int) -> torch.Tensor:
         raise ValueError(f"unpack_bits expects uint8 [N, KB], got {bits.dtype} {tuple(bits.shape)}")
     if bits.shape[1] != packed_row_bytes(in_features):
         raise ValueError(f"{bits.shape[1]} bytes per row cannot hold {in_features} bits")
-    shifts = _SHIFTS.to(bits.device)
+    shifts = _shifts(bits.device)
     expanded = (bits.unsqueeze(-1) >> shifts) & 1  # [N, KB, 8]
     return expanded.reshape(bits.shape[0], -1)[:, :in_features].bool()  # [N, K]
 

@@ -15,11 +15,16 @@ Segmented variant (after Punica's SGMV): the rows of a mixed-mask batch are cut 
 cross a segment boundary; a small host-built tile table gives each program its ``(row_start, row_end,
 mask_id)``. ``mask_id == -1`` keeps every weight. One launch serves every mask in the batch.
 
+Precision follows ``F.linear``: float32 inputs are multiplied in full IEEE float32 unless torch allows
+TF32 for matmuls (``torch.backends.cuda.matmul.allow_tf32``); half and bfloat16 use the tensor cores
+with float32 accumulation.
+
 Runs on CUDA tensors; on the CPU only under ``TRITON_INTERPRET=1`` (tests, small shapes).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -40,7 +45,7 @@ def _segmented_masked_matmul_kernel(
     N, K, KB,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
     bits_mask_stride,
-    HAS_BIAS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     pid_t = tl.program_id(0)
@@ -73,15 +78,19 @@ def _segmented_masked_matmul_kernel(
         )  # [BK, BN]
         keep = ((byte.to(tl.int32) >> (7 - (offs_k[:, None] % 8))) & 1) != 0
         wt = tl.where(keep, wt, tl.zeros_like(wt))
-        acc += tl.dot(xt, wt)
+        acc += tl.dot(xt, wt, input_precision=INPUT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
 
 
+@functools.lru_cache(maxsize=256)
 def _tile_table(segments: Segments, block_m: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Host-side cut of every segment into row tiles of at most ``block_m`` rows: (starts, ends, masks)."""
+    """Host-side cut of every segment into row tiles of at most ``block_m`` rows: (starts, ends, masks).
+
+    Cached: every maskable layer of one forward pass shares the batch's segmentation, so the host work
+    and the host-to-device copies happen once per batch shape, not once per layer. Never written to."""
     starts: list[int] = []
     ends: list[int] = []
     masks: list[int] = []
@@ -115,10 +124,17 @@ def segmented_masked_linear_triton(
         n_out, k, kb,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         stack.stride(0),
-        HAS_BIAS=bias is not None,
+        HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(x.dtype),
         BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_K=_BLOCK_K,
     )  # fmt: skip
     return out
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    """``tl.dot``'s precision for ``dtype`` inputs, as ``F.linear`` would compute them."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
 
 
 def _stack(bits: Sequence[torch.Tensor], n_out: int, kb: int, device: torch.device) -> torch.Tensor:

@@ -47,6 +47,8 @@ class PretrainConfig:
     layers: int = 4
     progress: bool = True
     init_from: str | None = None  # continue from this Wav2Vec2ForCTC folder (fresh optimizer and schedule)
+    device: str = "cpu"
+    max_seconds: float | None = None  # time budget: after a few timed steps, ``steps`` shrinks to fit it
 
 
 def tiny_wav2vec2_config(vocab_size: int, hidden: int = 256, layers: int = 4) -> Wav2Vec2Config:
@@ -77,6 +79,27 @@ def _lr_at(step: int, config: PretrainConfig) -> float:
     return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+_TIMED_STEPS = 20  # steps timed before the first fit to a time budget
+_REFIT_EVERY = 100  # then refit every this many steps (the rate improves as the audio cache warms)
+
+
+def _fit_steps_to_budget(
+    config: PretrainConfig, requested: int, done: int, step: int, elapsed: float, bar: Any
+) -> None:
+    """Set ``config.steps`` so that the run ends within ``config.max_seconds``, at the rate of the ``done``
+    steps this run has timed so far (evaluations included), never above the ``requested`` steps. The cosine
+    schedule then decays over the steps that will really run."""
+    assert config.max_seconds is not None
+    rate = elapsed / done  # seconds per step
+    fit = step + int(max(0.0, config.max_seconds - elapsed) / rate)
+    steps = min(requested, max(fit, config.warmup + 1, step + 1))
+    if steps != config.steps:
+        log.info("time budget %.0f s at %.3f s/step: %d steps (asked for %d)", config.max_seconds, rate, steps,
+                 requested)  # fmt: skip
+        config.steps = steps
+        bar.total = steps
+
+
 def _initial_model(folder: str, corpus_vocab: list[str]) -> tuple[Wav2Vec2ForCTC, list[str]]:
     """A trained checkpoint to continue from; its vocabulary must cover every character of the corpus."""
     vocab = read_checkpoint_vocab(folder)
@@ -100,13 +123,14 @@ def pretrain_backbone(
         model, spec.vocab = _initial_model(config.init_from, spec.vocab)
     else:
         model = Wav2Vec2ForCTC(tiny_wav2vec2_config(len(spec.vocab), config.hidden, config.layers))
+    model = model.to(config.device)  # type: ignore[arg-type]
     seconds_per_frame = math.prod(model.config.conv_stride) / SAMPLE_RATE
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(config.seed)
     step, history = 0, []
     ckpt_path = work / "pretrain.pt"
     if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=True)
+        ckpt = torch.load(ckpt_path, map_location=config.device, weights_only=True)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"])
@@ -117,9 +141,12 @@ def pretrain_backbone(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="pretrain")
-    started = time.monotonic()
+    started, first_step, requested = time.monotonic(), step, config.steps
     model.train()
     while step < config.steps:
+        done = step - first_step
+        if config.max_seconds is not None and done >= _TIMED_STEPS and (done - _TIMED_STEPS) % _REFIT_EVERY == 0:
+            _fit_steps_to_budget(config, requested, done, step, time.monotonic() - started, bar)
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, config)
         idx = torch.randint(len(train), (config.batch_size,), generator=gen).tolist()

@@ -16,7 +16,7 @@ import random
 import re
 import subprocess
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile as sf
@@ -78,6 +78,22 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
     return plan
 
 
+def write_plan(plan: list[Utterance], path: str | Path) -> None:
+    """The plan as JSONL, so that a machine without the text packages (a GPU box, say) speaks the same corpus."""
+    lines = [json.dumps(asdict(u), ensure_ascii=False) for u in plan]
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def read_plan(path: str | Path) -> list[Utterance]:
+    try:
+        rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [Utterance(**row) for row in rows]
+    except (OSError, ValueError, TypeError) as exc:
+        raise InvalidInputError(
+            f"{path}: not a corpus plan written by `s3router data synth --write-plan` ({exc})"
+        ) from exc
+
+
 def synthesize(utt: Utterance, root: Path) -> dict[str, str] | None:
     """Speak one utterance into ``root/utt.relpath`` (skipped when it exists); its manifest row."""
     out = root / utt.relpath
@@ -111,14 +127,17 @@ def synth_corpus(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    plan: list[Utterance] | None = None,
 ) -> dict[str, int]:
     """Synthesize (resumably) and write manifests: ``{lang}_{split}.jsonl``, ``speaker_{split}.jsonl``,
-    ``language_{split}.jsonl``. Returns utterances per manifest."""
+    ``language_{split}.jsonl``. Returns utterances per manifest. ``plan`` (from :func:`read_plan`)
+    replaces planning from ``langs``/``counts``/``seed``."""
     from tqdm.auto import tqdm
 
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
-    plan = plan_corpus(langs, counts, seed)
+    if plan is None:
+        plan = plan_corpus(langs, counts, seed)
     jobs = [(u, root) for u in plan]
     if workers <= 1:
         rows = [_synthesize_args(job) for job in tqdm(jobs, disable=not progress, desc="espeak-ng")]
