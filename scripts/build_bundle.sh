@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 S3R=${S3R:-.venv/bin/s3router}  # may be a command line, e.g. "python3 -m service.cli"
 CORPUS=${CORPUS:-data/corpus}
 RUNS=${RUNS:-runs}
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-1500}
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-4000}     # at most; the time budget below usually ends it sooner
+PRETRAIN_SECONDS=${PRETRAIN_SECONDS:-4800} # backbone time budget (the cosine schedule fits it): keeps the build ~2.5 h
 MASK_STEPS=${MASK_STEPS:-200}
-CLS_STEPS=${CLS_STEPS:-300}
+CLS_STEPS=${CLS_STEPS:-600}
 DEVICE=${DEVICE:-cpu}
 WORKERS=${WORKERS:-2}     # espeak-ng processes
 JOBS=${JOBS:-1}           # masks learned at once
@@ -31,7 +32,8 @@ s3r data synth --out "$CORPUS" --langs en,fr,de,es,it,pt --train 3000 --dev 100 
 if [ ! -f masks/backbone/model.safetensors ]; then
   # shellcheck disable=SC2086
   s3r bundle pretrain --corpus "$CORPUS" --langs en,fr,de,es,it --out masks/backbone \
-    --work-dir "$RUNS/pretrain" --steps "$PRETRAIN_STEPS" --device "$DEVICE" --quiet $PRETRAIN_ARGS
+    --work-dir "$RUNS/pretrain" --steps "$PRETRAIN_STEPS" --device "$DEVICE" --quiet \
+    --max-seconds "$PRETRAIN_SECONDS" $PRETRAIN_ARGS
 fi
 
 train_mask() {  # name kind train dev steps

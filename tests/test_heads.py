@@ -6,7 +6,7 @@ import torch
 from conftest import classify_spec, tiny_model, waves
 from router_core.backbone import Backbone, zero_mean_unit_var
 from router_core.errors import InvalidInputError
-from router_core.heads import HeadSpec, OutputHead
+from router_core.heads import HeadSpec, OutputHead, folded_projection
 
 
 def _stats_head(layers: int = 3, hidden: int = 4) -> OutputHead:
@@ -35,6 +35,27 @@ def test_padding_never_reaches_a_pooled_head():
     hidden = torch.randn(4, 1, 5, 4)
     padded = torch.cat([hidden, 100 * torch.randn(4, 1, 7, 4)], dim=2)  # [S + 1, 1, 12, D]
     assert torch.allclose(head(hidden, torch.tensor([5])), head(padded, torch.tensor([5])), atol=1e-5)
+
+
+def test_standardised_training_head_folds_into_one_plain_projection():
+    head = _stats_head()
+    hidden, frames = torch.randn(4, 3, 6, 4), torch.tensor([6, 5, 2])
+    sample = 50 * torch.rand(64, 8) + torch.arange(8.0)  # pooled features of very different scales
+    head.standardize_inputs(sample)
+    assert torch.allclose(head.input_shift, sample.mean(0)) and torch.allclose(head.input_scale, sample.std(0))
+    trained = head(hidden, frames)
+    served = OutputHead(head.spec, 4, 3)  # what the registry builds from a mask file: no standardisation
+    weight, bias = folded_projection(head.state_dict())
+    with torch.no_grad():
+        served.layer_weights.copy_(head.layer_weights)
+        served.proj.weight.copy_(weight)
+        served.proj.bias.copy_(bias)
+    assert "input_shift" not in served.state_dict()
+    assert torch.allclose(served(hidden, frames), trained, atol=1e-4)
+    assert not torch.allclose(head.proj(head.pooled(hidden, frames)), trained, atol=1e-2)  # it did standardise
+    plain = _stats_head()
+    assert all(torch.equal(a, b) for a, b in zip(folded_projection(plain.state_dict()),
+                                                 (plain.proj.weight, plain.proj.bias), strict=True))  # fmt: skip
 
 
 def test_head_specs_refuse_what_they_cannot_do():
@@ -75,3 +96,17 @@ def test_mixed_head_learns_through_the_layer_weights(backbone):
     learner.loss(outputs, frames, ["label0", "label2"]).backward()
     assert learner.head.layer_weights.grad is not None and learner.head.layer_weights.grad.abs().sum() > 0
     assert next(iter(learner.scores.parameters())).grad is not None
+
+
+def test_linear_probe_separates_classes_whose_features_differ_wildly_in_scale():
+    torch.manual_seed(0)
+    spec = HeadSpec(kind="classify", labels=["a", "b", "c"], pooling="mean")
+    head = OutputHead(spec, 6)
+    labels = torch.arange(3).repeat(40)  # [120]
+    centers = torch.randn(3, 6) * torch.tensor([1e-3, 1e-2, 1.0, 10.0, 100.0, 1e3])  # classes differ at every scale
+    scale = torch.tensor([1e-3, 1e-2, 1.0, 10.0, 100.0, 1e3]) * 0.3
+    pooled = centers[labels] + torch.randn(120, 6) * scale  # [N, F]
+    assert head.fit_probe(pooled, labels) > 0.95
+    fresh = centers[labels] + torch.randn(120, 6) * scale
+    logits = head.proj((fresh - head.input_shift) / head.input_scale)
+    assert (logits.argmax(-1) == labels).float().mean() > 0.9

@@ -6,7 +6,7 @@ Classification: ``L = CE(pool(h) W^T + b, y)`` over the valid frames (pooling in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,20 @@ class MaskLearner(nn.Module):
 
     def loss(self, outputs: torch.Tensor, frames: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
         return head_loss(outputs, frames, targets, self.head_spec)
+
+    def probe_head(self, batches: Iterable[tuple[list[torch.Tensor], list[str]]]) -> float:
+        """Classification: fit the head by linear probing (:meth:`OutputHead.fit_probe`) on the pooled
+        features of these batches of (training waveforms, labels) under the initial mask; returns the
+        probe's training accuracy."""
+        backbone: Backbone = self.__dict__["backbone"]
+        index = {label: i for i, label in enumerate(self.head_spec.labels)}
+        pooled, labels = [], []
+        with torch.no_grad(), weight_transform(self.scores):
+            for waves, targets in batches:
+                hidden, frames = backbone.encode_with_grad(waves, self.head_spec.layer_mix)
+                pooled.append(self.head.pooled(hidden.float(), frames))  # [B, F]
+                labels += [index[t] for t in targets]
+        return self.head.fit_probe(torch.cat(pooled), torch.tensor(labels, device=pooled[0].device))
 
 
 def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 
 from router_core.audio import load_audio_file
 from router_core.backbone import Backbone
-from router_core.heads import HeadSpec
+from router_core.heads import HeadSpec, folded_projection
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.mask_builder import build_mask
 from router_core.mask_file import RoutingMask
@@ -29,6 +29,7 @@ from router_core.training.manifest import Example
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+PROBE_ITEMS = 2048  # training items a classification head is linearly probed on before mask learning
 
 
 @dataclass
@@ -116,10 +117,17 @@ def train_mask(
     spec = head_spec_for(config, train)
     layers = backbone.default_layer_names(config.include_attention)
     learner = MaskLearner(backbone, spec, layers, config.keep, config.init, config.seed)
+    load = AudioCache()
     if initial_head is not None:
         with torch.no_grad():
             learner.head.proj.weight.copy_(initial_head[0])
             learner.head.proj.bias.copy_(initial_head[1])
+    if spec.kind == "classify" and initial_head is None:
+        sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:PROBE_ITEMS]
+        items = [train[i] for i in sample.tolist()]
+        batches = (items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size))
+        accuracy = learner.probe_head(([load(e) for e in batch], [e.target for e in batch]) for batch in batches)
+        log.info("linear probe on %d training items: training accuracy %.3f", len(items), accuracy)
     model: nn.Module = learner
     if distributed:
         model = nn.parallel.DistributedDataParallel(learner)
@@ -128,7 +136,6 @@ def train_mask(
         {"params": list(learner.head.parameters())},
     ]
     optimizer = torch.optim.Adam(groups, lr=config.lr)
-    load = AudioCache()
     shard = list(train)[rank::world] or list(train)
     gen = torch.Generator().manual_seed(config.seed + rank)
     state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": []}
@@ -138,6 +145,8 @@ def train_mask(
     if config.resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=backbone.device, weights_only=True)
         learner.scores.load_state_dict(ckpt["scores"])
+        if "input_shift" not in ckpt["head"]:  # a checkpoint of a head trained without standardisation
+            learner.head.input_shift = learner.head.input_scale = None
         learner.head.load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"])
@@ -199,8 +208,7 @@ def train_mask(
         backbone.spec(),
         config.name,
         spec,
-        best_head["proj.weight"],
-        best_head["proj.bias"],
+        *folded_projection(best_head),
         best_keep,
         {
             **{f"dev_{k}": v for k, v in metrics.items()},
