@@ -115,6 +115,12 @@ class OutputHead(nn.Module):
         self.input_shift = pooled.mean(dim=0).detach().to(self.proj.weight)  # [F]
         self.input_scale = pooled.std(dim=0).clamp_min(1e-4).detach().to(self.proj.weight)  # [F]
 
+    def standardized(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``(p - mu) / sigma`` over pooled features ``[B, F]`` while training a standardised head; else ``p``."""
+        if self.input_shift is None or self.input_scale is None:
+            return pooled
+        return (pooled - self.input_shift) / self.input_scale
+
     def fit_probe(self, pooled: torch.Tensor, labels: torch.Tensor, steps: int = 300, lr: float = 1e-2,
                   weight_decay: float = 1e-3) -> float:  # fmt: skip
         """Linear probing before mask learning (LP-FT): standardise on pooled features ``[N, F]``, then fit
@@ -123,8 +129,7 @@ class OutputHead(nn.Module):
         head that already separates the classes, instead of from zero with a few items per step.
         Returns the probe's training accuracy."""
         self.standardize_inputs(pooled)
-        assert self.input_shift is not None and self.input_scale is not None
-        inputs = ((pooled - self.input_shift) / self.input_scale).detach()  # [N, F]
+        inputs = self.standardized(pooled).detach()  # [N, F]
         probe = nn.Linear(inputs.shape[1], self.proj.out_features).to(inputs)
         optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
         with torch.enable_grad():
@@ -142,10 +147,7 @@ class OutputHead(nn.Module):
         CTC logits ``[B, T, V]`` (rows past ``frames[b]`` are padding) or class logits ``[B, L]``."""
         if self.spec.kind == "ctc":
             return self.proj(self.features(hidden).to(self.proj.weight.dtype))  # [B, T, V]
-        pooled = self.pooled(hidden, frames)  # [B, F]
-        if self.input_shift is not None and self.input_scale is not None:
-            pooled = (pooled - self.input_shift) / self.input_scale
-        return self.proj(pooled)  # [B, L]
+        return self.proj(self.standardized(self.pooled(hidden, frames)))  # [B, L]
 
 
 def folded_projection(head_state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

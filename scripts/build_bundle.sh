@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the bundled default model from scratch (resumable: rerun after a stop and it continues).
-# Defaults fit 2 CPU cores (~2.4 h). On a GPU box: DEVICE=cuda WORKERS=$(nproc) JOBS=8 and larger steps/batches
+# Defaults fit 2 CPU cores (~2 h; JOBS=2 OMP_NUM_THREADS=1 runs two masks at once). On a GPU box: DEVICE=cuda
+# WORKERS=$(nproc) JOBS=9 and larger steps/batches
 # through PRETRAIN_ARGS / MASK_ARGS (README: how the shipped bundle was built).
 #   1. synthesize the corpus with espeak-ng            -> data/corpus   (not committed)
 #   2. pretrain the tiny backbone (character CTC)       -> masks/backbone
@@ -22,6 +23,15 @@ PLAN=${PLAN:-}            # a corpus plan (`s3router data synth --write-plan`) f
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}  # extra `bundle pretrain` flags, e.g. "--init-from DIR --batch-size 32 --max-seconds 900"
 MASK_ARGS=${MASK_ARGS:-}          # extra `train`/`finetune` flags, e.g. "--batch-size 16"
 s3r() { $S3R "$@"; }
+in_background() {  # run "$@" as a background job once fewer than JOBS are running
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  "$@" &
+}
+wait_all() {  # wait for every background job; fail if any failed
+  local failed=0 pid
+  for pid in $(jobs -p); do wait "$pid" || failed=1; done
+  return $failed
+}
 LANGS="en fr de es it"
 HELD_OUT="pt"
 start=$(date +%s)
@@ -59,23 +69,24 @@ for task in speaker language; do
 done
 for job in "${mask_jobs[@]}"; do
   # shellcheck disable=SC2086
-  $job &
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  in_background $job
 done
-wait
+wait_all
 
 evaluate() {  # mask -> $RUNS/eval/mask.json
   s3r eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask "$1" \
     --manifest "$CORPUS/${1}_test.jsonl" > "$RUNS/eval/$1.json"
 }
 mkdir -p "$RUNS/eval"
-s3r eval --device "$DEVICE" --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" \
-  > "masks/FINETUNE_${HELD_OUT}.json" &
+evaluate_finetuned() {
+  s3r eval --device "$DEVICE" --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" \
+    > "masks/FINETUNE_${HELD_OUT}.json"
+}
+in_background evaluate_finetuned
 for mask in $LANGS $HELD_OUT speaker language; do
-  evaluate "$mask" &
-  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
+  in_background evaluate "$mask"
 done
-wait
+wait_all
 {
   echo "{"
   first=1

@@ -78,12 +78,18 @@ def test_gradients_reach_only_scores_and_head(corpus):
     assert learner.head.proj.weight.grad is not None
 
 
-def test_resume_continues_from_the_saved_step(corpus, tmp_path):
-    examples = read_manifest(corpus / "ctc.jsonl", "ctc")
-    first = train_mask(_backbone(corpus), _config(tmp_path, steps=10, eval_every=5), examples, examples)
-    resumed = train_mask(_backbone(corpus), _config(tmp_path, steps=15, eval_every=5, resume=True), examples, examples)
+@pytest.mark.parametrize(("kind", "manifest"), [("ctc", "ctc.jsonl"), ("classify", "cls.tsv")])
+def test_resume_continues_from_the_saved_step(corpus, tmp_path, kind, manifest):
+    examples = read_manifest(corpus / manifest, kind)
+    first = train_mask(_backbone(corpus), _config(tmp_path, kind=kind, steps=10, eval_every=5), examples, examples)
+    resumed = train_mask(_backbone(corpus), _config(tmp_path, kind=kind, steps=15, eval_every=5, resume=True),
+                         examples, examples)  # fmt: skip
     assert [h["step"] for h in resumed.history] == [5, 10, 15]
     assert resumed.history[:2] == first.history
+    straight = train_mask(_backbone(corpus), _config(tmp_path / "straight", kind=kind, steps=15, eval_every=5),
+                          examples, examples)  # fmt: skip
+    untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in run.history] for run in (resumed, straight)]
+    assert untimed[0] == untimed[1]  # the resumed head (a probed one for classify) is the one saved
 
 
 def test_cli_train_writes_a_mask_the_registry_serves_and_eval_reports_it(corpus, tmp_path, capsys):

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,7 @@ def pretrain_backbone(
     train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path, work_dir: str | Path, config: PretrainConfig
 ) -> dict[str, Any]:
     """Train (or resume) the tiny backbone and save it as a Hugging Face checkpoint in ``out_dir``."""
+    config = replace(config)  # a time budget rewrites ``steps``: the caller's config stays as given
     work, out = Path(work_dir), Path(out_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)

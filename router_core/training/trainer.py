@@ -122,7 +122,9 @@ def train_mask(
         with torch.no_grad():
             learner.head.proj.weight.copy_(initial_head[0])
             learner.head.proj.bias.copy_(initial_head[1])
-    if spec.kind == "classify" and initial_head is None:
+    ckpt_path = work / CHECKPOINT
+    resuming = config.resume and ckpt_path.is_file()
+    if spec.kind == "classify" and initial_head is None and not resuming:  # a resumed head comes from its checkpoint
         sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:PROBE_ITEMS]
         items = [train[i] for i in sample.tolist()]
         batches = (items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size))
@@ -141,12 +143,12 @@ def train_mask(
     state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": []}
     best_keep: dict[str, torch.Tensor] = {}
     best_head: dict[str, torch.Tensor] = {}
-    ckpt_path = work / CHECKPOINT
-    if config.resume and ckpt_path.is_file():
+    if resuming:
         ckpt = torch.load(ckpt_path, map_location=backbone.device, weights_only=True)
         learner.scores.load_state_dict(ckpt["scores"])
-        if "input_shift" not in ckpt["head"]:  # a checkpoint of a head trained without standardisation
-            learner.head.input_shift = learner.head.input_scale = None
+        if "input_shift" in ckpt["head"]:  # a probed head: load_state_dict skips buffers that are still None
+            learner.head.input_shift = ckpt["head"]["input_shift"]
+            learner.head.input_scale = ckpt["head"]["input_scale"]
         learner.head.load_state_dict(ckpt["head"])
         optimizer.load_state_dict(ckpt["optimizer"])
         gen.set_state(ckpt["rng"])
