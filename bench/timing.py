@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -15,7 +15,7 @@ def _sync(device: str) -> None:
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu", inner: int = 1
+    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu", inner: int = 1
 ) -> dict[str, float]:
     """Median seconds per call of each function, run round-robin so drift hits them all alike.
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from router_core.kernels import cpu as cpu_kernels
 from router_core.kernels.backend import REFERENCE, select_backend
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.kernels.cpu import masked_weight_cpu
@@ -98,6 +99,45 @@ def test_cpu_kernel_half_precision_matches_reference():
             atol=2e-2,
             rtol=2e-2,
         )
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(0, 9, 12)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_both_cpu_schedules_match_reference(shape, mask_kind):
+    """The tiled schedule at block sizes that do and don't divide N (1 row, 7 rows, more rows than N) and the
+    full pass, each against the reference."""
+    m, n, k = shape
+    gen = torch.Generator().manual_seed(5)
+    x, w, b = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    bits = pack_bits(_keep(mask_kind, n, k, seed=3))
+    expected_b = masked_linear_reference(x, w, b, bits)
+    for bias in (b, None):
+        expected = masked_linear_reference(x, w, bias, bits)
+        for block_rows in (1, 7, 300):
+            got = cpu_kernels.masked_linear_tiled(x, w, bias, bits, block_rows)
+            assert got.shape == (m, n) and torch.allclose(got, expected, atol=1e-4, rtol=1e-4), block_rows
+        assert torch.allclose(cpu_kernels.masked_linear_full_pass(x, w, bias, bits), expected, atol=1e-4, rtol=1e-4)
+    with torch.inference_mode():  # as the router runs it: inference tensors, blocks on several threads
+        x, w, b, bits = x.clone(), w.clone(), b.clone(), bits.clone()
+        assert torch.allclose(cpu_kernels.masked_linear_tiled(x, w, b, bits, 2), expected_b, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_backend_picks_the_schedule_by_the_size_of_x(monkeypatch):
+    backend = select_backend("cpu", "cpu")
+    gen = torch.Generator().manual_seed(6)
+    x, w = torch.randn(2, 3, 40, generator=gen), torch.randn(21, 40, generator=gen)  # x [B, T, K]
+    bits = pack_bits(_keep("random", 21, 40))
+    calls = []
+    for name in ("masked_linear_tiled", "masked_linear_full_pass"):
+        real = getattr(cpu_kernels, name)
+        monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    expected = masked_linear_reference(x, w, None, bits)
+    assert torch.allclose(backend.masked_linear(x, w, None, bits), expected, atol=1e-5)
+    monkeypatch.setattr(cpu_kernels, "TILED_MAX_X_BYTES", x.numel() * x.element_size() - 1)
+    assert torch.allclose(backend.masked_linear(x, w, None, bits), expected, atol=1e-5)
+    assert calls == ["masked_linear_tiled", "masked_linear_full_pass"]
+    assert cpu_kernels.block_rows_for(768, 4) == 256 and cpu_kernels.block_rows_for(3072, 4) == 128
+    assert cpu_kernels.block_rows_for(3072, 2) == 256 and cpu_kernels.block_rows_for(1 << 20, 4) == 16
 
 
 @pytest.mark.gpu

@@ -71,3 +71,17 @@ def test_a_written_plan_speaks_the_same_corpus_elsewhere(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"lang": "de"}\n')
     with pytest.raises(InvalidInputError, match="not a corpus plan"):
         read_plan(tmp_path / "bad.jsonl")
+
+
+def test_parallel_workers_speak_the_same_corpus_with_one_torch_thread_each(tmp_path):
+    import torch
+
+    from router_core.training.synth import worker_pool
+
+    with worker_pool(2) as pool:
+        assert {pool.submit(torch.get_num_threads).result() for _ in range(4)} == {1}
+    counts = {"train": 3, "dev": 1, "test": 1}
+    serial = synth_corpus(tmp_path / "a", ["it"], counts, seed=2, workers=1, progress=False)
+    parallel = synth_corpus(tmp_path / "b", ["it"], counts, seed=2, workers=2, progress=False)
+    assert parallel == serial
+    assert (tmp_path / "a/it_train.jsonl").read_text() == (tmp_path / "b/it_train.jsonl").read_text()

@@ -1,9 +1,17 @@
-"""Fast CPU masked linear: one fused pass builds ``W * M`` from the packed bits, then MKL/oneDNN's GEMM.
+"""Fast CPU masked linear ``y = x (W * M)^T + b``: the C++ extension in ``csrc/apply_bits.cpp`` unpacks the
+bits and applies them to ``W`` in one fused pass (8 weights per bit byte), then MKL/oneDNN's GEMM runs.
+
+Two ways to schedule it, picked per call by the size of ``x`` (:func:`masked_linear_cpu`):
+
+* **tiled** (small ``x``: a few hundred frames): ``W`` is masked block by block (``block_rows`` rows,
+  about 2 MB) into a per-thread buffer that stays in L2, and each block's GEMM runs there, one
+  single-threaded GEMM per block, blocks spread over the threads. ``W`` and the bits cross the memory
+  bus once, as in a dense GEMM; but every block's GEMM reads all of ``x`` again.
+* **full pass** (large ``x``): the whole ``W * M`` is written into a reused buffer, then one GEMM. The
+  extra cost is one weight copy, small next to a GEMM over many frames.
 
 The naive path (unpack to bytes, ``torch.where``, linear) touches ``W`` three times and the unpacked
-mask twice; the C++ extension in ``csrc/apply_bits.cpp`` reads ``W`` and the bits once and writes the
-masked copy once (about the cost of a plain copy of ``W``), so the overhead over dense ``F.linear``
-is one weight copy per layer and mask.
+mask twice.
 
 The extension is compiled on first use with ``torch.utils.cpp_extension`` (needs a C++ compiler and
 ``ninja``); :func:`load_extension` raises :class:`KernelUnavailableError` when that is impossible.
@@ -71,15 +79,45 @@ def masked_weight_cpu(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tenso
     return load_extension().apply_bits_out(weight, bits, out)
 
 
+# Measured on 2 cores (bench/bench_kernels.py, wav2vec2-base FFN shapes): tiled beats the full pass while
+# x is at most a few MB (768->3072 up to T=1000, 3072->768 up to T=250); beyond that, re-reading x once per
+# block costs more than the weight copy it saves. Blocks of ~2 MB: 256 rows at K=768, 128 at K=3072 (fp32).
+TILED_MAX_X_BYTES = 4 << 20
+_BLOCK_BYTES = 2 << 20
+
+
+def block_rows_for(k: int, element_size: int) -> int:
+    """Rows of ``W`` per block: the power of two that keeps a block near ``_BLOCK_BYTES``, in [16, 256]."""
+    rows = max(1, _BLOCK_BYTES // (k * element_size))
+    return max(16, min(256, 1 << (rows.bit_length() - 1)))
+
+
+def masked_linear_tiled(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor, block_rows: int
+) -> torch.Tensor:
+    """``x [M, K] @ (W * M)^T + b`` -> ``[M, N]``, ``W`` masked ``block_rows`` rows at a time (see module doc)."""
+    return load_extension().masked_linear_tiled(x, weight, bias, bits, block_rows)
+
+
+def masked_linear_full_pass(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor
+) -> torch.Tensor:
+    """``x [..., K] @ (W * M)^T + b``: the whole masked weight in this thread's scratch buffer, then one GEMM.
+
+    The result must not alias the buffer: ``F.linear`` writes a new tensor, and autograd is not supported
+    on this path (inference only)."""
+    return F.linear(x, masked_weight_cpu(weight, bits, _WORKSPACE.get(weight)), bias)
+
+
 def masked_linear_cpu(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor
 ) -> torch.Tensor:
-    """``x @ (W * M)^T + b`` for ``x [..., K]``; returns ``[..., N]``.
-
-    The masked weight is built in this thread's scratch buffer, so the result must not alias it:
-    ``F.linear`` writes a new tensor, and autograd is not supported on this path (inference only).
-    """
-    return F.linear(x, masked_weight_cpu(weight, bits, _WORKSPACE.get(weight)), bias)
+    """``x @ (W * M)^T + b`` for ``x [..., K]``; returns ``[..., N]`` (tiled or full pass by the size of x)."""
+    if x.numel() * x.element_size() > TILED_MAX_X_BYTES:
+        return masked_linear_full_pass(x, weight, bias, bits)
+    n, k = weight.shape
+    rows = masked_linear_tiled(x.reshape(-1, k), weight, bias, bits, block_rows_for(k, weight.element_size()))
+    return rows.reshape(*x.shape[:-1], n)  # [..., N]
 
 
 def segmented_masked_linear_cpu(
@@ -89,22 +127,26 @@ def segmented_masked_linear_cpu(
     bits_stack: Sequence[torch.Tensor],
     segments: Segments,
 ) -> torch.Tensor:
-    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: each distinct mask's weight is built once."""
+    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: one masked linear per distinct mask, over all
+    of its rows (the router sorts rows by mask, so that is usually one contiguous segment)."""
+
+    def apply(rows: torch.Tensor, mask_id: int) -> torch.Tensor:
+        if mask_id == DENSE_SEGMENT:
+            return F.linear(rows, weight, bias)
+        return masked_linear_cpu(rows, weight, bias, bits_stack[mask_id])
+
     spans = segments.spans()
     if len(spans) == 1 and spans[0][:2] == (0, x.shape[0]):
-        mask_id = spans[0][2]
-        if mask_id == DENSE_SEGMENT:
-            return F.linear(x, weight, bias)
-        return masked_linear_cpu(x, weight, bias, bits_stack[mask_id])
+        return apply(x, spans[0][2])
     out = x.new_empty(x.shape[0], weight.shape[0])  # [R, N]
     by_mask: dict[int, list[tuple[int, int]]] = {}
     for start, end, mask_id in spans:
         by_mask.setdefault(mask_id, []).append((start, end))
-    for mask_id, rows in by_mask.items():
-        if mask_id == DENSE_SEGMENT:
-            w = weight
+    for mask_id, ranges in by_mask.items():
+        if len(ranges) == 1:
+            start, end = ranges[0]
+            out[start:end] = apply(x[start:end], mask_id)
         else:
-            w = masked_weight_cpu(weight, bits_stack[mask_id], _WORKSPACE.get(weight))
-        for start, end in rows:
-            out[start:end] = F.linear(x[start:end], w, bias)
+            index = torch.cat([torch.arange(start, end) for start, end in ranges])  # [R_mask]
+            out[index] = apply(x[index], mask_id)
     return out

@@ -6,7 +6,9 @@
 // Works on the raw bit pattern, so any 2-, 4- or 8-byte dtype (fp16, bf16, fp32, fp64) is handled.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -79,8 +81,66 @@ torch::Tensor apply_bits_out(const torch::Tensor& weight, const torch::Tensor& b
   return out;
 }
 
+// Row blocks of W for the tiled masked linear: each block is masked into a per-thread buffer that stays
+// in L2, and the GEMM reads it from there. W and the bits then cross the memory bus once (as in a dense
+// GEMM), instead of W, the bits, a full-size masked copy written and that copy read back.
+template <typename U>
+void apply_block(const torch::Tensor& w, const torch::Tensor& bits, torch::Tensor& buf, int64_t n0, int64_t rows) {
+  const int64_t k = w.size(1), kb = bits.size(1);
+  apply_rows<U>(static_cast<const U*>(w.data_ptr()) + n0 * k, bits.data_ptr<uint8_t>() + n0 * kb,
+                static_cast<U*>(buf.data_ptr()), 0, rows, k, kb);
+}
+
+// out[:, n] = x @ (W * M)[n, :]^T + bias[n], in blocks of `block_rows` rows of W spread over the threads;
+// each thread runs its blocks' GEMMs single-threaded (a GEMM inside a parallel region does not fan out).
+// x [M, K], weight [N, K], bits [N, KB] uint8; returns [M, N].
+torch::Tensor masked_linear_tiled(const torch::Tensor& x, const torch::Tensor& weight,
+                                  const c10::optional<torch::Tensor>& bias, const torch::Tensor& bits,
+                                  int64_t block_rows) {
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && bits.device().is_cpu(),
+              "masked_linear_tiled: CPU tensors only");
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
+              "masked_linear_tiled: x must be [M, K] and weight [N, K]");
+  TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "masked_linear_tiled: x and weight dtypes differ");
+  TORCH_CHECK(block_rows > 0, "masked_linear_tiled: block_rows must be positive");
+  const int64_t m = x.size(0), n_rows = weight.size(0), k = weight.size(1), kb = (k + 7) / 8;
+  TORCH_CHECK(bits.scalar_type() == torch::kUInt8 && bits.dim() == 2 && bits.size(0) == n_rows &&
+                  bits.size(1) == kb, "masked_linear_tiled: bits must be uint8 [N, ceil(K/8)]");
+  auto xc = x.contiguous();
+  auto w = weight.contiguous();
+  auto b = bits.contiguous();
+  c10::optional<torch::Tensor> bc;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n_rows, "masked_linear_tiled: bias must be [N]");
+    bc = bias->to(x.scalar_type()).contiguous();
+  }
+  auto out = at::empty({m, n_rows}, x.options());
+  const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
+  const int64_t size = w.element_size();
+  TORCH_CHECK(size == 2 || size == 4 || size == 8, "masked_linear_tiled: unsupported element size ", size);
+  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+    // Worker threads do not inherit the caller's inference mode, and writing into `out` (an inference
+    // tensor when the caller runs under torch.inference_mode) is refused outside it. Nothing here is
+    // differentiable anyway.
+    c10::InferenceMode inference;
+    auto buf = at::empty({block_rows, k}, w.options());  // this thread's block, reused for its blocks
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t n0 = blk * block_rows, rows = std::min(block_rows, n_rows - n0);
+      if (size == 2) apply_block<uint16_t>(w, b, buf, n0, rows);
+      else if (size == 4) apply_block<uint32_t>(w, b, buf, n0, rows);
+      else apply_block<uint64_t>(w, b, buf, n0, rows);
+      auto wblk = buf.narrow(0, 0, rows);  // [rows, K]
+      auto oblk = out.narrow(1, n0, rows);  // [M, rows], row stride N
+      if (bc.has_value()) at::addmm_out(oblk, bc->narrow(0, n0, rows), xc, wblk.t());
+      else at::mm_out(oblk, xc, wblk.t());
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("apply_bits_out", &apply_bits_out, "out = W * unpack(bits), one pass (CPU)");
+  m.def("masked_linear_tiled", &masked_linear_tiled, "x @ (W * unpack(bits))^T + bias, W masked block by block (CPU)");
 }
