@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile as sf
+import torch
 
 from router_core.audio import decode_audio
 from router_core.errors import InvalidInputError
@@ -120,19 +121,14 @@ def _synthesize_args(args: tuple[Utterance, Path]) -> dict[str, str] | None:
     return synthesize(*args)
 
 
-def _one_thread_per_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def worker_pool(workers: int) -> ProcessPoolExecutor:
     """Processes that speak utterances. Spawned, not forked: a forked child of a process whose OpenMP pool
     already ran can deadlock. Each resamples with one torch thread: torch's default, one thread per core
     in every worker, oversubscribed a 16-core box: 16 utterances/s with 13 workers there, 369/s with one
     thread each and 16 workers (the second run also read espeak-ng's data from local disk)."""
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_one_thread_per_worker)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=torch.set_num_threads,
+                               initargs=(1,))  # fmt: skip
 
 
 def synth_corpus(

@@ -51,61 +51,59 @@ void apply_bits_rows(const U* w, const uint8_t* bits, U* out, int64_t n_rows, in
   at::parallel_for(0, n_rows, 16, [&](int64_t r0, int64_t r1) { apply_rows<U>(w, bits, out, r0, r1, k, kb); });
 }
 
+// Calls f(U{}) with U the unsigned integer type as wide as one element of `t` (2, 4 or 8 bytes): the
+// passes work on raw bit patterns, so one instantiation serves every dtype of that width.
+template <typename F>
+void by_element_width(const torch::Tensor& t, const char* who, F&& f) {
+  switch (t.element_size()) {
+    case 2: f(uint16_t{}); break;
+    case 4: f(uint32_t{}); break;
+    case 8: f(uint64_t{}); break;
+    default: TORCH_CHECK(false, who, ": unsupported element size ", t.element_size());
+  }
+}
+
+// weight [N, K] and bits uint8 [N, ceil(K/8)], both on the CPU.
+void check_weight_and_bits(const torch::Tensor& weight, const torch::Tensor& bits, const char* who) {
+  TORCH_CHECK(weight.device().is_cpu() && bits.device().is_cpu(), who, ": CPU tensors only");
+  TORCH_CHECK(weight.dim() == 2, who, ": weight must be [N, K]");
+  TORCH_CHECK(bits.scalar_type() == torch::kUInt8 && bits.dim() == 2 && bits.size(0) == weight.size(0) &&
+                  bits.size(1) == (weight.size(1) + 7) / 8,
+              who, ": bits must be uint8 [N, ceil(K/8)] for a weight [N, K]");
+}
+
 // Writes W * unpack(bits) into `out` (same shape and dtype as `weight`, contiguous) and returns it.
 // Writing into a caller-owned buffer matters: a fresh 9 MB allocation costs more in page faults
 // (~0.5 ms) than the whole pass (~0.15 ms).
 torch::Tensor apply_bits_out(const torch::Tensor& weight, const torch::Tensor& bits, torch::Tensor out) {
-  TORCH_CHECK(weight.device().is_cpu() && bits.device().is_cpu(), "apply_bits: CPU tensors only");
-  TORCH_CHECK(weight.dim() == 2, "apply_bits: weight must be [N, K]");
-  TORCH_CHECK(bits.scalar_type() == torch::kUInt8 && bits.dim() == 2, "apply_bits: bits must be uint8 [N, KB]");
-  const int64_t n_rows = weight.size(0), k = weight.size(1), kb = (k + 7) / 8;
-  TORCH_CHECK(bits.size(0) == n_rows && bits.size(1) == kb, "apply_bits: bits shape does not match weight");
+  check_weight_and_bits(weight, bits, "apply_bits");
+  const int64_t n_rows = weight.size(0), k = weight.size(1), kb = bits.size(1);
   auto w = weight.contiguous();
   auto b = bits.contiguous();
   TORCH_CHECK(out.is_contiguous() && out.sizes() == w.sizes() && out.scalar_type() == w.scalar_type(),
               "apply_bits: out must be a contiguous tensor like weight");
-  const auto* bp = b.data_ptr<uint8_t>();
-  switch (w.element_size()) {
-    case 2:
-      apply_bits_rows(static_cast<const uint16_t*>(w.data_ptr()), bp, static_cast<uint16_t*>(out.data_ptr()), n_rows, k, kb);
-      break;
-    case 4:
-      apply_bits_rows(static_cast<const uint32_t*>(w.data_ptr()), bp, static_cast<uint32_t*>(out.data_ptr()), n_rows, k, kb);
-      break;
-    case 8:
-      apply_bits_rows(static_cast<const uint64_t*>(w.data_ptr()), bp, static_cast<uint64_t*>(out.data_ptr()), n_rows, k, kb);
-      break;
-    default:
-      TORCH_CHECK(false, "apply_bits: unsupported element size ", w.element_size());
-  }
+  by_element_width(w, "apply_bits", [&](auto width) {
+    using U = decltype(width);
+    apply_bits_rows(static_cast<const U*>(w.data_ptr()), b.data_ptr<uint8_t>(), static_cast<U*>(out.data_ptr()),
+                    n_rows, k, kb);
+  });
   return out;
 }
 
-// Row blocks of W for the tiled masked linear: each block is masked into a per-thread buffer that stays
-// in L2, and the GEMM reads it from there. W and the bits then cross the memory bus once (as in a dense
-// GEMM), instead of W, the bits, a full-size masked copy written and that copy read back.
-template <typename U>
-void apply_block(const torch::Tensor& w, const torch::Tensor& bits, torch::Tensor& buf, int64_t n0, int64_t rows) {
-  const int64_t k = w.size(1), kb = bits.size(1);
-  apply_rows<U>(static_cast<const U*>(w.data_ptr()) + n0 * k, bits.data_ptr<uint8_t>() + n0 * kb,
-                static_cast<U*>(buf.data_ptr()), 0, rows, k, kb);
-}
-
-// out[:, n] = x @ (W * M)[n, :]^T + bias[n], in blocks of `block_rows` rows of W spread over the threads;
-// each thread runs its blocks' GEMMs single-threaded (a GEMM inside a parallel region does not fan out).
-// x [M, K], weight [N, K], bits [N, KB] uint8; returns [M, N].
+// out[:, n] = x @ (W * M)[n, :]^T + bias[n], in blocks of `block_rows` rows of W spread over the threads.
+// Each block is masked into a per-thread buffer that stays in L2 and its GEMM reads it from there, so W
+// and the bits cross the memory bus once (as in a dense GEMM), instead of W, the bits, a full-size masked
+// copy written and that copy read back. Each thread runs its blocks' GEMMs single-threaded (a GEMM inside
+// a parallel region does not fan out). x [M, K], weight [N, K], bits [N, KB] uint8; returns [M, N].
 torch::Tensor masked_linear_tiled(const torch::Tensor& x, const torch::Tensor& weight,
                                   const c10::optional<torch::Tensor>& bias, const torch::Tensor& bits,
                                   int64_t block_rows) {
-  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu() && bits.device().is_cpu(),
-              "masked_linear_tiled: CPU tensors only");
-  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
-              "masked_linear_tiled: x must be [M, K] and weight [N, K]");
+  check_weight_and_bits(weight, bits, "masked_linear_tiled");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == weight.size(1),
+              "masked_linear_tiled: x must be a CPU tensor [M, K] for a weight [N, K]");
   TORCH_CHECK(x.scalar_type() == weight.scalar_type(), "masked_linear_tiled: x and weight dtypes differ");
   TORCH_CHECK(block_rows > 0, "masked_linear_tiled: block_rows must be positive");
-  const int64_t m = x.size(0), n_rows = weight.size(0), k = weight.size(1), kb = (k + 7) / 8;
-  TORCH_CHECK(bits.scalar_type() == torch::kUInt8 && bits.dim() == 2 && bits.size(0) == n_rows &&
-                  bits.size(1) == kb, "masked_linear_tiled: bits must be uint8 [N, ceil(K/8)]");
+  const int64_t m = x.size(0), n_rows = weight.size(0), k = weight.size(1), kb = bits.size(1);
   auto xc = x.contiguous();
   auto w = weight.contiguous();
   auto b = bits.contiguous();
@@ -116,24 +114,25 @@ torch::Tensor masked_linear_tiled(const torch::Tensor& x, const torch::Tensor& w
   }
   auto out = at::empty({m, n_rows}, x.options());
   const int64_t n_blocks = (n_rows + block_rows - 1) / block_rows;
-  const int64_t size = w.element_size();
-  TORCH_CHECK(size == 2 || size == 4 || size == 8, "masked_linear_tiled: unsupported element size ", size);
-  at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
-    // Worker threads do not inherit the caller's inference mode, and writing into `out` (an inference
-    // tensor when the caller runs under torch.inference_mode) is refused outside it. Nothing here is
-    // differentiable anyway.
-    c10::InferenceMode inference;
-    auto buf = at::empty({block_rows, k}, w.options());  // this thread's block, reused for its blocks
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t n0 = blk * block_rows, rows = std::min(block_rows, n_rows - n0);
-      if (size == 2) apply_block<uint16_t>(w, b, buf, n0, rows);
-      else if (size == 4) apply_block<uint32_t>(w, b, buf, n0, rows);
-      else apply_block<uint64_t>(w, b, buf, n0, rows);
-      auto wblk = buf.narrow(0, 0, rows);  // [rows, K]
-      auto oblk = out.narrow(1, n0, rows);  // [M, rows], row stride N
-      if (bc.has_value()) at::addmm_out(oblk, bc->narrow(0, n0, rows), xc, wblk.t());
-      else at::mm_out(oblk, xc, wblk.t());
-    }
+  by_element_width(w, "masked_linear_tiled", [&](auto width) {
+    using U = decltype(width);
+    const U* wp = static_cast<const U*>(w.data_ptr());
+    const uint8_t* bp = b.data_ptr<uint8_t>();
+    at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+      // Worker threads do not inherit the caller's inference mode, and writing into `out` (an inference
+      // tensor when the caller runs under torch.inference_mode) is refused outside it. Nothing here is
+      // differentiable anyway.
+      c10::InferenceMode inference;
+      auto buf = at::empty({block_rows, k}, w.options());  // this thread's block, reused for its blocks
+      for (int64_t blk = b0; blk < b1; ++blk) {
+        const int64_t n0 = blk * block_rows, rows = std::min(block_rows, n_rows - n0);
+        apply_rows<U>(wp + n0 * k, bp + n0 * kb, static_cast<U*>(buf.data_ptr()), 0, rows, k, kb);
+        auto wblk = buf.narrow(0, 0, rows);  // [rows, K]
+        auto oblk = out.narrow(1, n0, rows);  // [M, rows], row stride N
+        if (bc.has_value()) at::addmm_out(oblk, bc->narrow(0, n0, rows), xc, wblk.t());
+        else at::mm_out(oblk, xc, wblk.t());
+      }
+    });
   });
   return out;
 }
