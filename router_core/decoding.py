@@ -2,8 +2,8 @@
 
 CTC greedy: ``path[t] = argmax_v logits[t, v]``; collapse repeats, drop blanks. A word is a maximal
 run of non-delimiter characters; its start is the first frame of its first character and its end the
-frame after its last character, times ``seconds_per_frame``. A beam-search decoder (torchaudio's
-``ctc_decoder``) can implement :class:`CTCDecoder` with the same output type.
+frame after its last character, times ``seconds_per_frame``. :mod:`router_core.ctc_beam` is the
+beam-search decoder (with a mask's character language model); it returns the same types.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class CTCDecoder(Protocol):
     def __call__(self, logits: torch.Tensor, spec: HeadSpec, seconds_per_frame: float) -> Transcript: ...
 
 
-def _is_special(token: str) -> bool:
+def is_special_token(token: str) -> bool:
     return len(token) > 2 and token.startswith("<") and token.endswith(">")
 
 
@@ -71,7 +71,7 @@ def ctc_greedy_decode(logits: torch.Tensor, spec: HeadSpec, seconds_per_frame: f
         if token in (spec.word_delimiter, " "):
             flush()
             continue
-        if _is_special(token):
+        if is_special_token(token):
             continue
         if not chars:
             start = t

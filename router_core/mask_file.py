@@ -1,6 +1,7 @@
 """The mask file: one safetensors file (never pickle) with packed bits, head tensors and JSON metadata.
 
-Layout (format version 2; version 1 files, which predate ``pooling``/``layer_mix``, still load):
+Layout (format version 3; versions 1 and 2, which predate ``pooling``/``layer_mix`` and the language
+model, still load):
 
 * tensors ``bits/<layer name>`` — ``uint8 [N, ceil(K/8)]`` per masked layer (bit order in
   :mod:`router_core.kernels.bits`); ``head/weight`` ``[O, D]`` (``[O, 2D]`` with ``mean_std``
@@ -8,7 +9,10 @@ Layout (format version 2; version 1 files, which predate ``pooling``/``layer_mix
 * safetensors metadata key ``s3router`` — JSON with ``format_version``, ``name``, ``kind``
   (``ctc`` | ``classify``), ``fingerprint`` (of the backbone), ``layers`` (``{name: [N, K]}``),
   ``keep_ratios`` (``{name: kept / (N*K)}``), ``vocab`` / ``labels``, ``blank_id``, ``word_delimiter``,
-  ``pooling``, ``layer_mix``, ``created_at`` (ISO 8601, UTC), ``metrics`` and ``checksum``;
+  ``pooling``, ``layer_mix``, ``created_at`` (ISO 8601, UTC), ``metrics``, ``lm`` and ``checksum``;
+* optionally (CTC masks) a character language model for beam search: tensors ``lm/ngrams``,
+  ``lm/logprob``, ``lm/contexts``, ``lm/backoff`` (:meth:`CharNgramLM.to_tensors`) and metadata ``lm``
+  = ``{order, tokens, alpha, beta, beam_width, token_prune, max_candidates, info}``; ``null`` without one;
 * ``checksum`` = SHA-256 over the canonical JSON of the metadata without ``checksum``, then, for each
   tensor in name order, its name, dtype, shape and bytes.
 
@@ -31,9 +35,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from router_core.backbone import BackboneSpec
+from router_core.char_lm import CharNgramLM
+from router_core.ctc_beam import BeamSettings, LMDecoding
 from router_core.errors import (
     ChecksumMismatchError,
     FingerprintMismatchError,
+    InvalidInputError,
     InvalidMaskNameError,
     LayerShapeMismatchError,
     MaskFormatError,
@@ -43,8 +50,8 @@ from router_core.errors import (
 from router_core.heads import HeadSpec
 from router_core.kernels.bits import count_kept, packed_row_bytes
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 METADATA_KEY = "s3router"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -73,6 +80,7 @@ class RoutingMask:
     metrics: dict[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
     head_layer_weights: torch.Tensor | None = None  # [S], with ``head.layer_mix``
+    lm: LMDecoding | None = None  # CTC only: a character language model for beam search
 
     def __post_init__(self) -> None:
         validate_mask_name(self.name)
@@ -110,6 +118,7 @@ class RoutingMask:
             "layer_mix": self.head.layer_mix,
             "created_at": self.created_at,
             "metrics": self.metrics,
+            "lm": None if self.lm is None else self.lm.metadata(),
         }
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -118,6 +127,8 @@ class RoutingMask:
         out["head/bias"] = self.head_bias
         if self.head_layer_weights is not None:
             out["head/layer_weights"] = self.head_layer_weights
+        if self.lm is not None:
+            out.update({f"lm/{k}": v for k, v in self.lm.model.to_tensors().items()})
         return {k: v.detach().to("cpu").contiguous() for k, v in out.items()}
 
 
@@ -201,11 +212,25 @@ def decode_mask(data: bytes) -> RoutingMask:
             metrics=dict(meta.get("metrics") or {}),
             created_at=str(meta["created_at"]),
             head_layer_weights=tensors["head/layer_weights"] if head.layer_mix else None,
+            lm=_read_lm(meta.get("lm"), tensors),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MaskFormatError(f"mask file is missing or has a malformed field: {exc}") from exc
     _check_internal_shapes(mask)
     return mask
+
+
+def _read_lm(meta: dict[str, Any] | None, tensors: dict[str, torch.Tensor]) -> LMDecoding | None:
+    if meta is None:
+        return None
+    lm_tensors = {k.removeprefix("lm/"): v for k, v in tensors.items() if k.startswith("lm/")}
+    fields = ("beam_width", "alpha", "beta", "token_prune", "max_candidates")
+    try:
+        model = CharNgramLM.from_tensors(int(meta["order"]), list(meta["tokens"]), lm_tensors)
+        settings = BeamSettings(**{f: type(getattr(BeamSettings, f))(meta[f]) for f in fields})
+    except InvalidInputError as exc:
+        raise MaskFormatError(f"mask file language model: {exc}") from exc
+    return LMDecoding(model, settings, dict(meta.get("info") or {}))
 
 
 def _check_internal_shapes(mask: RoutingMask) -> None:

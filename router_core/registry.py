@@ -183,6 +183,7 @@ class MaskRegistry:
             metrics=mask.metrics,
             created_at=mask.created_at,
             head_layer_weights=head.layer_weights,
+            lm=mask.lm,  # host-side: beam search runs on the CPU
         )
         return LoadedMask(on_device, head, on_device.nbytes)
 

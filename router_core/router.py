@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from router_core.backbone import SAMPLE_RATE, Backbone
+from router_core.ctc_beam import ctc_beam_decode
 from router_core.decoding import Classification, Transcript, classify, ctc_greedy_decode
 from router_core.errors import InvalidInputError, MaskKindError
 from router_core.kernels.backend import KernelBackend, select_backend
@@ -32,12 +33,28 @@ class RoutedOutput:
     audio_seconds: float
     transcript: Transcript | None = None
     classification: Classification | None = None
+    decoder: str | None = None  # CTC: "beam+lm" or "greedy"
+
+
+DECODERS = ("auto", "greedy")
 
 
 class Router:
-    """One frozen backbone, many masks, mixed-mask batches."""
+    """One frozen backbone, many masks, mixed-mask batches.
 
-    def __init__(self, backbone: Backbone, registry: MaskRegistry, backend: KernelBackend | None = None) -> None:
+    ``decoder``: ``auto`` decodes a CTC mask that carries a language model with its beam search and
+    any other with greedy CTC; ``greedy`` always decodes greedily (no language model).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        registry: MaskRegistry,
+        backend: KernelBackend | None = None,
+        decoder: str = "auto",
+    ) -> None:
+        if decoder not in DECODERS:
+            raise InvalidInputError(f"decoder must be one of {DECODERS}, not {decoder!r}")
         if registry.device != backbone.device:
             raise InvalidInputError(
                 f"the registry keeps masks on {registry.device} but the backbone runs on {backbone.device}"
@@ -47,6 +64,7 @@ class Router:
         self.backbone = backbone
         self.registry = registry
         self.backend = backend or select_backend(backbone.device)
+        self.decoder = decoder
 
     def _check_waves(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         checked = []
@@ -113,8 +131,14 @@ class Router:
 
     def _decode(self, loaded: LoadedMask, logits: torch.Tensor, wave: torch.Tensor) -> RoutedOutput:
         out = RoutedOutput(loaded.name, loaded.kind, logits, wave.shape[0] / SAMPLE_RATE)
-        if loaded.kind == "ctc":
+        lm = loaded.mask.lm
+        if loaded.kind == "ctc" and lm is not None and self.decoder == "auto":
+            seconds = self.backbone.seconds_per_frame
+            out.transcript = ctc_beam_decode(logits, loaded.mask.head, seconds, lm.model, lm.settings)
+            out.decoder = "beam+lm"
+        elif loaded.kind == "ctc":
             out.transcript = ctc_greedy_decode(logits, loaded.mask.head, self.backbone.seconds_per_frame)
+            out.decoder = "greedy"
         else:
             out.classification = classify(logits, loaded.mask.head)
         return out

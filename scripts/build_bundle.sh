@@ -6,7 +6,8 @@
 #   1. synthesize the corpus with espeak-ng            -> data/corpus   (not committed)
 #   2. pretrain the tiny backbone (character CTC)       -> masks/backbone
 #   3. learn masks on the frozen backbone                -> masks/registry (en fr de es it pt speaker language)
-#   4. evaluate every mask on the held-out test sets     -> masks/QUALITY.json
+#   4. a character language model in each CTC mask       -> masks/registry (8-gram of its training text)
+#   5. evaluate every mask on the held-out test sets     -> masks/QUALITY.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S3R=${S3R:-.venv/bin/s3router}  # may be a command line, e.g. "python3 -m service.cli"
@@ -73,6 +74,21 @@ mask_jobs+=("train_mask language classify $CORPUS/language_train.jsonl $CORPUS/l
 for job in "${mask_jobs[@]}"; do
   # shellcheck disable=SC2086
   in_background $job
+done
+wait_all
+
+# Beam-search decoding: an order-8 character model of the mask's own training transcripts (no other text),
+# alpha/beta fitted on dev. Skipped for a mask that already has one.
+add_lm() {  # mask
+  local summary
+  summary=$(s3r inspect "masks/registry/$1.s3mask")
+  if ! grep -q '"language_model": null' <<< "$summary"; then echo "lm $1: done"; return; fi
+  s3r lm --registry masks/registry --mask "$1" --text "$CORPUS/${1}_train.jsonl" --dev "$CORPUS/${1}_dev.jsonl" \
+    --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
+}
+mkdir -p "$RUNS"
+for lang in $LANGS $HELD_OUT; do
+  in_background add_lm "$lang"
 done
 wait_all
 

@@ -51,6 +51,9 @@ def _inspect(args: argparse.Namespace) -> dict:
         "mean_keep_ratio": sum(ratios) / len(ratios) if ratios else 1.0,
         "outputs": mask.head.num_outputs,
         "bytes": mask.nbytes,
+        "language_model": None
+        if mask.lm is None
+        else {k: v for k, v in mask.lm.metadata().items() if k != "tokens"} | {"ngrams": len(mask.lm.model.logprob)},
     }
     if args.backbone:
         from router_core.backbone import load_backbone
@@ -107,10 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", help="also check the mask fits this backbone")
     inspect.add_argument("--offline", action="store_true", help="never contact the hub")
     inspect.set_defaults(run=_inspect)
+    from service.cli_lm import add_lm_command
     from service.cli_masks import add_masks_commands
     from service.cli_tools import add_tool_commands
 
     add_tool_commands(sub)
+    add_lm_command(sub)
     add_masks_commands(sub)
     serve = sub.add_parser("serve", help="run the HTTP service")
     _add_setting_flags(serve)

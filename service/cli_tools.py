@@ -143,6 +143,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidInputError("give either --mask (with --backbone and --registry) or --checkpoint")
     load = AudioCache()
     kind: str
+    greedy: list[str] = []  # a mask with a language model: greedy decoding of the same outputs, for comparison
     if args.checkpoint:
         from router_core.backbone import load_backbone
 
@@ -156,19 +157,30 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
         kind, subject = spec.kind, str(args.checkpoint)
     else:
+        from router_core.decoding import ctc_greedy_decode
         from router_core.router import Router
 
         backbone = _backbone(args)
-        router = Router(backbone, _registry(args, backbone))
-        kind = router.registry.get(args.mask).kind
+        router = Router(backbone, _registry(args, backbone), decoder=args.decoder)
+        loaded = router.registry.get(args.mask)
+        kind = loaded.kind
         examples = read_manifest(args.manifest, kind)
+        with_lm = kind == "ctc" and loaded.mask.lm is not None and args.decoder == "auto"
 
         def predict(waves):
             outs = router.forward(waves, [args.mask] * len(waves))
+            if with_lm:
+                spf = backbone.seconds_per_frame
+                greedy.extend(ctc_greedy_decode(o.logits, loaded.mask.head, spf).text for o in outs)
             return [o.transcript.text if o.transcript else o.classification.label for o in outs]  # type: ignore[union-attr]
 
         subject = args.mask
     result = {"subject": subject, "kind": kind, **evaluate_examples(examples, predict, load, kind, args.batch_size)}
+    if greedy:
+        from router_core.training.evaluation import error_rates
+
+        result["decoder"] = "beam+lm"
+        result["greedy"] = error_rates([e.target for e in examples], greedy)
     if args.table:
         rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in result.items()]
         width = max(len(k) for k, _ in rows)
@@ -300,6 +312,8 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--offline", action="store_true")
     evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--decoder", choices=["auto", "greedy"], default="auto",
+                          help="auto: the mask's language model if it has one (greedy CER reported too)")  # fmt: skip
     evaluate.add_argument("--table", action="store_true", help="also print a table before the JSON")
     evaluate.set_defaults(run=run_eval)
 

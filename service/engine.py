@@ -100,4 +100,5 @@ def build_engine(settings: ServiceSettings) -> Engine:
         is_demo = False
     backend = select_backend(backbone.device, None if settings.kernel == "auto" else settings.kernel)
     watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None
-    return Engine(backbone, registry, Router(backbone, registry, backend), description, is_demo, watcher)
+    router = Router(backbone, registry, backend, settings.decoder)
+    return Engine(backbone, registry, router, description, is_demo, watcher)

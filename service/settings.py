@@ -26,6 +26,9 @@ class ServiceSettings(BaseSettings):
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     kernel: Literal["auto", "reference", "cpu", "triton"] = "auto"
+    decoder: Literal["auto", "greedy"] = Field(
+        default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"
+    )
     offline: bool = Field(default=True, description="never contact a model hub")
     model_id: str = Field(default="s3router", description="model id reported to OpenAI-compatible clients")
     language_mask: str = Field(default="language", description="classification mask used for lang=auto")

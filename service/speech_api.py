@@ -130,6 +130,7 @@ async def transcribe(
         "text": out.transcript.text,
         "language": language,
         "mask": out.mask_name,
+        "decoder": out.decoder,
         "duration": round(out.audio_seconds, 3),
         "words": _words(out),
         "timing": request.state.timing,

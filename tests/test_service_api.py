@@ -43,7 +43,7 @@ def test_transcribe_any_format_rate_and_channels(client, fmt, rate, channels):
     )
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["language"] == "fr" and body["mask"] == "fr"
+    assert body["language"] == "fr" and body["mask"] == "fr" and body["decoder"] == "greedy"
     assert body["duration"] == pytest.approx(1.5, abs=0.06)
     assert set(body["timing"]) == {"queue_ms", "inference_ms"}
     assert all(w["start"] <= w["end"] for w in body["words"])

@@ -1,0 +1,228 @@
+"""CTC prefix beam search with an optional character language model (shallow fusion).
+
+For a prefix ``y`` after frame ``t`` the search keeps ``p_b(y)`` (paths ending in blank) and
+``p_nb(y)`` (paths ending in ``y``'s last token), in logs (Hannun et al., 2014). With per-frame log
+posteriors ``a[t, v]`` and ``p(y) = p_b(y) + p_nb(y)``:
+
+* blank:                    ``p_b'(y)     += p(y) * a[t, blank]``
+* repeat of the last token: ``p_nb'(y)    += p_nb(y) * a[t, last]``
+* new token ``c``:          ``p_nb'(y + c) += (p_b(y) if c == last else p(y)) * a[t, c]``
+
+Beams are ranked by ``log p(y) + alpha * log P_lm(y) + beta * |y|`` (``|y|`` counts characters,
+word delimiters included) and the best ``beam_width`` survive each frame. At the end the language
+model also scores ``</s>``. Per frame, only tokens within ``token_prune`` (log) of the frame's best
+token, at most ``max_candidates`` of them, are tried. With no language model (``alpha = beta = 0``)
+and an unbounded beam this is the exact most probable labelling; greedy decoding only approximates it.
+
+A token spans from the frame that emitted it (the frame that created its prefix, moved later when a
+later emission outweighs all the prefix held before) to the last frame where repeating it outweighed
+a blank; a word ends one frame after its last token's span, as in greedy decoding.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from router_core.char_lm import WORD_DELIMITER, CharNgramLM
+from router_core.decoding import Transcript, Word, is_special_token
+from router_core.errors import InvalidInputError
+from router_core.heads import HeadSpec
+
+NEG_INF = float("-inf")
+
+
+def _logaddexp(a: float, b: float) -> float:
+    if a == NEG_INF:
+        return b
+    if b == NEG_INF:
+        return a
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+@dataclass(frozen=True)
+class BeamSettings:
+    """Search width and language-model weights (``alpha`` scales ``log P_lm``, ``beta`` is a
+    per-character bonus that offsets the model's preference for short outputs)."""
+
+    beam_width: int = 16
+    alpha: float = 0.5
+    beta: float = 1.0
+    token_prune: float = 8.0
+    max_candidates: int = 8
+
+    def __post_init__(self) -> None:
+        if self.beam_width < 1 or self.max_candidates < 1 or self.token_prune <= 0:
+            raise InvalidInputError(f"beam width, candidates and prune must be positive: {self}")
+
+
+@dataclass
+class LMDecoding:
+    """What a CTC mask carries for beam search: its language model, the search settings tuned with
+    it, and ``info`` (how it was built and what it measured, for people)."""
+
+    model: CharNgramLM
+    settings: BeamSettings
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"order": self.model.order, "tokens": self.model.tokens, **asdict(self.settings), "info": self.info}
+
+
+class _Prefixes:
+    """A trie of prefixes: node 0 is the empty prefix; each node stores its parent, token, the frames
+    its token spans, its language-model state and its accumulated fusion score."""
+
+    def __init__(self, lm_start: tuple[int, ...]) -> None:
+        self.parent = [-1]
+        self.token = [-1]
+        self.frame = [0]
+        self.until = [0]
+        self.lm_state = [lm_start]
+        self.fusion = [0.0]
+        self.children: dict[tuple[int, int], int] = {}
+
+    def child(self, node: int, token: int, frame: int, state: tuple[int, ...], fusion: float) -> int:
+        """Add the new prefix ``node + token``."""
+        self.parent.append(node)
+        self.token.append(token)
+        self.frame.append(frame)
+        self.until.append(frame)
+        self.lm_state.append(state)
+        self.fusion.append(fusion)
+        self.children[(node, token)] = len(self.parent) - 1
+        return len(self.parent) - 1
+
+    def path(self, node: int) -> list[int]:
+        nodes = []
+        while node > 0:
+            nodes.append(node)
+            node = self.parent[node]
+        return nodes[::-1]
+
+
+def ctc_beam_decode(
+    logits: torch.Tensor,
+    spec: HeadSpec,
+    seconds_per_frame: float,
+    lm: CharNgramLM | None = None,
+    settings: BeamSettings | None = None,
+) -> Transcript:
+    """Prefix beam search over ``logits [T, V]`` (raw or log-softmaxed), fused with ``lm`` if given."""
+    settings = settings or BeamSettings()
+    alpha, beta = (settings.alpha, settings.beta) if lm is not None else (0.0, 0.0)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
+    lm_ids = _lm_ids(spec, lm)
+    trie = _Prefixes(lm.start if lm is not None else ())
+    lm_cache: dict[tuple[tuple[int, ...], int], float] = {}
+    blank = spec.blank_id
+    beams: dict[int, tuple[float, float]] = {0: (0.0, NEG_INF)}  # node -> (log p_b, log p_nb)
+    top_values, top_ids = log_probs.topk(min(settings.max_candidates + 1, log_probs.shape[1]), dim=-1)
+    rows = zip(log_probs.tolist(), top_values.tolist(), top_ids.tolist(), strict=True)
+    for t, (frame, values, ids) in enumerate(rows):
+        floor = values[0] - settings.token_prune
+        candidates = [(v, c) for v, c in zip(values, ids, strict=True) if c != blank and v >= floor]
+        candidates = candidates[: settings.max_candidates]
+        # prefix -> [log p_b, log p_nb] after this frame; a prefix not in the trie yet is keyed by
+        # (parent, token) and becomes a node only if it survives the cut (most never do)
+        step: dict[int | tuple[int, int], list[float]] = {}
+        pending: dict[tuple[int, int], tuple[tuple[int, ...], float]] = {}  # -> (LM state, fusion score)
+
+        def add(key: int | tuple[int, int], which: int, value: float, step: dict = step) -> None:
+            entry = step.setdefault(key, [NEG_INF, NEG_INF])
+            entry[which] = _logaddexp(entry[which], value)
+
+        for node, (p_b, p_nb) in beams.items():
+            total = _logaddexp(p_b, p_nb)
+            add(node, 0, total + frame[blank])
+            last = trie.token[node]
+            if last >= 0:
+                add(node, 1, p_nb + frame[last])
+                if p_nb + frame[last] > total + frame[blank]:
+                    trie.until[node] = t  # the last token is held through this frame
+            for value, token in candidates:
+                emitted = (p_b if token == last else total) + value
+                child = trie.children.get((node, token))
+                if child is None:  # (each beam reaches each of its children once per frame)
+                    pending[(node, token)] = _fused(trie, node, token, lm, lm_ids, lm_cache, alpha, beta)
+                    add((node, token), 1, emitted)
+                    continue
+                held = beams.get(child)
+                if held is None or emitted > _logaddexp(*held):
+                    trie.frame[child] = trie.until[child] = t  # its best path emits the token now
+                add(child, 1, emitted)
+
+        def rank(item: tuple, pending: dict = pending) -> float:
+            key, (p_b, p_nb) = item
+            return _logaddexp(p_b, p_nb) + (trie.fusion[key] if isinstance(key, int) else pending[key][1])
+
+        beams = {}
+        for key, (p_b, p_nb) in heapq.nlargest(settings.beam_width, step.items(), key=rank):
+            node = key if isinstance(key, int) else trie.child(*key, t, *pending[key])
+            beams[node] = (p_b, p_nb)
+
+    def final(node: int) -> float:
+        end = alpha * lm.score(trie.lm_state[node], lm.eos_id) if lm is not None else 0.0
+        return _logaddexp(*beams[node]) + trie.fusion[node] + end
+
+    best = max(beams, key=final)
+    return _transcript(trie, best, spec, seconds_per_frame)
+
+
+def _lm_ids(spec: HeadSpec, lm: CharNgramLM | None) -> list[int | None]:
+    """The language model's id for each vocabulary token (``None``: special tokens, unknown chars)."""
+    if lm is None:
+        return [None] * len(spec.vocab)
+    out: list[int | None] = []
+    for token in spec.vocab:
+        key = WORD_DELIMITER if token in (spec.word_delimiter, " ") else token
+        out.append(None if is_special_token(token) else lm.index.get(key))
+    return out
+
+
+def _fused(
+    trie: _Prefixes,
+    node: int,
+    token: int,
+    lm: CharNgramLM | None,
+    lm_ids: list[int | None],
+    cache: dict[tuple[tuple[int, ...], int], float],
+    alpha: float,
+    beta: float,
+) -> tuple[tuple[int, ...], float]:
+    """The language-model state and fusion score of the prefix ``node + token``."""
+    state = trie.lm_state[node]
+    fusion = trie.fusion[node]
+    lm_token = lm_ids[token]
+    if lm is not None and lm_token is not None:  # a token the model cannot score (<unk>) keeps state, no bonus
+        key = (state, lm_token)
+        score = cache.get(key)
+        if score is None:
+            score = cache[key] = lm.score(state, lm_token)
+        fusion += alpha * score + beta
+        state = lm.advance(state, lm_token)
+    return state, fusion
+
+
+def _transcript(trie: _Prefixes, node: int, spec: HeadSpec, seconds_per_frame: float) -> Transcript:
+    words: list[Word] = []
+    chars: list[str] = []
+    start = end = 0
+    for n in trie.path(node):
+        token = spec.vocab[trie.token[n]]
+        if token in (spec.word_delimiter, " ") or is_special_token(token):
+            if chars and not is_special_token(token):
+                words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
+                chars = []
+            continue
+        if not chars:
+            start = trie.frame[n]
+        chars.append(token)
+        end = trie.until[n] + 1
+    if chars:
+        words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
+    return Transcript(" ".join(w.text for w in words), words)

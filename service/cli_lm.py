@@ -1,0 +1,68 @@
+"""``s3router lm``: give a CTC mask in a registry a character language model for beam search."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from typing import Any
+
+from router_core.errors import InvalidInputError
+
+
+def run_lm(args: argparse.Namespace) -> dict[str, Any]:
+    from router_core.backbone import load_backbone
+    from router_core.ctc_beam import BeamSettings
+    from router_core.mask_file import decode_mask, encode_mask
+    from router_core.registry import DirectoryStore, MaskRegistry
+    from router_core.router import Router
+    from router_core.training.lm_builder import read_texts, with_language_model
+    from router_core.training.manifest import read_manifest
+    from router_core.training.trainer import AudioCache
+
+    store = DirectoryStore(args.registry)
+    mask = decode_mask(store.read(args.mask))
+    if args.remove:
+        store.write(args.mask, encode_mask(replace(mask, lm=None)))
+        return {"mask": args.mask, "lm": None}
+    if not args.text:
+        raise InvalidInputError("s3router lm needs --text (or --remove)")
+    settings = BeamSettings(beam_width=args.beam_width, alpha=args.alpha, beta=args.beta)
+    dev = None
+    if args.dev:
+        if not args.backbone:
+            raise InvalidInputError("fitting the weights on --dev needs --backbone")
+        backbone = load_backbone(args.backbone, device=args.device, local_files_only=args.offline)
+        registry = MaskRegistry(store, backbone.spec(), device=backbone.device, budget_bytes=2**40)
+        router = Router(backbone, registry, decoder="greedy")
+        examples, load = read_manifest(args.dev, "ctc"), AudioCache()
+        log_probs = []
+        for start in range(0, len(examples), args.batch_size):
+            chunk = examples[start : start + args.batch_size]
+            outs = router.forward([load(e) for e in chunk], [args.mask] * len(chunk), "ctc")
+            log_probs += [o.logits.log_softmax(dim=-1) for o in outs]  # [T_i, V]
+        dev = (log_probs, [e.target for e in examples])
+    texts = read_texts(args.text)
+    updated = with_language_model(mask, texts, args.order, args.min_count, settings, dev)
+    data = encode_mask(updated)
+    store.write(args.mask, data)
+    assert updated.lm is not None
+    return {"mask": args.mask, "bytes": len(data), **updated.lm.metadata(), "tokens": len(updated.lm.model.tokens)}
+
+
+def add_lm_command(sub: Any) -> None:
+    lm = sub.add_parser("lm", help="train a character language model into a CTC mask (beam search decoding)")
+    lm.add_argument("--registry", required=True, help="mask registry folder")
+    lm.add_argument("--mask", required=True, help="a CTC mask in the registry, e.g. fr")
+    lm.add_argument("--text", help="training text: a manifest (.jsonl/.tsv, its text) or one sentence per line")
+    lm.add_argument("--order", type=int, default=8, help="n-gram order in characters")
+    lm.add_argument("--min-count", type=int, default=2, help="prune n-grams (3+ tokens) seen fewer times")
+    lm.add_argument("--dev", help="dev manifest: fit alpha/beta on it (needs --backbone)")
+    lm.add_argument("--backbone", help="checkpoint folder or hub id the mask was learned on")
+    lm.add_argument("--device", default="cpu")
+    lm.add_argument("--offline", action="store_true", help="never contact the hub")
+    lm.add_argument("--batch-size", type=int, default=8)
+    lm.add_argument("--beam-width", type=int, default=32)
+    lm.add_argument("--alpha", type=float, default=0.8, help="LM weight (fitted when --dev is given)")
+    lm.add_argument("--beta", type=float, default=1.0, help="per-character bonus (fitted when --dev is given)")
+    lm.add_argument("--remove", action="store_true", help="drop the mask's language model instead")
+    lm.set_defaults(run=run_lm)
