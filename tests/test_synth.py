@@ -1,13 +1,24 @@
 """The espeak-ng corpus synthesizer on a handful of utterances (needs espeak-ng and the text packages)."""
 
 import json
+import subprocess
 
 import pytest
 import soundfile as sf
+import torch
 
+from router_core.audio import decode_audio
 from router_core.errors import InvalidInputError
 from router_core.training.manifest import read_manifest
-from router_core.training.synth import clean_ipa, plan_corpus, read_plan, synth_corpus, write_plan
+from router_core.training.synth import (
+    Utterance,
+    clean_ipa,
+    plan_corpus,
+    read_plan,
+    synth_corpus,
+    synthesize,
+    write_plan,
+)
 from router_core.training.text_sources import good_sentence, normalize, sentences
 
 
@@ -85,3 +96,22 @@ def test_parallel_workers_speak_the_same_corpus_with_one_torch_thread_each(tmp_p
     parallel = synth_corpus(tmp_path / "b", ["it"], counts, seed=2, workers=2, progress=False)
     assert parallel == serial
     assert (tmp_path / "a/it_train.jsonl").read_text() == (tmp_path / "b/it_train.jsonl").read_text()
+
+
+def test_every_clause_is_spoken_cleanly_and_labelled(tmp_path):
+    """Regression: with ``--ipa --stdout`` espeak-ng wrote the second clause's phonemes into the WAV data,
+    which shifted every later sample by a byte (noise from the comma on) and cut the IPA label short."""
+    utt = Utterance("de", "test", 0, "Sicher ist, daß nichts sicher ist.", "f1", 185, 44)
+    row = synthesize(utt, tmp_path)
+    assert row is not None and "zˈɪçɜ ɪst" in row["ipa"] and "nˈɪçts" in row["ipa"]
+    cmd = ["espeak-ng", "-v", "de+f1", "-s", "185", "-p", "44", "-w", str(tmp_path / "ref.wav"), utt.sentence]
+    subprocess.run(cmd, check=True, capture_output=True)
+    reference = decode_audio((tmp_path / "ref.wav").read_bytes(), max_seconds=60.0)  # [S] at 16 kHz
+    spoken, rate = sf.read(tmp_path / utt.relpath, dtype="float32")
+    assert rate == 16_000 and spoken.shape == reference.shape
+    assert torch.allclose(torch.from_numpy(spoken), reference, atol=2 / 32768)  # FLAC stores 16-bit samples
+    assert not list(tmp_path.rglob("*.espeak.wav"))
+    # an utterance an older synthesizer wrote is spoken again, not reused
+    meta = (tmp_path / utt.relpath).with_suffix(".json")
+    meta.write_text(json.dumps({**row, "ipa": "stale", "synth_version": 1}), encoding="utf-8")
+    assert synthesize(utt, tmp_path) == row and json.loads(meta.read_text(encoding="utf-8")) == row

@@ -28,6 +28,9 @@ from router_core.training.text_sources import normalize, sentences
 
 VOICES = {"en": "en-us", "fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt-br"}
 SPEAKERS = [f"m{i}" for i in range(1, 8)] + [f"f{i}" for i in range(1, 5)]
+# Bumped whenever an utterance's audio or labels would come out differently: an utterance written by an
+# older version is spoken again rather than reused. 2: clauses after the first are no longer garbled.
+SYNTH_VERSION = 2
 _SWITCH = re.compile(r"\([a-z-]+\)")
 
 
@@ -96,23 +99,31 @@ def read_plan(path: str | Path) -> list[Utterance]:
 
 
 def synthesize(utt: Utterance, root: Path) -> dict[str, str] | None:
-    """Speak one utterance into ``root/utt.relpath`` (skipped when it exists); its manifest row."""
+    """Speak one utterance into ``root/utt.relpath`` (skipped when this version wrote it); its manifest row."""
     out = root / utt.relpath
     meta = out.with_suffix(".json")
     if meta.is_file() and out.is_file():
-        return json.loads(meta.read_text(encoding="utf-8"))
+        row = json.loads(meta.read_text(encoding="utf-8"))
+        if row.get("synth_version") == SYNTH_VERSION:
+            return row
     out.parent.mkdir(parents=True, exist_ok=True)
     voice = f"{VOICES[utt.lang]}+{utt.speaker}"
-    cmd = ["espeak-ng", "-v", voice, "-s", str(utt.speed), "-p", str(utt.pitch), "--ipa", "--stdout", utt.sentence]
-    done = subprocess.run(cmd, capture_output=True, check=False)
-    if done.returncode != 0:
-        return None
-    wav_end = done.stdout.find(b"RIFF")
-    ipa = done.stdout[:wav_end].decode("utf-8", "replace") if wav_end > 0 else ""
-    wave = decode_audio(done.stdout[max(wav_end, 0) :], max_seconds=60.0)
+    # The audio goes to a file and only the phonemes to stdout: with ``--stdout``, espeak-ng writes each
+    # clause's IPA into the same stream as it goes, inside the WAV data, which garbles every clause after
+    # the first (an odd number of text bytes shifts every later 16-bit sample by one byte).
+    wav = out.with_suffix(".espeak.wav")
+    cmd = ["espeak-ng", "-v", voice, "-s", str(utt.speed), "-p", str(utt.pitch), "--ipa", "-w", str(wav), utt.sentence]
+    try:
+        done = subprocess.run(cmd, capture_output=True, check=False)
+        if done.returncode != 0 or not wav.is_file():
+            return None
+        ipa = done.stdout.decode("utf-8", "replace")
+        wave = decode_audio(wav.read_bytes(), max_seconds=60.0)
+    finally:
+        wav.unlink(missing_ok=True)
     sf.write(out, wave.numpy(), 16_000, format="FLAC", subtype="PCM_16")
     row = {"audio": utt.relpath, "text": normalize(utt.sentence), "ipa": clean_ipa(ipa), "speaker": utt.speaker,
-           "lang": utt.lang, "sentence": utt.sentence}  # fmt: skip
+           "lang": utt.lang, "sentence": utt.sentence, "synth_version": SYNTH_VERSION}  # fmt: skip
     meta.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
     return row
 
