@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the bundled default model from scratch (resumable: rerun after a stop and it continues).
-# Defaults fit 2 CPU cores (~2.3 h; JOBS=2 OMP_NUM_THREADS=1 runs two masks at once). On a GPU box: DEVICE=cuda
+# Defaults fit 2 CPU cores (~2.4 h; two mask jobs at once, one torch thread each). On a GPU box: DEVICE=cuda
 # WORKERS=$(nproc) JOBS=9 and larger steps/batches
 # through PRETRAIN_ARGS / MASK_ARGS (README: how the shipped bundle was built).
 #   1. synthesize the corpus with espeak-ng            -> data/corpus   (not committed)
@@ -20,11 +20,13 @@ CLS_STEPS=${CLS_STEPS:-600}
 SPEAKER_STEPS=${SPEAKER_STEPS:-1200}
 DEVICE=${DEVICE:-cpu}
 WORKERS=${WORKERS:-2}     # espeak-ng processes
-JOBS=${JOBS:-1}           # masks learned at once
+JOBS=${JOBS:-2}           # masks learned (and evaluated) at once
+JOB_THREADS=${JOB_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}  # torch threads per such job
 PLAN=${PLAN:-}            # a corpus plan (`s3router data synth --write-plan`) for a box without the text packages
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}  # extra `bundle pretrain` flags, e.g. "--init-from DIR --batch-size 32 --max-seconds 900"
 MASK_ARGS=${MASK_ARGS:-}          # extra `train`/`finetune` flags, e.g. "--batch-size 16"
 s3r() { $S3R "$@"; }
+s3r_job() { OMP_NUM_THREADS=$JOB_THREADS $S3R "$@"; }  # one of JOBS parallel jobs: its share of the cores
 in_background() {  # run "$@" as a background job once fewer than JOBS are running
   while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n; done
   "$@" &
@@ -51,7 +53,7 @@ fi
 train_mask() {  # name kind train dev steps [extra train flags]
   if [ -f "masks/registry/$1.s3mask" ]; then echo "mask $1: done"; return; fi
   # shellcheck disable=SC2086
-  s3r train --backbone masks/backbone --registry masks/registry --offline --quiet --resume --device "$DEVICE" \
+  s3r_job train --backbone masks/backbone --registry masks/registry --offline --quiet --resume --device "$DEVICE" \
     --name "$1" --kind "$2" --train "$3" --dev "$4" --steps "$5" --eval-every 100 --work-dir "$RUNS/mask-$1" \
     "${@:6}" $MASK_ARGS
 }
@@ -59,7 +61,7 @@ train_mask() {  # name kind train dev steps [extra train flags]
 finetune_held_out() {
   if [ -f "$RUNS/finetune-$HELD_OUT/config.json" ]; then echo "finetune $HELD_OUT: done"; return; fi
   # shellcheck disable=SC2086
-  s3r finetune --device "$DEVICE" --backbone masks/backbone --offline --quiet $MASK_ARGS --steps "$MASK_STEPS" \
+  s3r_job finetune --device "$DEVICE" --backbone masks/backbone --offline --quiet $MASK_ARGS --steps "$MASK_STEPS" \
     --train "$CORPUS/${HELD_OUT}_train.jsonl" --dev "$CORPUS/${HELD_OUT}_dev.jsonl" --eval-every 100 \
     --out "$RUNS/finetune-$HELD_OUT"
 }
@@ -83,7 +85,7 @@ add_lm() {  # mask
   local summary
   summary=$(s3r inspect "masks/registry/$1.s3mask")
   if ! grep -q '"language_model": null' <<< "$summary"; then echo "lm $1: done"; return; fi
-  s3r lm --registry masks/registry --mask "$1" --text "$CORPUS/${1}_train.jsonl" --dev "$CORPUS/${1}_dev.jsonl" \
+  s3r_job lm --registry masks/registry --mask "$1" --text "$CORPUS/${1}_train.jsonl" --dev "$CORPUS/${1}_dev.jsonl" \
     --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
 }
 mkdir -p "$RUNS"
@@ -93,12 +95,12 @@ done
 wait_all
 
 evaluate() {  # mask -> $RUNS/eval/mask.json
-  s3r eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask "$1" \
+  s3r_job eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask "$1" \
     --manifest "$CORPUS/${1}_test.jsonl" > "$RUNS/eval/$1.json"
 }
 mkdir -p "$RUNS/eval"
 evaluate_finetuned() {
-  s3r eval --device "$DEVICE" --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" \
+  s3r_job eval --device "$DEVICE" --checkpoint "$RUNS/finetune-$HELD_OUT" --manifest "$CORPUS/${HELD_OUT}_test.jsonl" \
     > "masks/FINETUNE_${HELD_OUT}.json"
 }
 in_background evaluate_finetuned
