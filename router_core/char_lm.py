@@ -217,12 +217,11 @@ def _renormalize(model: CharNgramLM) -> None:
     for context in sorted(model.backoff, key=len):
         if not context:
             continue
-        words = kept.get(context, [])
+        words = kept.get(context)
+        if not words:  # all its n-grams pruned: every token backs off, with weight 1
+            del model.backoff[context]
+            continue
         numerator = 1.0 - sum(math.exp(model.logprob[(context, w)]) for w in words)
         denominator = 1.0 - sum(math.exp(model.score(context[1:], w)) for w in words)
-        if not words or numerator <= 0.0 or denominator <= 0.0:
-            # nothing left to back off from (every token seen after it) or nothing kept: weight 1
-            if not words:
-                del model.backoff[context]
-            continue
-        model.backoff[context] = math.log(numerator / denominator)
+        if numerator > 0.0 and denominator > 0.0:  # else every token is seen after it: nothing backs off
+            model.backoff[context] = math.log(numerator / denominator)

@@ -49,8 +49,8 @@ class BeamSettings:
     """Search width and language-model weights (``alpha`` scales ``log P_lm``, ``beta`` is a
     per-character bonus that offsets the model's preference for short outputs)."""
 
-    beam_width: int = 16
-    alpha: float = 0.5
+    beam_width: int = 32
+    alpha: float = 0.8
     beta: float = 1.0
     token_prune: float = 8.0
     max_candidates: int = 8

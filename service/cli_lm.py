@@ -50,6 +50,9 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_lm_command(sub: Any) -> None:
+    from router_core.ctc_beam import BeamSettings
+
+    defaults = BeamSettings()
     lm = sub.add_parser("lm", help="train a character language model into a CTC mask (beam search decoding)")
     lm.add_argument("--registry", required=True, help="mask registry folder")
     lm.add_argument("--mask", required=True, help="a CTC mask in the registry, e.g. fr")
@@ -61,8 +64,8 @@ def add_lm_command(sub: Any) -> None:
     lm.add_argument("--device", default="cpu")
     lm.add_argument("--offline", action="store_true", help="never contact the hub")
     lm.add_argument("--batch-size", type=int, default=8)
-    lm.add_argument("--beam-width", type=int, default=32)
-    lm.add_argument("--alpha", type=float, default=0.8, help="LM weight (fitted when --dev is given)")
-    lm.add_argument("--beta", type=float, default=1.0, help="per-character bonus (fitted when --dev is given)")
+    lm.add_argument("--beam-width", type=int, default=defaults.beam_width)
+    lm.add_argument("--alpha", type=float, default=defaults.alpha, help="LM weight (fitted when --dev is given)")
+    lm.add_argument("--beta", type=float, default=defaults.beta, help="per-character bonus (fitted with --dev)")
     lm.add_argument("--remove", action="store_true", help="drop the mask's language model instead")
     lm.set_defaults(run=run_lm)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from router_core.backbone import Backbone
+from router_core.char_lm import WORD_DELIMITER, sentence_tokens
 from router_core.decoding import ctc_greedy_decode
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec, OutputHead, masked_mean
@@ -20,7 +21,6 @@ from router_core.maskable import weight_transform
 from router_core.training.scores import ScoreMasks
 
 SPECIAL_TOKENS = ("<pad>", "<unk>")
-WORD_DELIMITER = "|"
 
 
 def build_vocab(texts: Sequence[str]) -> list[str]:
@@ -34,14 +34,13 @@ def encode_text(text: str, vocab: Sequence[str]) -> list[int]:
     index = {tok: i for i, tok in enumerate(vocab)}
     unk = index.get("<unk>")
     ids = []
-    for char in " ".join(text.split()):
-        token = WORD_DELIMITER if char == " " else char
+    for token in sentence_tokens(text):
         if token in index:
             ids.append(index[token])
         elif unk is not None:
             ids.append(unk)
         else:
-            raise InvalidInputError(f"character {char!r} is not in the vocabulary")
+            raise InvalidInputError(f"character {token!r} is not in the vocabulary")
     return ids
 
 
