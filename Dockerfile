@@ -26,9 +26,13 @@ FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TORCH_EXTENSIONS_DIR=/opt/torch_extensions \
+    TRITON_CACHE_DIR=/var/cache/s3router/triton \
     S3R_HOST=0.0.0.0 \
     S3R_PORT=8000
-RUN groupadd --system --gid 999 s3router && useradd --system --uid 999 --gid 999 --home-dir /app s3router
+# TRITON_CACHE_DIR (GPU images): compiled kernels and the tile choices tuned at start-up, writable by the
+# service user; docker-compose keeps it on a volume so that a restart does not tune again
+RUN groupadd --system --gid 999 s3router && useradd --system --uid 999 --gid 999 --home-dir /app s3router \
+ && mkdir -p /var/cache/s3router/triton && chown -R 999:999 /var/cache/s3router
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/torch_extensions /opt/torch_extensions
 WORKDIR /app

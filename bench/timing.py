@@ -37,6 +37,32 @@ def interleaved_medians(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def cuda_graph_medians(
+    fns: Mapping[str, Callable[[], object]], repeats: int, inner: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds per call of each function with the host taken out: ``inner`` calls of each are
+    captured once into a CUDA graph (after warm-up on a side stream, which also runs any autotuning), and
+    the graphs are replayed round-robin. What is left is the GPU time of the kernels themselves, as a
+    model served from captured graphs would see it."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graphs = {}
+    for name, fn in fns.items():
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(inner):
+                fn()
+        graphs[name] = graph
+    per_replay = interleaved_medians({name: g.replay for name, g in graphs.items()}, repeats, 1, "cuda")
+    return {name: seconds / inner for name, seconds in per_replay.items()}
+
+
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]

@@ -66,6 +66,14 @@ class Router:
         self.backend = backend or select_backend(backbone.device)
         self.decoder = decoder
 
+    def prepare_kernels(self, max_batch: int, max_seconds: float) -> None:
+        """Let the kernel backend get ready for batches of up to ``max_batch`` items of ``max_seconds``
+        each (the Triton backend autotunes its tiles for every maskable layer shape and batch size now,
+        instead of on the first request of each size)."""
+        frames = int(max_seconds / self.backbone.seconds_per_frame) + 1
+        shapes = {(layer.out_features, layer.in_features) for layer in self.backbone.layers.values()}
+        self.backend.prepare(shapes, self.backbone.dtype, self.backbone.device, max_batch * frames)
+
     def _check_waves(self, waves: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         checked = []
         for i, wave in enumerate(waves):

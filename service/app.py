@@ -100,8 +100,10 @@ class RequestMetricsMiddleware:
             self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started)
 
 
-def _warm_up(engine: Engine) -> None:
-    """One forward pass per mask kind, so the first request pays no compile or allocation cost."""
+def _warm_up(engine: Engine, settings: ServiceSettings) -> None:
+    """Kernel tuning for every batch size the settings allow, then one forward pass per mask kind, so
+    the first request pays no tuning, compile or allocation cost."""
+    engine.router.prepare_kernels(settings.max_batch_size, settings.max_audio_seconds)
     wave = torch.zeros(16_000)
     for name in engine.registry.available()[:2]:
         try:
@@ -123,7 +125,7 @@ def create_app(
         try:
             engine = await run_in_threadpool(engine_factory, settings)
             state.engine = engine
-            await run_in_threadpool(_warm_up, engine)
+            await run_in_threadpool(_warm_up, engine, settings)
             batcher = Batcher(
                 engine.router.forward,
                 max_batch=settings.max_batch_size,

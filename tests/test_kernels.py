@@ -140,6 +140,68 @@ def test_cpu_backend_picks_the_schedule_by_the_size_of_x(monkeypatch):
     assert cpu_kernels.block_rows_for(3072, 2) == 256 and cpu_kernels.block_rows_for(1 << 20, 4) == 16
 
 
+def _triton_configs():
+    from router_core.kernels import triton_masked
+
+    configs = [*triton_masked.CONFIGS, triton_masked.INTERPRETER_CONFIG]
+    return [pytest.param(c, id=f"{i}:" + "-".join(map(str, c.kwargs.values()))) for i, c in enumerate(configs)]
+
+
+@pytest.mark.parametrize("config", _triton_configs())
+def test_every_tuned_triton_config_matches_reference(config):
+    """The autotuner may pick any config on a GPU, so each is checked here: K spanning several K-steps and
+    not a multiple of 8, N not a multiple of the tile, segment boundaries inside row tiles (an empty
+    segment, a dense one, a mask used twice, all-keep and all-drop masks), and one-segment calls."""
+    from router_core.kernels.triton_masked import segmented_masked_linear_triton
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m, n, k = 150, 70, 203
+    gen = torch.Generator().manual_seed(8)
+    x, w, b = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    kinds = ["random", "all_keep", "all_drop", "random"]
+    stack = [pack_bits(_keep(kind, n, k, seed=i)) for i, kind in enumerate(kinds)]
+    cases = [
+        Segments((0, 3, 3, 20, 21, 35, 100, 150), (3, 0, 1, DENSE_SEGMENT, 2, 3, 0)),
+        Segments((0, m), (2,)),
+        Segments((0, m), (DENSE_SEGMENT,)),
+        Segments((0, 17), (0,)),
+    ]
+    for segments in cases:
+        rows = segments.total_rows
+        for bias in (b, None):
+            expected = REFERENCE.segmented_masked_linear(x[:rows], w, bias, stack, segments)
+            got = segmented_masked_linear_triton(
+                x[:rows].to(device), w.to(device), None if bias is None else bias.to(device),
+                [s.to(device) for s in stack], segments, config=config,
+            ).cpu()  # fmt: skip
+            assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3), (segments, bias is None)
+
+
+def test_triton_tuning_buckets_and_pruning():
+    from router_core.kernels.triton_masked import CONFIGS, _prune, row_bucket
+
+    assert [row_bucket(r) for r in (1, 64, 65, 250, 1000, 4096, 4097, 16384, 10**6)] == [
+        64, 64, 256, 256, 1024, 4096, 16384, 16384, 65536,
+    ]  # fmt: skip
+    short = _prune(CONFIGS, {"m_bucket": 64})
+    assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short) and len(short) < len(CONFIGS)
+    assert _prune(CONFIGS, {"m_bucket": 65536}) == CONFIGS
+    assert CONFIGS[0].kwargs == {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "BITS_BY_BYTE": 0}  # the old fixed tiles
+
+
+def test_start_up_tuning_covers_every_bucket_up_to_the_largest_batch():
+    from router_core.kernels.triton_masked import row_bucket, tuning_rows
+
+    assert tuning_rows(10) == [10]
+    assert tuning_rows(64) == [64]
+    assert tuning_rows(300) == [64, 256, 300]
+    assert tuning_rows(48_008) == [64, 256, 1024, 4096, 16384, 48_008]
+    assert tuning_rows(70_000) == [64, 256, 1024, 4096, 16384, 65536]  # the last bucket holds every larger count
+    for max_rows in (10, 300, 5000, 48_008):  # every count a batch can have falls in a tuned bucket
+        tuned = {row_bucket(r) for r in tuning_rows(max_rows)}
+        assert all(row_bucket(r) in tuned for r in range(1, max_rows + 1, 7))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -148,9 +210,14 @@ def test_triton_large_half_on_gpu(dtype):
     x = torch.randn(250, 768, device="cuda", dtype=dtype)
     w = torch.randn(3071, 768, device="cuda", dtype=dtype) * 0.05
     bits = pack_bits(_keep("random", 3071, 768)).cuda()
-    got = backend.masked_linear(x, w, None, bits).float()
     expected = masked_linear_reference(x.float(), w.float(), None, bits)
-    assert torch.allclose(got, expected, atol=5e-2, rtol=2e-2)
+    from router_core.kernels import triton_masked
+
+    tuned_before = len(triton_masked._tuned)
+    for _ in range(2):  # the autotuned first call, then the direct launch with the remembered config
+        got = backend.masked_linear(x, w, None, bits).float()
+        assert torch.allclose(got, expected, atol=5e-2, rtol=2e-2)
+    assert len(triton_masked._tuned) == tuned_before + 1  # one key for this shape and dtype, tuned once
 
 
 def test_triton_multiplies_float32_as_f_linear_does():
@@ -167,3 +234,51 @@ def test_triton_multiplies_float32_as_f_linear_does():
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
     assert _input_precision(torch.float16) == _input_precision(torch.bfloat16) == "tf32"  # tensor cores, f32 accum
+
+
+def test_start_up_check_refuses_a_kernel_that_misses_the_reference():
+    from router_core.errors import KernelUnavailableError
+    from router_core.kernels.triton_masked import check_close_to_reference
+
+    gen = torch.Generator().manual_seed(9)
+    expected = torch.randn(40, 30, generator=gen)
+    check_close_to_reference(expected + 1e-6 * torch.randn(40, 30, generator=gen), expected, "ok")
+    check_close_to_reference((expected + 1e-3).half(), expected, "half precision has a looser bound")
+    big = torch.randn(9000, 130, generator=gen)
+    check_close_to_reference(big.clone(), big, "exact")
+    for row in (3, 8999):  # one wrong element in 1.2M (first and last row chunk), as a bad tile edge gives
+        wrong = big.clone()
+        wrong[row, 4] += 0.2
+        with pytest.raises(KernelUnavailableError):
+            check_close_to_reference(wrong, big, "9000x130")
+    wrong = expected.clone()
+    wrong[3, 4] += 1.0
+    for bad in (wrong, expected + float("nan"), expected.half() * 1.1):
+        with pytest.raises(KernelUnavailableError, match="S3R_KERNEL=reference"):
+            check_close_to_reference(bad, expected, "40x30")
+
+
+def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatch):
+    from router_core.errors import KernelUnavailableError
+    from router_core.kernels import triton_masked
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    launched = []
+    real = triton_masked.segmented_masked_linear_triton
+
+    def recording(x, weight, *rest):
+        launched.append((x.shape[0], *weight.shape))
+        return real(x, weight, *rest)
+
+    monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", recording)
+    triton_masked.tune_and_check([(45, 29), (29, 45), (45, 29)], torch.float32, device, 70)
+    assert launched == [(64, 29, 45), (70, 29, 45), (64, 45, 29), (70, 45, 29)]  # each shape once, each bucket
+
+    def off_by_a_little(x, weight, *rest):
+        out = real(x, weight, *rest)
+        out[-1, -1] += 0.5  # the last row tile's last column
+        return out
+
+    monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", off_by_a_little)
+    with pytest.raises(KernelUnavailableError, match=r"64x29->45"):
+        triton_masked.tune_and_check([(45, 29)], torch.float32, device, 70)

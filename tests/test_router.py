@@ -108,3 +108,18 @@ def test_transcribe_returns_words_with_times(make_registry):
     (result,) = _router(bb, registry).transcribe(waves(8000), ["fr"])
     assert result.words, "expected some words from a head that rarely predicts blank"
     assert all(0.0 <= w.start < w.end <= 8000 / 16000 + 1e-6 for w in result.words)
+
+
+def test_prepare_kernels_hands_every_layer_shape_and_the_largest_batch_to_the_backend(make_registry):
+    import dataclasses
+
+    bb = tiny_backbone()
+    calls = []
+    backend = dataclasses.replace(select_backend(bb.device, "cpu"), prepare=lambda *a: calls.append(a))
+    router = Router(bb, make_registry(bb), backend)
+    router.prepare_kernels(max_batch=3, max_seconds=2.0)
+    ((shapes, dtype, device, max_rows),) = calls
+    assert set(shapes) == {(layer.out_features, layer.in_features) for layer in bb.layers.values()}
+    assert len(set(shapes)) > 1 and dtype == bb.dtype and device == bb.device
+    frames_per_item = int(2.0 / bb.seconds_per_frame) + 1
+    assert max_rows == 3 * frames_per_item >= bb.encode(waves(32_000))[0].shape[1] * 3

@@ -135,6 +135,34 @@ def test_readyz_reports_a_failed_start_and_requests_get_503(tmp_path):
         assert c.get("/healthz").status_code == 200
 
 
+@pytest.mark.parametrize("refuse", [False, True], ids=["tuned", "kernel-refused"])
+def test_start_up_prepares_the_kernels_for_the_largest_batch_the_settings_allow(tmp_path, refuse):
+    import dataclasses
+
+    from router_core.errors import KernelUnavailableError
+
+    prepared = []
+
+    def prepare(shapes, dtype, device, max_rows):
+        prepared.append(max_rows)
+        if refuse:
+            raise KernelUnavailableError("the triton masked-matmul kernel is wrong on this device at 64x32->37")
+
+    def factory(settings):
+        engine = tiny_engine_factory()(settings)
+        engine.router.backend = dataclasses.replace(engine.router.backend, prepare=prepare)
+        return engine
+
+    with TestClient(create_app(_settings(tmp_path, max_batch_size=3, max_audio_seconds=4), factory)) as c:
+        frames_per_item = round(4 / tiny_backbone().seconds_per_frame) + 1  # tiny conv stack: 5 ms frames
+        assert prepared == [3 * frames_per_item]
+        r = c.get("/readyz")
+        if refuse:
+            assert r.status_code == 503 and "wrong on this device" in r.json()["reason"]
+        else:
+            assert r.status_code == 200 and r.json()["ready"]
+
+
 def test_concurrent_mixed_masks_equal_sequential_results(client):
     requests = [("fr", 1), ("de", 2), ("fr", 3), ("de", 4), ("fr", 5), ("de", 6)]
     audio = {seed: audio_bytes(1.0 + seed / 10, seed=seed) for _, seed in requests}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,13 +38,25 @@ SegmentedFn = Callable[
 ]
 
 
+PrepareFn = Callable[[Iterable[tuple[int, int]], torch.dtype, torch.device, int], None]
+
+
+def _nothing_to_prepare(
+    layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int
+) -> None:
+    """Backends without tuned tiles have nothing to do before serving."""
+
+
 @dataclass(frozen=True)
 class KernelBackend:
-    """A masked-linear implementation: single-mask and segmented (mixed-mask) entry points."""
+    """A masked-linear implementation: single-mask and segmented (mixed-mask) entry points, and
+    ``prepare(layer_shapes, dtype, device, max_rows)``, run once before serving (the Triton backend
+    autotunes its tiles there for every ``(out, in)`` layer shape and batch size up to ``max_rows``)."""
 
     name: str
     masked_linear: MaskedLinearFn
     segmented_masked_linear: SegmentedFn
+    prepare: PrepareFn = _nothing_to_prepare
 
 
 REFERENCE = KernelBackend("reference", masked_linear_reference, segmented_masked_linear_reference)
@@ -68,7 +80,12 @@ def _triton_backend(device: torch.device) -> KernelBackend:
         raise KernelUnavailableError(
             f"the triton backend needs a CUDA device (got {device}); set TRITON_INTERPRET=1 only for tests"
         )
-    return KernelBackend("triton", triton_masked.masked_linear_triton, triton_masked.segmented_masked_linear_triton)
+    return KernelBackend(
+        "triton",
+        triton_masked.masked_linear_triton,
+        triton_masked.segmented_masked_linear_triton,
+        triton_masked.tune,
+    )
 
 
 def select_backend(device: torch.device | str, requested: str | None = None) -> KernelBackend:

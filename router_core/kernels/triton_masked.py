@@ -3,64 +3,93 @@
 Maths, per output tile ``[BLOCK_M, BLOCK_N]`` of ``y = x @ (W * M)^T + b``::
 
     acc = 0
-    for k0 in range(0, K, BLOCK_K):
-        xt   = x[m0:m0+BM, k0:k0+BK]                                  # [BM, BK]
-        wt   = W[n0:n0+BN, k0:k0+BK]^T                                # [BK, BN]
-        byte = bits[mask, n0:n0+BN, (k0:k0+BK) // 8]^T                # [BK, BN] uint8
-        keep = (byte >> (7 - k % 8)) & 1                              # MSB-first bit order
-        acc += xt @ where(keep, wt, 0)
+    for each segment s overlapping the tile's rows:                    # usually one
+        for k0 in range(0, K, BLOCK_K):
+            xt   = x[rows of s in the tile, k0:k0+BK]                  # [BM, BK], other rows 0
+            wt   = W[n0:n0+BN, k0:k0+BK]^T                             # [BK, BN]
+            keep = bit (7 - k % 8) of bits[mask(s), n, k // 8]         # [BK, BN], MSB-first
+            acc += xt @ where(keep, wt, 0)
     y[m0:m0+BM, n0:n0+BN] = acc + b[n0:n0+BN]
 
-Segmented variant (after Punica's SGMV): the rows of a mixed-mask batch are cut into tiles that never
-cross a segment boundary; a small host-built tile table gives each program its ``(row_start, row_end,
-mask_id)``. ``mask_id == -1`` keeps every weight. One launch serves every mask in the batch.
+Segmented variant (after Punica's SGMV): a mixed-mask batch is cut into row segments, each with one
+mask (``-1`` keeps every weight). One launch serves every mask: each program walks the small segment
+table and accumulates, for each segment that overlaps its row tile, those rows against that segment's
+mask, so a tile that straddles a boundary stays correct and tile sizes are free to tune. A batch of one
+segment (the common single-mask call) needs no table at all.
 
-Precision follows ``F.linear``: float32 inputs are multiplied in full IEEE float32 unless torch allows
-TF32 for matmuls (``torch.backends.cuda.matmul.allow_tf32``); half and bfloat16 use the tensor cores
-with float32 accumulation.
+Two ways to read the bits are compiled, and the autotuner keeps the faster on the GPU at hand:
+``BITS_BY_BYTE=0`` loads a byte for every weight (each byte 8 times, a gather), ``BITS_BY_BYTE=1``
+loads each byte once (``[BK/8, BN]``) and expands it into its 8 bits in registers.
 
-Runs on CUDA tensors; on the CPU only under ``TRITON_INTERPRET=1`` (tests, small shapes).
+Tiles are autotuned per (rows bucket, N, K, dtypes) on CUDA and the choice is cached on disk by
+Triton, so a restart does not retune. Precision follows ``F.linear``: float32 inputs are multiplied in
+full IEEE float32 unless torch allows TF32 for matmuls; half and bfloat16 use the tensor cores with
+float32 accumulation.
+
+Runs on CUDA tensors; on the CPU only under ``TRITON_INTERPRET=1`` (tests, small shapes), with one fixed
+config (tests run every config).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import triton
 import triton.language as tl
+import triton.testing
 
-from router_core.kernels.reference import DENSE_SEGMENT, Segments
+from router_core.errors import KernelUnavailableError
+from router_core.kernels.bits import pack_bits
+from router_core.kernels.reference import DENSE_SEGMENT, Segments, masked_linear_reference
 
-_BLOCK_M = 32
-_BLOCK_N = 64
-_BLOCK_K = 32
+
+def _config(bm: int, bn: int, bk: int, warps: int, stages: int, by_byte: int) -> triton.Config:
+    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "BITS_BY_BYTE": by_byte}
+    return triton.Config(meta, num_warps=warps, num_stages=stages)
+
+
+CONFIGS = [
+    _config(32, 64, 32, 4, 3, 0),  # the fixed tiles of the first GPU runs: the tuner can only do better
+    _config(32, 64, 32, 4, 3, 1),
+    _config(16, 64, 128, 4, 4, 1),  # few rows (short audio): more programs along N, long K steps
+    _config(32, 32, 128, 4, 4, 1),
+    _config(64, 64, 64, 4, 4, 1),
+    _config(64, 128, 64, 4, 4, 1),
+    _config(128, 64, 64, 4, 4, 1),
+    _config(128, 128, 64, 8, 3, 0),
+    _config(128, 128, 64, 8, 3, 1),
+    _config(128, 256, 64, 8, 3, 1),
+    _config(64, 256, 32, 4, 4, 1),
+]
+INTERPRETER_CONFIG = _config(16, 32, 16, 4, 1, 1)
+"""Used under ``TRITON_INTERPRET=1``, where there is nothing to tune (small tiles keep it fast)."""
+
+ROW_BUCKETS = (64, 256, 1024, 4096, 16384)
+"""Tuning is keyed on the smallest bucket holding the row count (larger counts share one key)."""
+
+
+def row_bucket(rows: int) -> int:
+    """The tuning bucket of ``rows``: the first of :data:`ROW_BUCKETS` at least ``rows``, else 65536."""
+    return next((b for b in ROW_BUCKETS if rows <= b), 65536)
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
+    """Drop tiles taller than the row bucket (they would mostly multiply zero rows)."""
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, named_args["m_bucket"])]
+    return fitting or configs[:1]
 
 
 @triton.jit
-def _segmented_masked_matmul_kernel(
-    x_ptr, w_ptr, bits_ptr, bias_ptr, out_ptr,
-    tile_start_ptr, tile_end_ptr, tile_mask_ptr,
-    N, K, KB,
-    stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
-    bits_mask_stride,
-    HAS_BIAS: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _accumulate_rows(
+    acc, x_ptr, w_ptr, bits_base, has_mask, row_lo, row_hi,
+    offs_m, offs_n, col_ok, K, KB,
+    stride_xm, stride_xk, stride_wn, stride_wk,
+    INPUT_PRECISION: tl.constexpr, BITS_BY_BYTE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    row_start = tl.load(tile_start_ptr + pid_t)
-    row_end = tl.load(tile_end_ptr + pid_t)
-    mask_id = tl.load(tile_mask_ptr + pid_t)
-    has_mask = mask_id >= 0
-    bits_base = bits_ptr + tl.maximum(mask_id, 0).to(tl.int64) * bits_mask_stride
-
-    offs_m = row_start + tl.arange(0, BLOCK_M)  # [BM]
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
-    row_ok = offs_m < row_end
-    col_ok = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    """``acc += x[row_lo:row_hi] @ (W * M)^T`` on this tile's rows ``[BM]`` and columns ``[BN]``."""
+    row_ok = (offs_m >= row_lo) & (offs_m < row_hi)  # [BM]
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)  # [BK]
         k_ok = offs_k < K
@@ -69,37 +98,93 @@ def _segmented_masked_matmul_kernel(
             mask=row_ok[:, None] & k_ok[None, :],
             other=0.0,
         )  # [BM, BK]
-        wk_ok = k_ok[:, None] & col_ok[None, :]
+        wk_ok = k_ok[:, None] & col_ok[None, :]  # [BK, BN]
         wt = tl.load(
             w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None] * stride_wk, mask=wk_ok, other=0.0
         )  # [BK, BN]
-        byte = tl.load(
-            bits_base + offs_n[None, :] * KB + (offs_k[:, None] // 8), mask=wk_ok & has_mask, other=255
-        )  # [BK, BN]
-        keep = ((byte.to(tl.int32) >> (7 - (offs_k[:, None] % 8))) & 1) != 0
+        if BITS_BY_BYTE:
+            offs_kb = k0 // 8 + tl.arange(0, BLOCK_K // 8)  # [BK/8]
+            byte = tl.load(
+                bits_base + offs_n[None, :] * KB + offs_kb[:, None],
+                mask=(offs_kb < KB)[:, None] & col_ok[None, :] & has_mask,
+                other=255,
+            )  # [BK/8, BN]
+            shifts = 7 - tl.arange(0, 8)  # [8]
+            bit = (byte.to(tl.int32)[:, None, :] >> shifts[None, :, None]) & 1  # [BK/8, 8, BN]
+            keep = tl.reshape(bit, (BLOCK_K, BLOCK_N)) != 0  # [BK, BN], row kb*8+j is k0+kb*8+j
+        else:
+            byte = tl.load(
+                bits_base + offs_n[None, :] * KB + (offs_k[:, None] // 8), mask=wk_ok & has_mask, other=255
+            )  # [BK, BN]
+            keep = ((byte.to(tl.int32) >> (7 - (offs_k[:, None] % 8))) & 1) != 0
         wt = tl.where(keep, wt, tl.zeros_like(wt))
         acc += tl.dot(xt, wt, input_precision=INPUT_PRECISION)
+    return acc
+
+
+@triton.jit(do_not_specialize=["num_segments", "single_mask_id"])
+def _segmented_masked_matmul_kernel(
+    x_ptr, w_ptr, bits_ptr, bias_ptr, out_ptr, table_ptr,
+    M, N, K, KB, num_segments, single_mask_id, m_bucket,
+    stride_xm, stride_xk, stride_wn, stride_wk, stride_om, stride_on,
+    bits_mask_stride,
+    HAS_BIAS: tl.constexpr, ONE_SEGMENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    BITS_BY_BYTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """One program per ``[BLOCK_M, BLOCK_N]`` output tile. ``table``: ``[2S + 1]`` int32, the segment
+    offsets ``[S + 1]`` then the mask ids ``[S]`` (read only when not ``ONE_SEGMENT``)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    m0 = pid_m * BLOCK_M
+    m1 = tl.minimum(m0 + BLOCK_M, M)
+    offs_m = m0 + tl.arange(0, BLOCK_M)  # [BM]
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    col_ok = offs_n < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if ONE_SEGMENT:
+        bits_base = bits_ptr + tl.maximum(single_mask_id, 0).to(tl.int64) * bits_mask_stride
+        acc = _accumulate_rows(
+            acc, x_ptr, w_ptr, bits_base, single_mask_id >= 0, m0, m1, offs_m, offs_n, col_ok, K, KB,
+            stride_xm, stride_xk, stride_wn, stride_wk, INPUT_PRECISION, BITS_BY_BYTE, BLOCK_N, BLOCK_K,
+        )  # fmt: skip
+    else:
+        for s in range(0, num_segments):
+            row_lo = tl.maximum(tl.load(table_ptr + s), m0)
+            row_hi = tl.minimum(tl.load(table_ptr + s + 1), m1)
+            if row_lo < row_hi:
+                mask_id = tl.load(table_ptr + num_segments + 1 + s)
+                bits_base = bits_ptr + tl.maximum(mask_id, 0).to(tl.int64) * bits_mask_stride
+                acc = _accumulate_rows(
+                    acc, x_ptr, w_ptr, bits_base, mask_id >= 0, row_lo, row_hi, offs_m, offs_n, col_ok, K, KB,
+                    stride_xm, stride_xk, stride_wn, stride_wk, INPUT_PRECISION, BITS_BY_BYTE, BLOCK_N, BLOCK_K,
+                )  # fmt: skip
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(offs_m < M)[:, None] & col_ok[None, :])
+
+
+def _time_config(kernel_call, quantiles):  # noqa: ANN001,ANN202  (the autotuner's do_bench signature)
+    """Triton's ``do_bench`` with a shorter budget (5 ms warm-up, 25 ms of repeats) than its default
+    (25/100 ms): a tuning pass over every row bucket and layer shape then fits in a start-up."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=25, quantiles=quantiles)
+
+
+_tuned_kernel = triton.autotune(
+    configs=CONFIGS,
+    key=["m_bucket", "N", "K", "INPUT_PRECISION"],  # + every tensor's dtype (the autotuner adds them)
+    prune_configs_by={"early_config_prune": _prune},
+    do_bench=_time_config,
+    cache_results=True,
+)(_segmented_masked_matmul_kernel)
 
 
 @functools.lru_cache(maxsize=256)
-def _tile_table(segments: Segments, block_m: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Host-side cut of every segment into row tiles of at most ``block_m`` rows: (starts, ends, masks).
-
-    Cached: every maskable layer of one forward pass shares the batch's segmentation, so the host work
-    and the host-to-device copies happen once per batch shape, not once per layer. Never written to."""
-    starts: list[int] = []
-    ends: list[int] = []
-    masks: list[int] = []
-    for start, end, mask_id in segments.spans():
-        for tile_start in range(start, end, block_m):
-            starts.append(tile_start)
-            ends.append(min(tile_start + block_m, end))
-            masks.append(mask_id)
-    return tuple(torch.tensor(values, dtype=torch.int32, device=device) for values in (starts, ends, masks))
+def _segment_table(segments: Segments, device: torch.device) -> torch.Tensor:
+    """``[2S + 1]`` int32 on ``device``: offsets then mask ids. Cached: every maskable layer of one
+    forward pass shares the batch's segmentation, so the host-to-device copy happens once per batch
+    shape, not once per layer. Never written to."""
+    return torch.tensor(segments.offsets + segments.mask_ids, dtype=torch.int32, device=device)
 
 
 def segmented_masked_linear_triton(
@@ -108,26 +193,58 @@ def segmented_masked_linear_triton(
     bias: torch.Tensor | None,
     bits_stack: Sequence[torch.Tensor] | torch.Tensor,
     segments: Segments,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
-    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]`` in one launch (``bits_stack``: ``[S, N, KB]``)."""
+    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]`` in one launch (``bits_stack``: ``[S, N, KB]``).
+
+    ``config`` pins the tiles (tests); by default they are autotuned on CUDA, fixed in the interpreter."""
     n_out, k = weight.shape
+    rows = x.shape[0]
     kb = (k + 7) // 8
     stack = bits_stack if isinstance(bits_stack, torch.Tensor) else _stack(bits_stack, n_out, kb, x.device)
-    out = torch.empty(x.shape[0], n_out, dtype=x.dtype, device=x.device)  # [R, N]
-    starts, ends, masks = _tile_table(segments, _BLOCK_M, x.device)
-    if starts.numel() == 0:
+    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+    if rows == 0:
         return out
-    grid = (starts.numel(), triton.cdiv(n_out, _BLOCK_N))
-    _segmented_masked_matmul_kernel[grid](
-        x, weight, stack, bias if bias is not None else weight, out,
-        starts, ends, masks,
-        n_out, k, kb,
+    one_segment = len(segments.mask_ids) == 1
+    table = weight if one_segment else _segment_table(segments, x.device)  # (unread when one segment)
+    args = (
+        x, weight, stack, bias if bias is not None else weight, out, table,
+        rows, n_out, k, kb, len(segments.mask_ids), segments.mask_ids[0], row_bucket(rows),
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         stack.stride(0),
-        HAS_BIAS=bias is not None, INPUT_PRECISION=_input_precision(x.dtype),
-        BLOCK_M=_BLOCK_M, BLOCK_N=_BLOCK_N, BLOCK_K=_BLOCK_K,
     )  # fmt: skip
+    flags = {
+        "HAS_BIAS": bias is not None,
+        "ONE_SEGMENT": one_segment,
+        "INPUT_PRECISION": _input_precision(x.dtype),
+    }
+    if config is None and not triton.knobs.runtime.interpret:
+        tuning_key = _tuning_key(rows, n_out, k, x.dtype, weight.dtype)
+        config = _tuned.get(tuning_key)
+        if config is None:  # first call of this kind: let the autotuner time the configs, then remember
+            _tuned_kernel[_grid(rows, n_out)](*args, **flags)
+            _tuned[tuning_key] = _tuned_kernel.best_config
+            return out
+    chosen = config or INTERPRETER_CONFIG
+    meta = chosen.kwargs
+    grid = (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_out, meta["BLOCK_N"]))
+    _segmented_masked_matmul_kernel[grid](
+        *args, **flags, **meta, num_warps=chosen.num_warps, num_stages=chosen.num_stages
+    )
     return out
+
+
+def _tuning_key(rows: int, n_out: int, k: int, x_dtype: torch.dtype, w_dtype: torch.dtype) -> tuple:
+    return (row_bucket(rows), n_out, k, x_dtype, w_dtype, _input_precision(x_dtype))
+
+
+_tuned: dict[tuple, triton.Config] = {}
+"""The autotuner's choice per tuning key, so later calls launch the kernel directly (the autotuner's own
+per-call bookkeeping is host time that a small GEMM cannot hide)."""
+
+
+def _grid(rows: int, n_out: int):  # noqa: ANN202  (triton's grid callable)
+    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_out, meta["BLOCK_N"]))
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -138,9 +255,12 @@ def _input_precision(dtype: torch.dtype) -> str:
 
 
 def _stack(bits: Sequence[torch.Tensor], n_out: int, kb: int, device: torch.device) -> torch.Tensor:
-    """Stack per-mask bits into one contiguous ``[S, N, KB]`` tensor (a dummy byte row when empty)."""
+    """Per-mask bits as one ``[S, N, KB]`` tensor: a view when there is one mask, a copy otherwise
+    (a dummy byte row when empty)."""
     if len(bits) == 0:
         return torch.zeros(1, n_out, kb, dtype=torch.uint8, device=device)
+    if len(bits) == 1:
+        return bits[0].to(device).contiguous().unsqueeze(0)
     return torch.stack([b.to(device) for b in bits]).contiguous()
 
 
@@ -149,8 +269,70 @@ def masked_linear_triton(
 ) -> torch.Tensor:
     """``x @ (W * M)^T + b`` for ``x [..., K]``; returns ``[..., N]`` (one segment, one mask)."""
     rows = x.reshape(-1, x.shape[-1])  # [R, K]
-    out = segmented_masked_linear_triton(rows, weight, bias, bits.unsqueeze(0), Segments((0, rows.shape[0]), (0,)))
+    out = segmented_masked_linear_triton(rows, weight, bias, bits.unsqueeze(0), _single_segment(rows.shape[0]))
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
-__all__ = ["DENSE_SEGMENT", "masked_linear_triton", "segmented_masked_linear_triton"]
+@functools.lru_cache(maxsize=1024)
+def _single_segment(rows: int) -> Segments:
+    return Segments((0, rows), (0,))
+
+
+def tuning_rows(max_rows: int) -> list[int]:
+    """One row count per tuning bucket a batch of up to ``max_rows`` rows can fall in (each bucket's top,
+    the last one capped at ``max_rows``)."""
+    counts: list[int] = []
+    for bucket in (*ROW_BUCKETS, 65536):
+        counts.append(min(bucket, max_rows))
+        if bucket >= max_rows:
+            break
+    return counts
+
+
+def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int) -> None:
+    """Autotune (or read Triton's on-disk choice for) every row bucket up to ``max_rows`` and every
+    ``(out N, in K)`` layer shape now, so that no request waits for the tuner; then check each chosen
+    config's output against the reference on random data (a compiler or driver fault on this GPU is
+    refused here, at start-up, not served). Nothing to tune in the interpreter."""
+    if not triton.knobs.runtime.interpret:
+        tune_and_check(layer_shapes, dtype, device, max_rows)
+
+
+def tune_and_check(
+    layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int
+) -> None:
+    """:func:`tune`'s work, whatever the mode (under the interpreter: the fixed config, checked)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    for n_out, k in sorted(set(layer_shapes)):
+        weight = (torch.randn(n_out, k, generator=gen, device=device) / k**0.5).to(dtype)  # [N, K]
+        bias = torch.randn(n_out, generator=gen, device=device).to(dtype)  # [N]
+        keep = torch.rand(n_out, k, generator=gen, device=device) < 0.9  # [N, K]
+        bits = pack_bits(keep)  # [N, KB]
+        for rows in tuning_rows(max_rows):
+            x = torch.randn(rows, k, generator=gen, device=device).to(dtype)  # [R, K]
+            got = segmented_masked_linear_triton(x, weight, bias, bits.unsqueeze(0), _single_segment(rows))
+            config = _tuned.get(_tuning_key(rows, n_out, k, dtype, dtype))
+            expected = masked_linear_reference(x, weight, bias, bits)
+            check_close_to_reference(got, expected, f"{rows}x{k}->{n_out} with tiles {config}")
+
+
+def check_close_to_reference(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Refuse ``got`` unless every element has ``|got - expected| <= tol * (|expected| + rms(expected))``
+    (tol: 1e-4 for IEEE float32 products, 2e-2 for TF32 and half precision): one wrong tile edge in a
+    large output fails it."""
+    tolerance = 1e-4 if _input_precision(got.dtype) == "ieee" else 2e-2
+    rms = expected.float().square().mean().sqrt().clamp_min(1e-12)
+    chunk_worst = []
+    for start in range(0, got.shape[0], 4096):  # in row chunks: a few float32 temporaries of 4096 rows
+        want = expected[start : start + 4096].float()
+        chunk_worst.append(((got[start : start + 4096].float() - want).abs() / (want.abs() + rms)).max())
+    worst = torch.stack(chunk_worst).max().item() if chunk_worst else 0.0  # NaN stays NaN
+    if not worst <= tolerance:  # also refuses NaN
+        raise KernelUnavailableError(
+            f"the triton masked-matmul kernel is wrong on this device at {what} ({got.dtype}): error "
+            f"{worst:.2e} > {tolerance:g} of the reference's scale. "
+            "Serve with S3R_KERNEL=reference (or kernel=reference) and report it."
+        )
+
+
+__all__ = ["DENSE_SEGMENT", "masked_linear_triton", "segmented_masked_linear_triton", "tune"]
