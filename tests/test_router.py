@@ -115,7 +115,7 @@ def test_prepare_kernels_hands_every_layer_shape_and_the_largest_batch_to_the_ba
 
     bb = tiny_backbone()
     calls = []
-    backend = dataclasses.replace(select_backend(bb.device, "cpu"), prepare=lambda *a: calls.append(a))
+    backend = dataclasses.replace(select_backend(bb.device, "reference"), prepare=lambda *a: calls.append(a))
     router = Router(bb, make_registry(bb), backend)
     router.prepare_kernels(max_batch=3, max_seconds=2.0)
     ((shapes, dtype, device, max_rows),) = calls
