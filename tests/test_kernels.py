@@ -178,14 +178,24 @@ def test_every_tuned_triton_config_matches_reference(config):
 
 
 def test_triton_tuning_buckets_and_pruning():
-    from router_core.kernels.triton_masked import CONFIGS, _prune, row_bucket
+    from router_core.kernels.triton_masked import (
+        CONFIGS,
+        SHARED_MEMORY_FALLBACK,
+        _prune,
+        row_bucket,
+        shared_memory_estimate,
+    )
 
     assert [row_bucket(r) for r in (1, 64, 65, 250, 1000, 4096, 4097, 16384, 10**6)] == [
         64, 64, 256, 256, 1024, 4096, 16384, 16384, 65536,
     ]  # fmt: skip
-    short = _prune(CONFIGS, {"m_bucket": 64})
+    half, single = torch.empty(1, dtype=torch.float16), torch.empty(1)  # on the CPU: an H100's limit applies
+    short = _prune(CONFIGS, {"m_bucket": 64, "x_ptr": half})
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short) and len(short) < len(CONFIGS)
-    assert _prune(CONFIGS, {"m_bucket": 65536}) == CONFIGS
+    assert _prune(CONFIGS, {"m_bucket": 65536, "x_ptr": half}) == CONFIGS  # every half-precision pipeline fits
+    fp32 = _prune(CONFIGS, {"m_bucket": 65536, "x_ptr": single})
+    dropped = [c for c in CONFIGS if c not in fp32]
+    assert dropped and all(shared_memory_estimate(c, 4) > SHARED_MEMORY_FALLBACK for c in dropped)
     assert CONFIGS[0].kwargs == {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "BITS_BY_BYTE": 0}  # the old fixed tiles
 
 

@@ -33,6 +33,8 @@ config (tests run every config).
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -43,6 +45,8 @@ import triton.testing
 from router_core.errors import KernelUnavailableError
 from router_core.kernels.bits import pack_bits
 from router_core.kernels.reference import DENSE_SEGMENT, Segments, masked_linear_reference
+
+log = logging.getLogger(__name__)
 
 
 def _config(bm: int, bn: int, bk: int, warps: int, stages: int, by_byte: int) -> triton.Config:
@@ -75,9 +79,31 @@ def row_bucket(rows: int) -> int:
     return next((b for b in ROW_BUCKETS if rows <= b), 65536)
 
 
+SHARED_MEMORY_FALLBACK = 232_448
+"""Shared memory per block (bytes) assumed when the device cannot be asked: an H100's opt-in limit."""
+
+
+def shared_memory_estimate(config: triton.Config, element_size: int) -> int:
+    """Bytes of shared memory the pipelined loop needs: ``stages x (BM + BN) x BK`` elements (the x and
+    W tiles of every stage in flight; the bit bytes add ~1/16 of the W tile, left out)."""
+    meta = config.kwargs
+    return config.num_stages * (meta["BLOCK_M"] + meta["BLOCK_N"]) * meta["BLOCK_K"] * element_size
+
+
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    """Drop tiles taller than the row bucket (they would mostly multiply zero rows)."""
-    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(16, named_args["m_bucket"])]
+    """Drop tiles taller than the row bucket (they would mostly multiply zero rows) and tiles whose
+    pipeline cannot fit the device's shared memory (compiling them would only fail at launch)."""
+    x = named_args["x_ptr"]
+    limit = SHARED_MEMORY_FALLBACK
+    if x.is_cuda:
+        properties = torch.cuda.get_device_properties(x.device)
+        limit = getattr(properties, "shared_memory_per_block_optin", SHARED_MEMORY_FALLBACK)  # (not in the stubs)
+    fitting = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_M"] <= max(16, named_args["m_bucket"])
+        and shared_memory_estimate(c, x.element_size()) <= limit
+    ]
     return fitting or configs[:1]
 
 
@@ -295,7 +321,12 @@ def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: to
     config's output against the reference on random data (a compiler or driver fault on this GPU is
     refused here, at start-up, not served). Nothing to tune in the interpreter."""
     if not triton.knobs.runtime.interpret:
+        started = time.perf_counter()
         tune_and_check(layer_shapes, dtype, device, max_rows)
+        log.info(
+            "triton tiles tuned and checked for %d row buckets up to %d rows in %.1f s",
+            len(tuning_rows(max_rows)), max_rows, time.perf_counter() - started,
+        )  # fmt: skip
 
 
 def tune_and_check(
