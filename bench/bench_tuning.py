@@ -29,7 +29,7 @@ def main() -> None:
     elapsed = time.perf_counter() - started
     print(f"dtype={args.dtype} shapes={shapes} max_rows={max_rows} buckets={triton_masked.tuning_rows(max_rows)}")
     print(f"tune: {elapsed:.1f} s for {len(triton_masked._tuned)} keys")
-    for key, config in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
+    for key, (config, _) in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
         print(f"  {key}: {config}")
 
 

@@ -233,44 +233,60 @@ def segmented_masked_linear_triton(
         return out
     one_segment = len(segments.mask_ids) == 1
     table = weight if one_segment else _segment_table(segments, x.device)  # (unread when one segment)
+    bucket = row_bucket(rows)
+    precision = _input_precision(x.dtype)
     args = (
         x, weight, stack, bias if bias is not None else weight, out, table,
-        rows, n_out, k, kb, len(segments.mask_ids), segments.mask_ids[0], row_bucket(rows),
+        rows, n_out, k, kb, len(segments.mask_ids), segments.mask_ids[0], bucket,
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         stack.stride(0),
     )  # fmt: skip
-    flags = {
-        "HAS_BIAS": bias is not None,
-        "ONE_SEGMENT": one_segment,
-        "INPUT_PRECISION": _input_precision(x.dtype),
-    }
-    if config is None and not triton.knobs.runtime.interpret:
-        tuning_key = _tuning_key(rows, n_out, k, x.dtype, weight.dtype)
-        config = _tuned.get(tuning_key)
-        if config is None:  # first call of this kind: let the autotuner time the configs, then remember
+    flags = {"HAS_BIAS": bias is not None, "ONE_SEGMENT": one_segment, "INPUT_PRECISION": precision}
+    if config is not None:
+        launch = _launch_kwargs(config)
+    elif _INTERPRET:
+        launch = _INTERPRETER_LAUNCH
+    else:
+        tuning_key = _tuning_key(bucket, n_out, k, x.dtype, weight.dtype, precision)
+        tuned = _tuned.get(tuning_key)
+        if tuned is None:  # first call of this kind: let the autotuner time the configs, then remember
             _tuned_kernel[_grid(rows, n_out)](*args, **flags)
-            _tuned[tuning_key] = _tuned_kernel.best_config
+            _tuned[tuning_key] = (_tuned_kernel.best_config, _launch_kwargs(_tuned_kernel.best_config))
             return out
-    chosen = config or INTERPRETER_CONFIG
-    meta = chosen.kwargs
-    grid = (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_out, meta["BLOCK_N"]))
-    _segmented_masked_matmul_kernel[grid](
-        *args, **flags, **meta, num_warps=chosen.num_warps, num_stages=chosen.num_stages
-    )
+        launch = tuned[1]
+    grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
+    _segmented_masked_matmul_kernel[grid](*args, **flags, **launch)
     return out
 
 
-def _tuning_key(rows: int, n_out: int, k: int, x_dtype: torch.dtype, w_dtype: torch.dtype) -> tuple:
-    return (row_bucket(rows), n_out, k, x_dtype, w_dtype, _input_precision(x_dtype))
+_INTERPRET = triton.knobs.runtime.interpret
+"""Read once: the kernels were created in this mode at import (TRITON_INTERPRET=1: tests on the CPU)."""
 
 
-_tuned: dict[tuple, triton.Config] = {}
-"""The autotuner's choice per tuning key, so later calls launch the kernel directly (the autotuner's own
-per-call bookkeeping is host time that a small GEMM cannot hide)."""
+def _launch_kwargs(config: triton.Config) -> dict:
+    """A config's tile sizes and launch options as keyword arguments for a direct launch."""
+    return {**config.kwargs, "num_warps": config.num_warps, "num_stages": config.num_stages}
+
+
+_INTERPRETER_LAUNCH = _launch_kwargs(INTERPRETER_CONFIG)
+
+
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` in plain Python (``triton.cdiv`` is a jit function: microseconds per host call)."""
+    return -(-a // b)
+
+
+def _tuning_key(bucket: int, n_out: int, k: int, x_dtype: torch.dtype, w_dtype: torch.dtype, precision: str) -> tuple:
+    return (bucket, n_out, k, x_dtype, w_dtype, precision)
+
+
+_tuned: dict[tuple, tuple[triton.Config, dict]] = {}
+"""The autotuner's choice per tuning key (and its launch keywords), so later calls launch the kernel
+directly: the autotuner's own per-call bookkeeping is host time that a small GEMM cannot hide."""
 
 
 def _grid(rows: int, n_out: int):  # noqa: ANN202  (triton's grid callable)
-    return lambda meta: (triton.cdiv(rows, meta["BLOCK_M"]), triton.cdiv(n_out, meta["BLOCK_N"]))
+    return lambda meta: (_cdiv(rows, meta["BLOCK_M"]), _cdiv(n_out, meta["BLOCK_N"]))
 
 
 def _input_precision(dtype: torch.dtype) -> str:
@@ -342,7 +358,9 @@ def tune_and_check(
         for rows in tuning_rows(max_rows):
             x = torch.randn(rows, k, generator=gen, device=device).to(dtype)  # [R, K]
             got = segmented_masked_linear_triton(x, weight, bias, bits.unsqueeze(0), _single_segment(rows))
-            config = _tuned.get(_tuning_key(rows, n_out, k, dtype, dtype))
+            config, _ = _tuned.get(
+                _tuning_key(row_bucket(rows), n_out, k, dtype, dtype, _input_precision(dtype)), (None, None)
+            )
             expected = masked_linear_reference(x, weight, bias, bits)
             check_close_to_reference(got, expected, f"{rows}x{k}->{n_out} with tiles {config}")
 
