@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from router_core.kernels import triton_masked
+from router_core.kernels import triton_masked, triton_tuning
 
 
 def main() -> None:
@@ -24,13 +24,15 @@ def main() -> None:
     shapes = [(3072, 768), (768, 3072), (768, 768)]  # fc1, fc2, attention projections of wav2vec2-base
     max_rows = args.max_batch * (int(args.max_seconds * 50) + 1)  # 50 frames per second
     started = time.perf_counter()
-    triton_masked.tune(shapes, getattr(torch, args.dtype), torch.device("cuda"), max_rows)
+    triton_tuning.tune(shapes, getattr(torch, args.dtype), torch.device("cuda"), max_rows)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - started
-    print(f"dtype={args.dtype} shapes={shapes} max_rows={max_rows} buckets={triton_masked.tuning_rows(max_rows)}")
+    print(f"dtype={args.dtype} shapes={shapes} max_rows={max_rows} buckets={triton_tuning.tuning_rows(max_rows)}")
     print(f"tune: {elapsed:.1f} s for {len(triton_masked._tuned)} keys")
-    for key, (config, _) in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
-        print(f"  {key}: {config}")
+    for key, tuned in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
+        path = "materialized + cuBLAS" if tuned.materialize else "tiles"
+        times = f"tiles {tuned.tiled_ms:.4f} ms, materialized {tuned.materialized_ms:.4f} ms"
+        print(f"  {key}: {path} ({times}); tiles {tuned.config}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Compile the Triton masked-matmul kernel for a GPU architecture on a machine without one, and report
 what the machine code does. Run in its own process, without ``TRITON_INTERPRET`` (tests/test_triton_ptx.py).
 
-``python tests/ptx_probe.py ARCH DTYPE`` prints one JSON line per (config, one-segment flag): the counts
+``python tests/ptx_probe.py ARCH DTYPE`` prints one JSON line per (config, one-segment flag), then one
+for the materialized path's apply-bits kernel (its vectorized global loads). Per config: the counts
 of tensor-core MMAs (``wgmma`` on Hopper, ``mma.sync`` before), asynchronous global-to-shared copies
 (``cp.async``: the pipelined loads), FMAs, and the shared memory the kernel needs. The specialization is
 what a launch at wav2vec2-base shapes gets: 16-byte aligned pointers, unit inner strides, sizes and outer
@@ -21,7 +22,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from router_core.kernels import triton_masked  # noqa: E402
+from router_core.kernels import triton_apply_bits, triton_masked  # noqa: E402
 
 ALIGNED = ["x_ptr", "w_ptr", "bias_ptr", "out_ptr", "bits_ptr", "table_ptr", "N", "K", "KB", "m_bucket",
            "stride_xm", "stride_wn", "stride_om", "bits_mask_stride"]  # fmt: skip
@@ -54,6 +55,20 @@ def compile_config(config: triton.Config, dtype: str, one_segment: bool, arch: i
     return {"config": config.kwargs, "one_segment": one_segment, "shared": kernel.metadata.shared, **counts}
 
 
+def compile_apply_bits(dtype: str, arch: int) -> dict:
+    """The materialized path's ``W * M`` kernel, specialized as a launch at wav2vec2-base shapes."""
+    fn = triton_apply_bits._apply_bits_kernel
+    consts = {"BLOCK_N": triton_apply_bits.BLOCK_N, "BLOCK_K": triton_apply_bits.BLOCK_K}
+    signature = {"w_ptr": f"*{dtype}", "bits_ptr": "*u8", "out_ptr": f"*{dtype}", "N": "i32", "K": "i32", "KB": "i32"}
+    attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in signature}
+    kernel = triton.compile(
+        ASTSource(fn, {**signature, **dict.fromkeys(consts, "constexpr")}, constexprs=consts, attrs=attrs),
+        target=GPUTarget("cuda", arch, 32),
+    )
+    ptx = kernel.asm["ptx"]
+    return {"kernel": "apply_bits", "vector_loads": len(re.findall(r"ld\.global(?:\.\w+)*\.v[24]", ptx))}
+
+
 def main() -> None:
     arch, dtype = int(sys.argv[1]), sys.argv[2]
     element_size = {"fp16": 2, "bf16": 2, "fp32": 4}[dtype]
@@ -63,6 +78,7 @@ def main() -> None:
             continue  # the autotuner's pruning drops it on such a device
         for one_segment in (True, False):
             print(json.dumps(compile_config(config, dtype, one_segment, arch)), flush=True)
+    print(json.dumps(compile_apply_bits(dtype, arch)), flush=True)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ def test_triton_tuning_buckets_and_pruning():
 
 
 def test_start_up_tuning_covers_every_bucket_up_to_the_largest_batch():
-    from router_core.kernels.triton_masked import row_bucket, tuning_rows
+    from router_core.kernels.triton_masked import row_bucket
+    from router_core.kernels.triton_tuning import tuning_rows
 
     assert tuning_rows(10) == [10]
     assert tuning_rows(64) == [64]
@@ -233,22 +234,22 @@ def test_triton_large_half_on_gpu(dtype):
 def test_triton_multiplies_float32_as_f_linear_does():
     """F.linear on CUDA multiplies float32 in IEEE float32 unless torch allows TF32; the kernel follows it
     (on an H100, TF32 tiles missed the float32 reference by ~1e-3)."""
-    from router_core.kernels.triton_masked import _input_precision
+    from router_core.kernels.triton_masked import input_precision
 
     previous = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
-        assert _input_precision(torch.float32) == "ieee"
+        assert input_precision(torch.float32) == "ieee"
         torch.backends.cuda.matmul.allow_tf32 = True
-        assert _input_precision(torch.float32) == "tf32"
+        assert input_precision(torch.float32) == "tf32"
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    assert _input_precision(torch.float16) == _input_precision(torch.bfloat16) == "tf32"  # tensor cores, f32 accum
+    assert input_precision(torch.float16) == input_precision(torch.bfloat16) == "tf32"  # tensor cores, f32 accum
 
 
 def test_start_up_check_refuses_a_kernel_that_misses_the_reference():
     from router_core.errors import KernelUnavailableError
-    from router_core.kernels.triton_masked import check_close_to_reference
+    from router_core.kernels.triton_tuning import check_close_to_reference
 
     gen = torch.Generator().manual_seed(9)
     expected = torch.randn(40, 30, generator=gen)
@@ -271,6 +272,7 @@ def test_start_up_check_refuses_a_kernel_that_misses_the_reference():
 def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatch):
     from router_core.errors import KernelUnavailableError
     from router_core.kernels import triton_masked
+    from router_core.kernels.triton_tuning import tune_and_check
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     launched = []
@@ -281,8 +283,9 @@ def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatc
         return real(x, weight, *rest)
 
     monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", recording)
-    triton_masked.tune_and_check([(45, 29), (29, 45), (45, 29)], torch.float32, device, 70)
-    assert launched == [(64, 29, 45), (70, 29, 45), (64, 45, 29), (70, 45, 29)]  # each shape once, each bucket
+    tune_and_check([(45, 29), (29, 45), (45, 29)], torch.float32, device, 70)
+    assert launched[:2] == [(64, 29, 45), (70, 29, 45)] and launched[-2:] == [(64, 45, 29), (70, 45, 29)]
+    assert {call[1:] for call in launched} == {(29, 45), (45, 29)}  # each shape, each bucket (a shape once)
 
     def off_by_a_little(x, weight, *rest):
         out = real(x, weight, *rest)
@@ -291,4 +294,72 @@ def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatc
 
     monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", off_by_a_little)
     with pytest.raises(KernelUnavailableError, match=r"64x29->45"):
-        triton_masked.tune_and_check([(45, 29)], torch.float32, device, 70)
+        tune_and_check([(45, 29)], torch.float32, device, 70)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (37, 45, 29), (19, 300, 521)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("mask_kind", MASKS)
+def test_materialized_path_matches_reference(shape, mask_kind):
+    """W * M built by the Triton apply-bits kernel (tiles of 16 x 256 that N and K do not fill), then F.linear."""
+    from router_core.kernels.triton_apply_bits import masked_linear_materialized, masked_weight_triton
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    m, n, k = shape
+    gen = torch.Generator().manual_seed(11)
+    x, w, b = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    bits = pack_bits(_keep(mask_kind, n, k, seed=4))
+    out = torch.full((n, k), float("nan"), device=device)
+    assert torch.equal(masked_weight_triton(w.to(device), bits.to(device), out).cpu(), masked_weight_reference(w, bits))
+    got = masked_linear_materialized(x.to(device), w.to(device), b.to(device), bits.to(device)).cpu()
+    assert torch.allclose(got, masked_linear_reference(x, w, b, bits), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("materialized_faster", [True, False], ids=["materialized-faster", "tiles-faster"])
+def test_tuner_keeps_the_faster_path_for_one_mask_calls_and_tiles_for_mixed(monkeypatch, materialized_faster):
+    """The dispatch as on a GPU (autotuner and timer stood in for: no GPU here): the first call of a key
+    times both paths; later one-mask calls of that key take the faster, mixed-mask calls the tiles."""
+    from router_core.kernels import triton_masked
+    from router_core.kernels.triton_tuning import tune_and_check
+
+    class Autotuner:  # the interpreter config stands in for the autotuner's pick
+        best_config = triton_masked.INTERPRETER_CONFIG
+
+        def __getitem__(self, grid):
+            launch = triton_masked._launch_kwargs(self.best_config)
+            return lambda *args, **flags: triton_masked._segmented_masked_matmul_kernel[grid(launch)](
+                *args, **flags, **launch
+            )
+
+    timings = iter([2.0, 1.0] if materialized_faster else [1.0, 2.0])  # tiles, then materialized
+    materialized = []
+
+    def spy(*args):
+        materialized.append(args[0].shape[0])
+        return real_materialized(*args)
+
+    real_materialized = triton_masked.masked_linear_materialized
+    monkeypatch.setattr(triton_masked, "_INTERPRET", False)
+    monkeypatch.setattr(triton_masked, "_tuned_kernel", Autotuner())
+    monkeypatch.setattr(triton_masked, "_time", lambda fn: next(timings))
+    monkeypatch.setattr(triton_masked, "_tuned", {})
+    monkeypatch.setattr(triton_masked, "masked_linear_materialized", spy)
+    n, k = 45, 29
+    gen = torch.Generator().manual_seed(12)
+    x, w, b = torch.randn(41, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    stack = [pack_bits(_keep("random", n, k, seed=i)) for i in range(2)]
+    one = triton_masked.segmented_masked_linear_triton(x, w, b, stack[1:], Segments((0, 41), (0,)))
+    assert torch.allclose(one, masked_linear_reference(x, w, b, stack[1]), atol=1e-4, rtol=1e-4)
+    tuned = triton_masked.tuned_for(41, n, k, torch.float32)
+    assert tuned is not None and tuned.materialize == materialized_faster and len(triton_masked._tuned) == 1
+    assert materialized == ([41] if materialized_faster else [])
+    mixed = Segments((0, 20, 41), (1, 0))
+    got = triton_masked.segmented_masked_linear_triton(x, w, b, stack, mixed)  # same key: no second tuning
+    assert torch.allclose(got, REFERENCE.segmented_masked_linear(x, w, b, stack, mixed), atol=1e-4, rtol=1e-4)
+    assert materialized == ([41] if materialized_faster else []) and len(triton_masked._tuned) == 1
+    dense = triton_masked.segmented_masked_linear_triton(x, w, b, stack, Segments((0, 41), (DENSE_SEGMENT,)))
+    assert torch.allclose(dense, x @ w.T + b, atol=1e-4)
+    if materialized_faster:  # start-up checks both the path one-mask calls take and the tiles mixed calls take
+        monkeypatch.setattr(triton_masked, "_tuned", {})
+        timings = iter([2.0, 1.0])
+        tune_and_check([(n, k)], torch.float32, torch.device("cpu"), 41)
+        assert materialized[-1] == 41

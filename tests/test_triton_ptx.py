@@ -43,7 +43,8 @@ def compiled():
 def test_every_config_compiles_uses_the_right_units_and_fits(compiled, arch, dtype):
     element_size = 4 if dtype == "fp32" else 2
     kept = [c.kwargs for c in CONFIGS if shared_memory_estimate(c, element_size) <= SHARED_LIMIT[arch]]
-    rows = compiled[(arch, dtype)]
+    *rows, apply_bits = compiled[(arch, dtype)]
+    assert apply_bits["kernel"] == "apply_bits" and apply_bits["vector_loads"] > 0  # W read in wide loads
     assert [r["config"] for r in rows] == [k for k in kept for _ in (True, False)]  # each, with and without a table
     assert len(kept) >= 8
     by_kwargs = {str(c.kwargs): c for c in CONFIGS}

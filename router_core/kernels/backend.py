@@ -73,7 +73,7 @@ def _triton_backend(device: torch.device) -> KernelBackend:
     try:
         import triton
 
-        from router_core.kernels import triton_masked
+        from router_core.kernels import triton_masked, triton_tuning
     except Exception as exc:  # triton not installed, or no usable driver
         raise KernelUnavailableError(f"triton is not usable here: {exc}") from exc
     if device.type != "cuda" and not triton.knobs.runtime.interpret:
@@ -84,7 +84,7 @@ def _triton_backend(device: torch.device) -> KernelBackend:
         "triton",
         triton_masked.masked_linear_triton,
         triton_masked.segmented_masked_linear_triton,
-        triton_masked.tune,
+        triton_tuning.tune,
     )
 
 

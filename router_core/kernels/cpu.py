@@ -20,7 +20,6 @@ The extension is compiled on first use with ``torch.utils.cpp_extension`` (needs
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 
 from router_core.errors import KernelUnavailableError
 from router_core.kernels.reference import DENSE_SEGMENT, Segments
+from router_core.kernels.workspace import MASKED_WEIGHTS
 
 _SOURCE = Path(__file__).parent / "csrc" / "apply_bits.cpp"
 
@@ -49,27 +49,6 @@ def load_extension() -> ModuleType:
         )
     except Exception as exc:  # compiler missing, ninja missing, build error
         raise KernelUnavailableError(f"the CPU masked-weight extension could not be built: {exc}") from exc
-
-
-class _Workspace(threading.local):
-    """Per-thread scratch buffers for masked weights, one per (shape, dtype).
-
-    A masked weight lives only until its GEMM returns, so one buffer per layer shape is reused
-    across layers, masks and calls: a fresh multi-MB allocation would page-fault on every call.
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple[tuple[int, ...], torch.dtype], torch.Tensor] = {}
-
-    def get(self, like: torch.Tensor) -> torch.Tensor:
-        key = (tuple(like.shape), like.dtype)
-        buf = self.buffers.get(key)
-        if buf is None:
-            buf = self.buffers[key] = torch.empty(like.shape, dtype=like.dtype)
-        return buf
-
-
-_WORKSPACE = _Workspace()
 
 
 def masked_weight_cpu(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -106,7 +85,7 @@ def masked_linear_full_pass(
 
     The result must not alias the buffer: ``F.linear`` writes a new tensor, and autograd is not supported
     on this path (inference only)."""
-    return F.linear(x, masked_weight_cpu(weight, bits, _WORKSPACE.get(weight)), bias)
+    return F.linear(x, masked_weight_cpu(weight, bits, MASKED_WEIGHTS.get(weight)), bias)
 
 
 def masked_linear_cpu(

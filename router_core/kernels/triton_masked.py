@@ -34,17 +34,17 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 import triton.testing
 
-from router_core.errors import KernelUnavailableError
-from router_core.kernels.bits import pack_bits
-from router_core.kernels.reference import DENSE_SEGMENT, Segments, masked_linear_reference
+from router_core.kernels.reference import DENSE_SEGMENT, Segments
+from router_core.kernels.triton_apply_bits import masked_linear_materialized
 
 log = logging.getLogger(__name__)
 
@@ -223,40 +223,105 @@ def segmented_masked_linear_triton(
 ) -> torch.Tensor:
     """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]`` in one launch (``bits_stack``: ``[S, N, KB]``).
 
-    ``config`` pins the tiles (tests); by default they are autotuned on CUDA, fixed in the interpreter."""
+    ``config`` pins the tiles (tests); by default they are tuned on CUDA (a one-mask call may then
+    take the materialized path, when that was timed faster), fixed in the interpreter."""
     n_out, k = weight.shape
     rows = x.shape[0]
-    kb = (k + 7) // 8
-    stack = bits_stack if isinstance(bits_stack, torch.Tensor) else _stack(bits_stack, n_out, kb, x.device)
-    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+    stack = bits_stack if isinstance(bits_stack, torch.Tensor) else _stack(bits_stack, n_out, (k + 7) // 8, x.device)
     if rows == 0:
-        return out
-    one_segment = len(segments.mask_ids) == 1
-    table = weight if one_segment else _segment_table(segments, x.device)  # (unread when one segment)
-    bucket = row_bucket(rows)
-    precision = _input_precision(x.dtype)
-    args = (
-        x, weight, stack, bias if bias is not None else weight, out, table,
-        rows, n_out, k, kb, len(segments.mask_ids), segments.mask_ids[0], bucket,
-        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
-        stack.stride(0),
-    )  # fmt: skip
-    flags = {"HAS_BIAS": bias is not None, "ONE_SEGMENT": one_segment, "INPUT_PRECISION": precision}
+        return torch.empty(0, n_out, dtype=x.dtype, device=x.device)
+    precision = input_precision(x.dtype)
     if config is not None:
         launch = _launch_kwargs(config)
     elif _INTERPRET:
         launch = _INTERPRETER_LAUNCH
     else:
-        tuning_key = _tuning_key(bucket, n_out, k, x.dtype, weight.dtype, precision)
-        tuned = _tuned.get(tuning_key)
-        if tuned is None:  # first call of this kind: let the autotuner time the configs, then remember
-            _tuned_kernel[_grid(rows, n_out)](*args, **flags)
-            _tuned[tuning_key] = (_tuned_kernel.best_config, _launch_kwargs(_tuned_kernel.best_config))
-            return out
-        launch = tuned[1]
+        key = (row_bucket(rows), n_out, k, x.dtype, weight.dtype, precision)
+        tuned = _tuned.get(key) or _tune(key, x, weight, bias, stack, segments)
+        if tuned.materialize and len(segments.mask_ids) == 1:
+            mask_id = segments.mask_ids[0]
+            if mask_id == DENSE_SEGMENT:
+                return F.linear(x, weight, bias)
+            return masked_linear_materialized(x, weight, bias, stack[mask_id])
+        launch = tuned.launch
+    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+    args, flags = _kernel_args(x, weight, bias, stack, segments, out, precision)
     grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
     _segmented_masked_matmul_kernel[grid](*args, **flags, **launch)
     return out
+
+
+def _kernel_args(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stack: torch.Tensor,
+    segments: Segments,
+    out: torch.Tensor,
+    precision: str,
+) -> tuple[tuple, dict]:
+    """The kernel's positional arguments and its compile-time flags for one call."""
+    one_segment = len(segments.mask_ids) == 1
+    table = weight if one_segment else _segment_table(segments, x.device)  # (unread when one segment)
+    rows, (n_out, k) = x.shape[0], weight.shape
+    args = (
+        x, weight, stack, bias if bias is not None else weight, out, table,
+        rows, n_out, k, (k + 7) // 8, len(segments.mask_ids), segments.mask_ids[0], row_bucket(rows),
+        x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
+        stack.stride(0),
+    )  # fmt: skip
+    return args, {"HAS_BIAS": bias is not None, "ONE_SEGMENT": one_segment, "INPUT_PRECISION": precision}
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What the tuner chose for one key: the tiles (with their launch keywords) and whether one-mask
+    calls build ``W * M`` once and use cuBLAS instead (timed faster)."""
+
+    config: triton.Config
+    launch: dict
+    materialize: bool
+    tiled_ms: float
+    materialized_ms: float
+
+
+_tuned: dict[tuple, Tuned] = {}
+"""Per key ``(row bucket, N, K, x dtype, W dtype, precision)``: later calls launch directly, without the
+autotuner's per-call bookkeeping (host time that a small GEMM cannot hide)."""
+
+
+def _tune(
+    key: tuple,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stack: torch.Tensor,
+    segments: Segments,
+) -> Tuned:
+    """First call of a key: the autotuner picks the tiles (or reads Triton's disk cache), then the best
+    tiles and the materialized path are timed on this call's data, and the faster is remembered."""
+    rows, n_out = x.shape[0], weight.shape[0]
+    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+    args, flags = _kernel_args(x, weight, bias, stack, segments, out, key[-1])
+    _tuned_kernel[_grid(rows, n_out)](*args, **flags)
+    config = _tuned_kernel.best_config
+    launch = _launch_kwargs(config)
+    grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
+    tiled_ms = _time(lambda: _segmented_masked_matmul_kernel[grid](*args, **flags, **launch))
+    materialized_ms = _time(lambda: masked_linear_materialized(x, weight, bias, stack[0]))
+    tuned = _tuned[key] = Tuned(config, launch, materialized_ms < tiled_ms, tiled_ms, materialized_ms)
+    log.debug("tuned %s: %s", key, tuned)
+    return tuned
+
+
+def tuned_for(rows: int, n_out: int, k: int, dtype: torch.dtype) -> Tuned | None:
+    """What the tuner chose for ``rows`` rows of a ``[n_out, k]`` layer in ``dtype`` (``None``: not yet)."""
+    return _tuned.get((row_bucket(rows), n_out, k, dtype, dtype, input_precision(dtype)))
+
+
+def _time(fn: Callable[[], object]) -> float:
+    """Milliseconds per call of ``fn`` on the GPU (the tuner's timing budget)."""
+    return float(_time_config(fn, quantiles=None))
 
 
 _INTERPRET = triton.knobs.runtime.interpret
@@ -276,20 +341,11 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _tuning_key(bucket: int, n_out: int, k: int, x_dtype: torch.dtype, w_dtype: torch.dtype, precision: str) -> tuple:
-    return (bucket, n_out, k, x_dtype, w_dtype, precision)
-
-
-_tuned: dict[tuple, tuple[triton.Config, dict]] = {}
-"""The autotuner's choice per tuning key (and its launch keywords), so later calls launch the kernel
-directly: the autotuner's own per-call bookkeeping is host time that a small GEMM cannot hide."""
-
-
 def _grid(rows: int, n_out: int):  # noqa: ANN202  (triton's grid callable)
     return lambda meta: (_cdiv(rows, meta["BLOCK_M"]), _cdiv(n_out, meta["BLOCK_N"]))
 
 
-def _input_precision(dtype: torch.dtype) -> str:
+def input_precision(dtype: torch.dtype) -> str:
     """``tl.dot``'s precision for ``dtype`` inputs, as ``F.linear`` would compute them."""
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
@@ -311,77 +367,13 @@ def masked_linear_triton(
 ) -> torch.Tensor:
     """``x @ (W * M)^T + b`` for ``x [..., K]``; returns ``[..., N]`` (one segment, one mask)."""
     rows = x.reshape(-1, x.shape[-1])  # [R, K]
-    out = segmented_masked_linear_triton(rows, weight, bias, bits.unsqueeze(0), _single_segment(rows.shape[0]))
+    out = segmented_masked_linear_triton(rows, weight, bias, bits.unsqueeze(0), single_segment(rows.shape[0]))
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
 @functools.lru_cache(maxsize=1024)
-def _single_segment(rows: int) -> Segments:
+def single_segment(rows: int) -> Segments:
     return Segments((0, rows), (0,))
 
 
-def tuning_rows(max_rows: int) -> list[int]:
-    """One row count per tuning bucket a batch of up to ``max_rows`` rows can fall in (each bucket's top,
-    the last one capped at ``max_rows``)."""
-    counts: list[int] = []
-    for bucket in (*ROW_BUCKETS, 65536):
-        counts.append(min(bucket, max_rows))
-        if bucket >= max_rows:
-            break
-    return counts
-
-
-def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int) -> None:
-    """Autotune (or read Triton's on-disk choice for) every row bucket up to ``max_rows`` and every
-    ``(out N, in K)`` layer shape now, so that no request waits for the tuner; then check each chosen
-    config's output against the reference on random data (a compiler or driver fault on this GPU is
-    refused here, at start-up, not served). Nothing to tune in the interpreter."""
-    if not triton.knobs.runtime.interpret:
-        started = time.perf_counter()
-        tune_and_check(layer_shapes, dtype, device, max_rows)
-        log.info(
-            "triton tiles tuned and checked for %d row buckets up to %d rows in %.1f s",
-            len(tuning_rows(max_rows)), max_rows, time.perf_counter() - started,
-        )  # fmt: skip
-
-
-def tune_and_check(
-    layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int
-) -> None:
-    """:func:`tune`'s work, whatever the mode (under the interpreter: the fixed config, checked)."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    for n_out, k in sorted(set(layer_shapes)):
-        weight = (torch.randn(n_out, k, generator=gen, device=device) / k**0.5).to(dtype)  # [N, K]
-        bias = torch.randn(n_out, generator=gen, device=device).to(dtype)  # [N]
-        keep = torch.rand(n_out, k, generator=gen, device=device) < 0.9  # [N, K]
-        bits = pack_bits(keep)  # [N, KB]
-        for rows in tuning_rows(max_rows):
-            x = torch.randn(rows, k, generator=gen, device=device).to(dtype)  # [R, K]
-            got = segmented_masked_linear_triton(x, weight, bias, bits.unsqueeze(0), _single_segment(rows))
-            config, _ = _tuned.get(
-                _tuning_key(row_bucket(rows), n_out, k, dtype, dtype, _input_precision(dtype)), (None, None)
-            )
-            expected = masked_linear_reference(x, weight, bias, bits)
-            check_close_to_reference(got, expected, f"{rows}x{k}->{n_out} with tiles {config}")
-
-
-def check_close_to_reference(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
-    """Refuse ``got`` unless every element has ``|got - expected| <= tol * (|expected| + rms(expected))``
-    (tol: 1e-4 for IEEE float32 products, 2e-2 for TF32 and half precision): one wrong tile edge in a
-    large output fails it."""
-    tolerance = 1e-4 if _input_precision(got.dtype) == "ieee" else 2e-2
-    rms = expected.float().square().mean().sqrt().clamp_min(1e-12)
-    chunk_worst = []
-    for start in range(0, got.shape[0], 4096):  # in row chunks: a few float32 temporaries of 4096 rows
-        want = expected[start : start + 4096].float()
-        chunk_worst.append(((got[start : start + 4096].float() - want).abs() / (want.abs() + rms)).max())
-    worst = torch.stack(chunk_worst).max().item() if chunk_worst else 0.0  # NaN stays NaN
-    if not worst <= tolerance:  # also refuses NaN
-        raise KernelUnavailableError(
-            f"the triton masked-matmul kernel is wrong on this device at {what} ({got.dtype}): error "
-            f"{worst:.2e} > {tolerance:g} of the reference's scale. "
-            "Serve with S3R_KERNEL=reference (or kernel=reference) and report it."
-        )
-
-
-__all__ = ["DENSE_SEGMENT", "masked_linear_triton", "segmented_masked_linear_triton", "tune"]
+__all__ = ["DENSE_SEGMENT", "masked_linear_triton", "segmented_masked_linear_triton"]
