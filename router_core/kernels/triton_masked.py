@@ -22,9 +22,12 @@ Two ways to read the bits are compiled, and the autotuner keeps the faster on th
 loads each byte once (``[BK/8, BN]``) and expands it into its 8 bits in registers.
 
 Tiles are autotuned per (rows bucket, N, K, dtypes) on CUDA and the choice is cached on disk by
-Triton, so a restart does not retune. Precision follows ``F.linear``: float32 inputs are multiplied in
-full IEEE float32 unless torch allows TF32 for matmuls; half and bfloat16 use the tensor cores with
-float32 accumulation.
+Triton, so a restart does not retune. The best tiles are then timed against the materialized path
+(:mod:`triton_apply_bits`: ``W * M`` built once, then cuBLAS), and one-mask calls of that key take the
+faster; mixed-mask calls always take the segmented launch. Start-up tuning: :mod:`triton_tuning`.
+
+Precision follows ``F.linear``: float32 inputs are multiplied in full IEEE float32 unless torch allows
+TF32 for matmuls; half and bfloat16 use the tensor cores with float32 accumulation.
 
 Runs on CUDA tensors; on the CPU only under ``TRITON_INTERPRET=1`` (tests, small shapes), with one fixed
 config (tests run every config).
@@ -72,11 +75,13 @@ INTERPRETER_CONFIG = _config(16, 32, 16, 4, 1, 1)
 
 ROW_BUCKETS = (64, 256, 1024, 4096, 16384)
 """Tuning is keyed on the smallest bucket holding the row count (larger counts share one key)."""
+LAST_BUCKET = 65536
+"""The key of every row count above the last of :data:`ROW_BUCKETS`."""
 
 
 def row_bucket(rows: int) -> int:
-    """The tuning bucket of ``rows``: the first of :data:`ROW_BUCKETS` at least ``rows``, else 65536."""
-    return next((b for b in ROW_BUCKETS if rows <= b), 65536)
+    """The tuning bucket of ``rows``: the first of :data:`ROW_BUCKETS` at least ``rows``, else the last."""
+    return next((b for b in ROW_BUCKETS if rows <= b), LAST_BUCKET)
 
 
 SHARED_MEMORY_FALLBACK = 232_448

@@ -25,14 +25,12 @@ from router_core.kernels.reference import masked_linear_reference
 
 log = logging.getLogger(__name__)
 
-LAST_BUCKET = 65536
-
 
 def tuning_rows(max_rows: int) -> list[int]:
     """One row count per tuning bucket a batch of up to ``max_rows`` rows can fall in (each bucket's top,
     the last one capped at ``max_rows``)."""
     counts: list[int] = []
-    for bucket in (*triton_masked.ROW_BUCKETS, LAST_BUCKET):
+    for bucket in (*triton_masked.ROW_BUCKETS, triton_masked.LAST_BUCKET):
         counts.append(min(bucket, max_rows))
         if bucket >= max_rows:
             break
