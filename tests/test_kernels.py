@@ -343,23 +343,25 @@ def test_tuner_keeps_the_faster_path_for_one_mask_calls_and_tiles_for_mixed(monk
     monkeypatch.setattr(triton_masked, "_time", lambda fn: next(timings))
     monkeypatch.setattr(triton_masked, "_tuned", {})
     monkeypatch.setattr(triton_masked, "masked_linear_materialized", spy)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n, k = 45, 29
     gen = torch.Generator().manual_seed(12)
     x, w, b = torch.randn(41, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
     stack = [pack_bits(_keep("random", n, k, seed=i)) for i in range(2)]
-    one = triton_masked.segmented_masked_linear_triton(x, w, b, stack[1:], Segments((0, 41), (0,)))
+    on = lambda *ts: [t.to(device) for t in ts]  # noqa: E731
+    one = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(stack[1]), Segments((0, 41), (0,))).cpu()
     assert torch.allclose(one, masked_linear_reference(x, w, b, stack[1]), atol=1e-4, rtol=1e-4)
     tuned = triton_masked.tuned_for(41, n, k, torch.float32)
     assert tuned is not None and tuned.materialize == materialized_faster and len(triton_masked._tuned) == 1
     assert materialized == ([41] if materialized_faster else [])
     mixed = Segments((0, 20, 41), (1, 0))
-    got = triton_masked.segmented_masked_linear_triton(x, w, b, stack, mixed)  # same key: no second tuning
+    got = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), mixed).cpu()  # same key: no tuning
     assert torch.allclose(got, REFERENCE.segmented_masked_linear(x, w, b, stack, mixed), atol=1e-4, rtol=1e-4)
     assert materialized == ([41] if materialized_faster else []) and len(triton_masked._tuned) == 1
-    dense = triton_masked.segmented_masked_linear_triton(x, w, b, stack, Segments((0, 41), (DENSE_SEGMENT,)))
+    dense = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), Segments((0, 41), (-1,))).cpu()
     assert torch.allclose(dense, x @ w.T + b, atol=1e-4)
     if materialized_faster:  # start-up checks both the path one-mask calls take and the tiles mixed calls take
         monkeypatch.setattr(triton_masked, "_tuned", {})
         timings = iter([2.0, 1.0])
-        tune_and_check([(n, k)], torch.float32, torch.device("cpu"), 41)
+        tune_and_check([(n, k)], torch.float32, device, 41)
         assert materialized[-1] == 41
