@@ -55,11 +55,21 @@ class RoutingPlan:
     backend: KernelBackend
     _per_layer: dict[str, tuple[list[torch.Tensor], Segments] | None] = field(default_factory=dict)
 
+    _scaled: dict[tuple[Segments, int], Segments] = field(default_factory=dict)
+
     def for_layer(self, name: str) -> tuple[list[torch.Tensor], Segments] | None:
         """``(bits_stack, segments)`` for one layer, or ``None`` when no item masks it."""
         if name not in self._per_layer:
             self._per_layer[name] = self._resolve(name)
         return self._per_layer[name]
+
+    def rows(self, segments: Segments, frames: int) -> Segments:
+        """``segments`` over the ``B * frames`` rows of a ``[B, frames, K]`` input (built once per pass)."""
+        key = (segments, frames)
+        scaled = self._scaled.get(key)
+        if scaled is None:
+            scaled = self._scaled[key] = segments.scaled(frames)
+        return scaled
 
     def _resolve(self, name: str) -> tuple[list[torch.Tensor], Segments] | None:
         per_mask = self.layer_bits.get(name)
@@ -134,7 +144,7 @@ class MaskedLinear(nn.Module):
         batch, frames, _ = x.shape
         rows = x.reshape(batch * frames, self.in_features)  # [B*T, K]
         out = plan.backend.segmented_masked_linear(
-            rows, self.weight, self.bias, bits_stack, segments.scaled(frames)
+            rows, self.weight, self.bias, bits_stack, plan.rows(segments, frames)
         )  # [B*T, N]
         return out.reshape(batch, frames, self.out_features)
 
