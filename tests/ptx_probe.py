@@ -24,7 +24,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from router_core.kernels import triton_apply_bits, triton_masked  # noqa: E402
 
-ALIGNED = ["x_ptr", "w_ptr", "bias_ptr", "out_ptr", "bits_ptr", "table_ptr", "N", "K", "KB", "m_bucket",
+ALIGNED = ["x_ptr", "w_ptr", "bias_ptr", "out_ptr", "bits_ptr", "table_ptr", "N", "K", "KB",
            "stride_xm", "stride_wn", "stride_om", "bits_mask_stride"]  # fmt: skip
 PATTERNS = {
     "wgmma": r"wgmma\.mma_async",

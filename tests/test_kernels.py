@@ -278,23 +278,28 @@ def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatc
     launched = []
     real = triton_masked.segmented_masked_linear_triton
 
-    def recording(x, weight, *rest):
-        launched.append((x.shape[0], *weight.shape))
-        return real(x, weight, *rest)
+    def recording(x, weight, bias, stack, segments, *rest):
+        launched.append((x.shape[0], *weight.shape, len(segments.mask_ids)))
+        return real(x, weight, bias, stack, segments, *rest)
 
     monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", recording)
     tune_and_check([(45, 29), (29, 45), (45, 29)], torch.float32, device, 70)
-    assert launched[:2] == [(64, 29, 45), (70, 29, 45)] and launched[-2:] == [(64, 45, 29), (70, 45, 29)]
-    assert {call[1:] for call in launched} == {(29, 45), (45, 29)}  # each shape, each bucket (a shape once)
+    # each shape once, each bucket, a one-mask call (tunes the key) then a two-mask call (the segmented variant)
+    assert launched == [(r, *shape, s) for shape in [(29, 45), (45, 29)] for r in (64, 70) for s in (1, 2)]
 
-    def off_by_a_little(x, weight, *rest):
-        out = real(x, weight, *rest)
-        out[-1, -1] += 0.5  # the last row tile's last column
-        return out
+    def off_by_a_little(only_mixed):
+        def launch(x, weight, bias, stack, segments, *rest):
+            out = real(x, weight, bias, stack, segments, *rest)
+            if len(segments.mask_ids) > 1 or not only_mixed:
+                out[-1, -1] += 0.5  # the last row tile's last column
+            return out
 
-    monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", off_by_a_little)
-    with pytest.raises(KernelUnavailableError, match=r"64x29->45"):
-        tune_and_check([(45, 29)], torch.float32, device, 70)
+        return launch
+
+    for only_mixed, match in ((False, r"64x29->45, one mask"), (True, r"64x29->45, two masks")):
+        monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", off_by_a_little(only_mixed))
+        with pytest.raises(KernelUnavailableError, match=match):
+            tune_and_check([(45, 29)], torch.float32, device, 70)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (37, 45, 29), (19, 300, 521)], ids=lambda s: "x".join(map(str, s)))

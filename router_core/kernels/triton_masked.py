@@ -153,7 +153,7 @@ def _accumulate_rows(
     return acc
 
 
-@triton.jit(do_not_specialize=["num_segments", "single_mask_id"])
+@triton.jit(do_not_specialize=["M", "num_segments", "single_mask_id", "m_bucket"])  # one binary for every row count
 def _segmented_masked_matmul_kernel(
     x_ptr, w_ptr, bits_ptr, bias_ptr, out_ptr, table_ptr,
     M, N, K, KB, num_segments, single_mask_id, m_bucket,

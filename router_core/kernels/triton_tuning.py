@@ -3,8 +3,8 @@ can meet is tuned before ``/readyz`` turns ready, and whatever was chosen is che
 
 For each ``(out N, in K)`` layer shape and each row bucket up to the largest batch, one call on random
 data lets :mod:`triton_masked` tune that key (the autotuner picks the tiles, or reads Triton's on-disk
-cache; then the tiles and the materialized path are timed and the faster is kept). The outputs of both
-the path one-mask calls will take and the tiled kernel (which mixed-mask calls always take) must match
+cache; then the tiles and the materialized path are timed and the faster is kept), and a two-mask call
+compiles the segmented variant that mixed-mask batches take. Both outputs must match
 :func:`masked_linear_reference`: a compiler or driver fault on this GPU stops start-up with an error that
 names the shape and the tiles, instead of being served.
 """
@@ -21,7 +21,7 @@ import triton
 from router_core.errors import KernelUnavailableError
 from router_core.kernels import triton_masked
 from router_core.kernels.bits import pack_bits
-from router_core.kernels.reference import masked_linear_reference
+from router_core.kernels.reference import Segments, masked_linear_reference
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +58,22 @@ def tune_and_check(
         weight = (torch.randn(n_out, k, generator=gen, device=device) / k**0.5).to(dtype)  # [N, K]
         bias = torch.randn(n_out, generator=gen, device=device).to(dtype)  # [N]
         keep = torch.rand(n_out, k, generator=gen, device=device) < 0.9  # [N, K]
-        bits = pack_bits(keep).unsqueeze(0)  # [1, N, KB]
+        two_masks = torch.stack([pack_bits(keep), pack_bits(~keep)])  # [2, N, KB]
         for rows in tuning_rows(max_rows):
             x = torch.randn(rows, k, generator=gen, device=device).to(dtype)  # [R, K]
-            segments = triton_masked.single_segment(rows)
-            expected = masked_linear_reference(x, weight, bias, bits[0])
-            got = triton_masked.segmented_masked_linear_triton(x, weight, bias, bits, segments)
+            what = f"{rows}x{k}->{n_out}"
+            one = masked_linear_reference(x, weight, bias, two_masks[0])  # [R, N]
+            got = triton_masked.segmented_masked_linear_triton(
+                x, weight, bias, two_masks[:1], triton_masked.single_segment(rows)
+            )  # the first call of a key tunes it
             tuned = triton_masked.tuned_for(rows, n_out, k, dtype)
-            check_close_to_reference(got, expected, f"{rows}x{k}->{n_out} as tuned ({tuned})")
-            if tuned is not None and tuned.materialize:  # mixed-mask calls still take the tiles
-                tiled = triton_masked.segmented_masked_linear_triton(x, weight, bias, bits, segments, tuned.config)
-                check_close_to_reference(tiled, expected, f"{rows}x{k}->{n_out} with tiles {tuned.config}")
+            check_close_to_reference(got, one, f"{what}, one mask, as tuned ({tuned})")
+            # a mixed-mask batch (always the tiles): compiles their segmented variant now, not on a request
+            half = rows // 2
+            mixed = Segments((0, half, rows), (0, 1))
+            got = triton_masked.segmented_masked_linear_triton(x, weight, bias, two_masks, mixed)
+            expected = torch.cat([one[:half], masked_linear_reference(x[half:], weight, bias, two_masks[1])])
+            check_close_to_reference(got, expected, f"{what}, two masks, tiles {tuned and tuned.config}")
 
 
 def check_close_to_reference(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
