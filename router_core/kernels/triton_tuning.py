@@ -22,6 +22,7 @@ from router_core.errors import KernelUnavailableError
 from router_core.kernels import triton_masked
 from router_core.kernels.bits import pack_bits
 from router_core.kernels.reference import Segments, masked_linear_reference
+from router_core.kernels.workspace import MASKED_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: to
         return
     started = time.perf_counter()
     tune_and_check(layer_shapes, dtype, device, max_rows)
+    MASKED_WEIGHTS.buffers.clear()  # this (start-up) thread's scratch: the model thread keeps its own
     log.info(
         "triton kernels tuned and checked for %d row buckets up to %d rows in %.1f s",
         len(tuning_rows(max_rows)), max_rows, time.perf_counter() - started,
