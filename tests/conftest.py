@@ -85,6 +85,17 @@ def waves(*lengths: int, seed: int = 1) -> list[torch.Tensor]:
     return [torch.randn(n, generator=gen) for n in lengths]
 
 
+@pytest.fixture(autouse=True)
+def _two_tile_configs_on_gpu(monkeypatch):
+    """On a GPU the autotuner chooses among two tile configs in tests (every config is checked by its own
+    test): compiling all eleven for every small test shape would take minutes of device time."""
+    if torch.cuda.is_available():
+        from router_core.kernels import triton_masked
+
+        configs = [triton_masked.CONFIGS[0], triton_masked.CONFIGS[4]]
+        monkeypatch.setattr(triton_masked._tuned_kernel, "configs", configs)
+
+
 @pytest.fixture
 def backbone() -> Backbone:
     return tiny_backbone()

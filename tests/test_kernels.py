@@ -151,30 +151,43 @@ def _triton_configs():
 def test_every_tuned_triton_config_matches_reference(config):
     """The autotuner may pick any config on a GPU, so each is checked here: K spanning several K-steps and
     not a multiple of 8, N not a multiple of the tile, segment boundaries inside row tiles (an empty
-    segment, a dense one, a mask used twice, all-keep and all-drop masks), and one-segment calls."""
-    from router_core.kernels.triton_masked import segmented_masked_linear_triton
+    segment, a dense one, a mask used twice, all-keep and all-drop masks), and one-segment calls. On a GPU
+    in fp16, as GPUs serve (each float32 compile takes seconds), and only the configs that fit its shared
+    memory (the autotuner never launches the others); under the interpreter in float32."""
+    from router_core.kernels.triton_masked import segmented_masked_linear_triton, shared_memory_estimate
+    from router_core.kernels.triton_tuning import check_close_to_reference
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = torch.cuda.is_available()
+    device, dtype = (torch.device("cuda"), torch.float16) if on_gpu else (torch.device("cpu"), torch.float32)
+    if on_gpu:
+        limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+        if shared_memory_estimate(config, 2) > limit:
+            pytest.skip(f"needs more shared memory than this GPU's {limit} bytes")
     m, n, k = 150, 70, 203
     gen = torch.Generator().manual_seed(8)
     x, w, b = torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    x, w, b = x.to(dtype).float(), w.to(dtype).float(), b.to(dtype).float()  # values the device dtype holds
     kinds = ["random", "all_keep", "all_drop", "random"]
     stack = [pack_bits(_keep(kind, n, k, seed=i)) for i, kind in enumerate(kinds)]
-    cases = [
-        Segments((0, 3, 3, 20, 21, 35, 100, 150), (3, 0, 1, DENSE_SEGMENT, 2, 3, 0)),
-        Segments((0, m), (2,)),
-        Segments((0, m), (DENSE_SEGMENT,)),
-        Segments((0, 17), (0,)),
+    cases = [  # (segments, with bias): each one-segment flag with and without bias, one compile each
+        (Segments((0, 3, 3, 20, 21, 35, 100, 150), (3, 0, 1, DENSE_SEGMENT, 2, 3, 0)), True),
+        (Segments((0, 3, 3, 20, 21, 35, 100, 150), (3, 0, 1, DENSE_SEGMENT, 2, 3, 0)), False),
+        (Segments((0, m), (2,)), True),
+        (Segments((0, m), (DENSE_SEGMENT,)), False),
+        (Segments((0, 17), (0,)), True),
     ]
-    for segments in cases:
-        rows = segments.total_rows
-        for bias in (b, None):
-            expected = REFERENCE.segmented_masked_linear(x[:rows], w, bias, stack, segments)
-            got = segmented_masked_linear_triton(
-                x[:rows].to(device), w.to(device), None if bias is None else bias.to(device),
-                [s.to(device) for s in stack], segments, config=config,
-            ).cpu()  # fmt: skip
-            assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3), (segments, bias is None)
+    to = lambda t: t.to(device, dtype)  # noqa: E731
+    for segments, with_bias in cases:
+        rows, bias = segments.total_rows, b if with_bias else None
+        expected = REFERENCE.segmented_masked_linear(x[:rows], w, bias, stack, segments)
+        got = segmented_masked_linear_triton(
+            to(x[:rows]), to(w), None if bias is None else to(bias), [s.to(device) for s in stack], segments,
+            config=config,
+        ).cpu()  # fmt: skip
+        if on_gpu:
+            check_close_to_reference(got, expected, f"{segments}, bias {with_bias}")
+        else:
+            assert torch.allclose(got, expected, atol=1e-3, rtol=1e-3), (segments, with_bias)
 
 
 def test_triton_tuning_buckets_and_pruning():
