@@ -19,7 +19,7 @@ cache=$(mktemp -d)
 { TRITON_CACHE_DIR=$cache timeout 60 python3 -m bench.bench_tuning --dtype float16
   TRITON_CACHE_DIR=$cache timeout 25 python3 -m bench.bench_tuning --dtype float16; } 2>&1 | tee "$OUT/tune.txt" | grep -v "^  "
 # 4. (b, c) whole backbone in fp16 (how a GPU serves) and float32, then (a) in float32
-{ timeout 65 python3 -m bench.bench_forward --device cuda --kernel triton --dtype float16 --repeats 10
+{ timeout 65 python3 -m bench.bench_forward --device cuda --kernel triton --dtype float16 --repeats 10 --graph
   timeout 65 python3 -m bench.bench_forward --device cuda --kernel triton --repeats 10; } 2>&1 | tee "$OUT/bench_forward.txt"
 timeout 45 python3 -m bench.bench_kernels --device cuda --dtype float32 --graph --repeats 20 2>&1 \
   | tee "$OUT/bench_kernels_fp32.txt"
