@@ -45,13 +45,21 @@ def sentence_tokens(text: str) -> list[str]:
 
 @dataclass
 class CharNgramLM:
-    """The model in backoff form: ``tokens`` (id order; ``tokens[0]`` is ``<s>``), ``logprob`` keyed by
-    ``(context ids, token id)`` and ``backoff`` keyed by context ids (contexts of 0..order-1 tokens)."""
+    """The model in backoff form, compact for serving: every token sequence is one integer.
+
+    ``pack((i_1, ..., i_L))`` writes the ids oldest first as base-``2**bits`` digits ``i + 1`` (never 0,
+    so a sequence's length is implicit and every sequence has its own integer; the newest id is the
+    lowest digit). ``grams`` maps ``pack(context + (w,))`` to ``log P_n(w | context)``, ``contexts``
+    maps ``pack(context)`` to ``log gamma(context)``. A state (the last ``order - 1`` tokens) is a
+    packed integer too, so scoring backs off by masking low digits instead of building tuples: about
+    half the memory of tuple keys, and a model loads from its tensors in a few vectorised steps.
+    ``tokens[0]`` is ``<s>``.
+    """
 
     order: int
     tokens: list[str]
-    logprob: dict[tuple[tuple[int, ...], int], float]
-    backoff: dict[tuple[int, ...], float]
+    grams: dict[int, float]
+    contexts: dict[int, float]
 
     def __post_init__(self) -> None:
         if not 1 <= self.order <= MAX_ORDER:
@@ -62,25 +70,59 @@ class CharNgramLM:
             raise InvalidInputError(f"a character language model holds at most {MAX_TOKENS} tokens")
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.eos_id = self.index[EOS]
+        self.bits = len(self.tokens).bit_length()  # digits 1..len(tokens)
+        self._suffix = [(1 << (self.bits * n)) - 1 for n in range(self.order)]  # the last n digits
+
+    @classmethod
+    def from_tables(
+        cls,
+        order: int,
+        tokens: list[str],
+        logprob: dict[tuple[tuple[int, ...], int], float],
+        backoff: dict[tuple[int, ...], float],
+    ) -> CharNgramLM:
+        """From tuple-keyed tables: ``{(context ids, id): log P}`` and ``{context ids: log gamma}``."""
+        bits = len(tokens).bit_length()
+        return cls(
+            order,
+            list(tokens),
+            {_pack((*c, w), bits): p for (c, w), p in logprob.items()},
+            {_pack(c, bits): b for c, b in backoff.items()},
+        )
+
+    def pack(self, ids: Sequence[int]) -> int:
+        """The integer of a token-id sequence (a context or a state)."""
+        return _pack(ids, self.bits)
+
+    def unpack(self, key: int) -> tuple[int, ...]:
+        """The token ids of a packed sequence, oldest first."""
+        ids: list[int] = []
+        digit_mask = (1 << self.bits) - 1
+        while key:
+            ids.append((key & digit_mask) - 1)
+            key >>= self.bits
+        return tuple(reversed(ids))
 
     @property
-    def start(self) -> tuple[int, ...]:
+    def start(self) -> int:
         """The state before the first character: ``order - 1`` ``<s>``."""
-        return (0,) * (self.order - 1)
+        return self.pack((0,) * (self.order - 1))
 
-    def score(self, state: tuple[int, ...], token: int) -> float:
-        """``log P(token | state)`` by backing off to shorter contexts."""
+    def score(self, state: int, token: int) -> float:
+        """``log P(token | state)`` by backing off to shorter contexts (``state``: a packed context)."""
         total = 0.0
-        for cut in range(len(state) + 1):
-            context = state[cut:]
-            stored = self.logprob.get((context, token))
+        digit = token + 1
+        for length in range(-(-state.bit_length() // self.bits), -1, -1):  # the state's digits, then fewer
+            context = state & self._suffix[length]
+            stored = self.grams.get((context << self.bits) | digit)
             if stored is not None:
                 return total + stored
-            total += self.backoff.get(context, 0.0)
+            total += self.contexts.get(context, 0.0)
         raise InvalidInputError(f"token id {token} is not in the language model")  # unigram covers every token
 
-    def advance(self, state: tuple[int, ...], token: int) -> tuple[int, ...]:
-        return (*state, token)[1:] if self.order > 1 else ()
+    def advance(self, state: int, token: int) -> int:
+        """The state after ``token``: the last ``order - 1`` tokens."""
+        return ((state << self.bits) | (token + 1)) & self._suffix[self.order - 1]
 
     def sentence_logprob(self, text: str) -> float:
         """``log P(text </s>)``; characters outside the model's tokens raise."""
@@ -92,6 +134,14 @@ class CharNgramLM:
             state = self.advance(state, self.index[char])
         return total + self.score(state, self.eos_id)
 
+    def ngram_table(self) -> dict[tuple[tuple[int, ...], int], float]:
+        """``{(context ids, id): log P}``: the stored n-grams as tuples (for inspection and storage)."""
+        return {(ids[:-1], ids[-1]): p for ids, p in ((self.unpack(g), p) for g, p in self.grams.items())}
+
+    def backoff_table(self) -> dict[tuple[int, ...], float]:
+        """``{context ids: log gamma}``: the stored backoff weights as tuples."""
+        return {self.unpack(c): b for c, b in self.contexts.items()}
+
     # -- storage as tensors (the mask file keeps them beside the head) -----------------------------
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
@@ -100,38 +150,66 @@ class CharNgramLM:
         Ids are int8 for up to 127 tokens (an alphabet), int16 beyond."""
         width = max(self.order - 1, 1)
         ids = torch.int8 if len(self.tokens) <= 127 else torch.int16
-        grams = sorted(self.logprob)
+        table, bows = self.ngram_table(), self.backoff_table()
+        grams = sorted(table)
         ngrams = [[-1] * (self.order - 1 - len(c)) + list(c) + [w] for c, w in grams]
-        contexts = sorted(self.backoff)
+        contexts = sorted(bows)
         return {
             "ngrams": torch.tensor(ngrams, dtype=ids).reshape(len(grams), self.order),
-            "logprob": torch.tensor([self.logprob[g] for g in grams], dtype=torch.float32),
+            "logprob": torch.tensor([table[g] for g in grams], dtype=torch.float32),
             "contexts": torch.tensor([[-1] * (width - len(c)) + list(c) for c in contexts], dtype=ids).reshape(
                 len(contexts), width
             ),
-            "backoff": torch.tensor([self.backoff[c] for c in contexts], dtype=torch.float32),
+            "backoff": torch.tensor([bows[c] for c in contexts], dtype=torch.float32),
         }
 
     @classmethod
     def from_tensors(cls, order: int, tokens: list[str], tensors: dict[str, torch.Tensor]) -> CharNgramLM:
-        def unpad(row: list[int]) -> tuple[int, ...]:
-            return tuple(i for i in row if i >= 0)
-
         try:
-            ngrams, logprob = tensors["ngrams"].tolist(), tensors["logprob"].tolist()
-            contexts, backoff = tensors["contexts"].tolist(), tensors["backoff"].tolist()
+            ngrams, logprob = tensors["ngrams"], tensors["logprob"]
+            contexts, backoff = tensors["contexts"], tensors["backoff"]
         except KeyError as exc:
             raise InvalidInputError(f"language model tensor {exc} is missing") from exc
         if len(ngrams) != len(logprob) or len(contexts) != len(backoff):
             raise InvalidInputError("language model tensors disagree in length")
-        width = (max(order - 1, 1),)
-        if tuple(tensors["ngrams"].shape[1:]) != (order,) or tuple(tensors["contexts"].shape[1:]) != width:
+        if tuple(ngrams.shape[1:]) != (order,) or tuple(contexts.shape[1:]) != (max(order - 1, 1),):
             raise InvalidInputError(f"language model tensors do not hold order-{order} n-grams")
-        if any(i >= len(tokens) for row in ngrams for i in row):
-            raise InvalidInputError("language model n-gram refers to a token it does not have")
-        table = {(unpad(row[:-1]), row[-1]): p for row, p in zip(ngrams, logprob, strict=True)}
-        bows = {unpad(row) if order > 1 else (): b for row, b in zip(contexts, backoff, strict=True)}
-        return cls(order, list(tokens), table, bows)
+        bits = len(tokens).bit_length()
+        gram_keys = _pack_rows(ngrams, len(tokens), bits, "n-gram", empty_rows=False)
+        context_keys = (
+            _pack_rows(contexts, len(tokens), bits, "context", empty_rows=True) if order > 1 else [0] * len(backoff)
+        )
+        return cls(
+            order,
+            list(tokens),
+            dict(zip(gram_keys, logprob.tolist(), strict=True)),
+            dict(zip(context_keys, backoff.tolist(), strict=True)),
+        )
+
+
+def _pack(ids: Sequence[int], bits: int) -> int:
+    key = 0
+    for i in ids:
+        key = (key << bits) | (i + 1)
+    return key
+
+
+def _pack_rows(rows: torch.Tensor, n_tokens: int, bits: int, what: str, empty_rows: bool) -> list[int]:
+    """:func:`_pack` of every row of ``rows`` ``[M, W]`` (ids left-padded with -1), checked: ids below the
+    number of tokens, padding only on the left, and (unless ``empty_rows``: the empty context) a last
+    column that is an id, not padding."""
+    rows = rows.long()  # [M, W]
+    if rows.numel() and (
+        bool((rows >= n_tokens).any())
+        or bool((rows < -1).any())
+        or bool(((rows[:, 1:] == -1) & (rows[:, :-1] != -1)).any())
+        or (not empty_rows and bool((rows[:, -1] < 0).any()))
+    ):
+        raise InvalidInputError(f"language model {what} refers to a token it does not have")
+    if bits * rows.shape[1] <= 62:  # fits int64: one vectorised pass
+        shifts = bits * torch.arange(rows.shape[1] - 1, -1, -1)  # [W], the newest id lowest
+        return ((rows + 1) << shifts).sum(dim=1).tolist()
+    return [_pack([i for i in row if i >= 0], bits) for row in rows.tolist()]
 
 
 def _discount(counts: Iterable[int]) -> float:
@@ -202,7 +280,7 @@ def train_char_lm(
             pruned = [g for g, c in counts.items() if c < min_count]
             for g in pruned:
                 del logprob[g]
-    model = CharNgramLM(order, tokens, logprob, backoff)
+    model = CharNgramLM.from_tables(order, tokens, logprob, backoff)
     if min_count > 1:
         _renormalize(model)
     return model
@@ -210,18 +288,22 @@ def train_char_lm(
 
 def _renormalize(model: CharNgramLM) -> None:
     """Recompute every context's backoff weight from the n-grams still stored, shortest contexts
-    first (each context's weight needs its lower orders final)."""
-    kept: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for context, w in model.logprob:
-        kept[context].append(w)
-    for context in sorted(model.backoff, key=len):
+    first (each context's weight needs its lower orders final). Keys are packed (see
+    :class:`CharNgramLM`): an n-gram's context is its key without the lowest digit, and a context
+    without its oldest token keeps its lower digits."""
+    bits, digit = model.bits, (1 << model.bits) - 1
+    kept: dict[int, list[int]] = defaultdict(list)
+    for key in model.grams:
+        kept[key >> bits].append((key & digit) - 1)
+    for context in sorted(model.contexts, key=int.bit_length):  # fewer digits first
         if not context:
             continue
         words = kept.get(context)
         if not words:  # all its n-grams pruned: every token backs off, with weight 1
-            del model.backoff[context]
+            del model.contexts[context]
             continue
-        numerator = 1.0 - sum(math.exp(model.logprob[(context, w)]) for w in words)
-        denominator = 1.0 - sum(math.exp(model.score(context[1:], w)) for w in words)
+        shorter = context & model._suffix[-(-context.bit_length() // bits) - 1]  # without the oldest token
+        numerator = 1.0 - sum(math.exp(model.grams[(context << bits) | (w + 1)]) for w in words)
+        denominator = 1.0 - sum(math.exp(model.score(shorter, w)) for w in words)
         if numerator > 0.0 and denominator > 0.0:  # else every token is seen after it: nothing backs off
-            model.backoff[context] = math.log(numerator / denominator)
+            model.contexts[context] = math.log(numerator / denominator)

@@ -77,7 +77,7 @@ class _Prefixes:
     """A trie of prefixes: node 0 is the empty prefix; each node stores its parent, token, the frames
     its token spans, its language-model state and its accumulated fusion score."""
 
-    def __init__(self, lm_start: tuple[int, ...]) -> None:
+    def __init__(self, lm_start: int) -> None:
         self.parent = [-1]
         self.token = [-1]
         self.frame = [0]
@@ -86,7 +86,7 @@ class _Prefixes:
         self.fusion = [0.0]
         self.children: dict[tuple[int, int], int] = {}
 
-    def child(self, node: int, token: int, frame: int, state: tuple[int, ...], fusion: float) -> int:
+    def child(self, node: int, token: int, frame: int, state: int, fusion: float) -> int:
         """Add the new prefix ``node + token``."""
         self.parent.append(node)
         self.token.append(token)
@@ -117,8 +117,8 @@ def ctc_beam_decode(
     alpha, beta = (settings.alpha, settings.beta) if lm is not None else (0.0, 0.0)
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
     lm_ids = _lm_ids(spec, lm)
-    trie = _Prefixes(lm.start if lm is not None else ())
-    lm_cache: dict[tuple[tuple[int, ...], int], float] = {}
+    trie = _Prefixes(lm.start if lm is not None else 0)  # (a packed LM state; 0 without a model)
+    lm_cache: dict[tuple[int, int], float] = {}
     blank = spec.blank_id
     beams: dict[int, tuple[float, float]] = {0: (0.0, NEG_INF)}  # node -> (log p_b, log p_nb)
     top_values, top_ids = log_probs.topk(min(settings.max_candidates + 1, log_probs.shape[1]), dim=-1)
@@ -130,7 +130,7 @@ def ctc_beam_decode(
         # prefix -> [log p_b, log p_nb] after this frame; a prefix not in the trie yet is keyed by
         # (parent, token) and becomes a node only if it survives the cut (most never do)
         step: dict[int | tuple[int, int], list[float]] = {}
-        pending: dict[tuple[int, int], tuple[tuple[int, ...], float]] = {}  # -> (LM state, fusion score)
+        pending: dict[tuple[int, int], tuple[int, float]] = {}  # -> (LM state, fusion score)
 
         def add(key: int | tuple[int, int], which: int, value: float, step: dict = step) -> None:
             entry = step.setdefault(key, [NEG_INF, NEG_INF])
@@ -190,10 +190,10 @@ def _fused(
     token: int,
     lm: CharNgramLM | None,
     lm_ids: list[int | None],
-    cache: dict[tuple[tuple[int, ...], int], float],
+    cache: dict[tuple[int, int], float],
     alpha: float,
     beta: float,
-) -> tuple[tuple[int, ...], float]:
+) -> tuple[int, float]:
     """The language-model state and fusion score of the prefix ``node + token``."""
     state = trie.lm_state[node]
     fusion = trie.fusion[node]

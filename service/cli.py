@@ -53,7 +53,7 @@ def _inspect(args: argparse.Namespace) -> dict:
         "bytes": mask.nbytes,
         "language_model": None
         if mask.lm is None
-        else {k: v for k, v in mask.lm.metadata().items() if k != "tokens"} | {"ngrams": len(mask.lm.model.logprob)},
+        else {k: v for k, v in mask.lm.metadata().items() if k != "tokens"} | {"ngrams": len(mask.lm.model.grams)},
     }
     if args.backbone:
         from router_core.backbone import load_backbone

@@ -52,36 +52,40 @@ def test_backoff_form_equals_interpolated_kneser_ney(order):
     tokens, prob = _kn_oracle(TEXTS, order)
     assert lm.tokens == tokens
     rng = random.Random(order)
-    contexts = [lm.start] + [tuple(rng.randrange(len(tokens) - 1) for _ in range(order - 1)) for _ in range(15)]
-    for text in TEXTS[:3]:  # contexts the text really has
-        state = lm.start
+    contexts = [(0,) * (order - 1)] + [
+        tuple(rng.randrange(len(tokens) - 1) for _ in range(order - 1)) for _ in range(15)
+    ]
+    contexts += [tuple(rng.randrange(len(tokens) - 1) for _ in range(n)) for n in range(order - 1)]  # shorter ones
+    for text in TEXTS[:3]:  # contexts the text really has, reached by advancing the packed state
+        state, ids = lm.start, [0] * (order - 1)
         for c in sentence_tokens(text):
-            state = lm.advance(state, lm.index[c])
-            contexts.append(state)
+            state, ids = lm.advance(state, lm.index[c]), (ids + [lm.index[c]])[1:] if order > 1 else []
+            assert lm.unpack(state) == tuple(ids)
+            contexts.append(tuple(ids))
     for context in contexts:
+        assert lm.unpack(lm.pack(context)) == context
         for w in range(1, len(tokens)):
-            assert lm.score(context, w) == pytest.approx(math.log(prob(context, w)), abs=1e-9)
+            assert lm.score(lm.pack(context), w) == pytest.approx(math.log(prob(context, w)), abs=1e-9)
 
 
 @pytest.mark.parametrize("order,min_count", [(1, 1), (3, 1), (6, 1), (6, 2), (8, 3)])
 def test_every_context_sums_to_one_with_and_without_pruning(order, min_count):
     lm = train_char_lm(TEXTS * 3 + ["le lit du chat"], order, min_count=min_count)
     rng = random.Random(0)
-    seen = [(0,) * (order - 1 - len(c)) + c for c in lm.backoff if len(c) == order - 1]
+    seen = [(0,) * (order - 1 - len(c)) + c for c in lm.backoff_table() if len(c) == order - 1]
     unseen = [tuple(rng.randrange(len(lm.tokens) - 1) for _ in range(order - 1)) for _ in range(10)]
     for context in (seen[:40] + unseen) or [()]:
-        total = sum(math.exp(lm.score(context, w)) for w in range(1, len(lm.tokens)))
+        total = sum(math.exp(lm.score(lm.pack(context), w)) for w in range(1, len(lm.tokens)))
         assert total == pytest.approx(1.0, abs=1e-9)
 
 
 def test_pruning_drops_rare_ngrams_and_keeps_frequent_ones():
-    full = train_char_lm(TEXTS, 5)
-    pruned = train_char_lm(TEXTS, 5, min_count=2)
-    assert len(pruned.logprob) < len(full.logprob)
-    assert set(pruned.logprob) <= set(full.logprob)
-    assert {g for g in full.logprob if len(g[0]) < 2} <= set(pruned.logprob)  # unigrams and bigrams stay
+    full, pruned = train_char_lm(TEXTS, 5).ngram_table(), train_char_lm(TEXTS, 5, min_count=2)
+    kept = pruned.ngram_table()
+    assert len(kept) < len(full) and set(kept) <= set(full)
+    assert {g for g in full if len(g[0]) < 2} <= set(kept)  # unigrams and bigrams stay
     le = tuple(pruned.index[c] for c in "le|")
-    assert (le[:2], le[2]) in pruned.logprob or ((0, *le[:2]), le[2]) in pruned.logprob
+    assert (le[:2], le[2]) in kept or ((0, *le[:2]), le[2]) in kept
 
 
 def test_the_model_prefers_text_like_its_training_text():
@@ -104,13 +108,14 @@ def test_tensors_round_trip_exactly(alphabet_size, dtype):
     alphabet = ["|", *"abcdefghijklmnopqrstuvwxyz"] + [chr(0x400 + i) for i in range(alphabet_size - 27)]
     lm = train_char_lm(TEXTS, 4, alphabet=alphabet, min_count=2)
     tensors = lm.to_tensors()
-    assert tensors["ngrams"].dtype == dtype and tensors["ngrams"].shape == (len(lm.logprob), 4)
+    assert tensors["ngrams"].dtype == dtype and tensors["ngrams"].shape == (len(lm.grams), 4)
     back = CharNgramLM.from_tensors(4, lm.tokens, tensors)
-    assert back.backoff.keys() == lm.backoff.keys() and back.logprob.keys() == lm.logprob.keys()
-    for key, value in lm.logprob.items():
-        assert back.logprob[key] == pytest.approx(value, rel=1e-6)  # stored as float32
+    assert back.contexts.keys() == lm.contexts.keys() and back.grams.keys() == lm.grams.keys()
+    assert () in lm.backoff_table()  # the empty context (all padding in the tensor) round-trips too
+    for key, value in lm.grams.items():
+        assert back.grams[key] == pytest.approx(value, rel=1e-6)  # stored as float32
     unigram = CharNgramLM.from_tensors(1, *(lambda m: (m.tokens, m.to_tensors()))(train_char_lm(TEXTS, 1)))
-    assert unigram.score((), unigram.index["e"]) == pytest.approx(train_char_lm(TEXTS, 1).score((), unigram.index["e"]))
+    assert unigram.score(0, unigram.index["e"]) == pytest.approx(train_char_lm(TEXTS, 1).score(0, unigram.index["e"]))
 
 
 def test_bad_orders_text_and_tensors_are_refused():
@@ -128,5 +133,13 @@ def test_bad_orders_text_and_tensors_are_refused():
         CharNgramLM.from_tensors(3, lm.tokens[:5], tensors)
     with pytest.raises(InvalidInputError, match="missing"):
         CharNgramLM.from_tensors(3, lm.tokens, {"ngrams": tensors["ngrams"]})
+    # ids the packing could not tell apart: padding inside a row, a padded token, ids below -1
+    for where, bad in ((("ngrams", 5, 1), -1), (("ngrams", 5, 2), -1), (("contexts", 7, 1), -3)):
+        (name, row, col), value = where, bad
+        broken = {k: v.clone() for k, v in tensors.items()}
+        broken[name][row] = torch.tensor([1, 2, 3][: broken[name].shape[1]], dtype=broken[name].dtype)
+        broken[name][row, col] = value
+        with pytest.raises(InvalidInputError, match="does not have"):
+            CharNgramLM.from_tensors(3, lm.tokens, broken)
     with pytest.raises(InvalidInputError, match="<s>"):
         CharNgramLM(3, ["a", EOS], {}, {})

@@ -46,7 +46,7 @@ def test_language_model_round_trips_through_the_mask_file(bb):
     back = decode_mask(encode_mask(mask))
     assert back.metadata() == mask.metadata()
     assert back.lm is not None and back.lm.settings == mask.lm.settings and back.lm.info == {"sentences": 5}
-    assert back.lm.model.logprob.keys() == mask.lm.model.logprob.keys()
+    assert back.lm.model.grams.keys() == mask.lm.model.grams.keys()
     state = back.lm.model.start
     for token in range(1, len(back.lm.model.tokens)):
         assert back.lm.model.score(state, token) == pytest.approx(mask.lm.model.score(state, token), rel=1e-6)
