@@ -54,7 +54,6 @@ class RoutingPlan:
     layer_bits: dict[str, list[torch.Tensor | None]]
     backend: KernelBackend
     _per_layer: dict[str, tuple[list[torch.Tensor], Segments] | None] = field(default_factory=dict)
-
     _scaled: dict[tuple[Segments, int], Segments] = field(default_factory=dict)
 
     def for_layer(self, name: str) -> tuple[list[torch.Tensor], Segments] | None:
