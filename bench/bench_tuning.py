@@ -30,9 +30,10 @@ def main() -> None:
     print(f"dtype={args.dtype} shapes={shapes} max_rows={max_rows} buckets={triton_tuning.tuning_rows(max_rows)}")
     print(f"tune: {elapsed:.1f} s for {len(triton_masked._tuned)} keys")
     for key, tuned in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
-        path = "materialized + cuBLAS" if tuned.materialize else "tiles"
-        times = f"tiles {tuned.tiled_ms:.4f} ms, materialized {tuned.materialized_ms:.4f} ms"
-        print(f"  {key}: {path} ({times}); tiles {tuned.config}")
+        for kind, choice in sorted(tuned.paths.items()):
+            path = "materialized + cuBLAS" if choice.materialize else "tiles"
+            times = f"tiles {choice.tiled_ms:.4f} ms, materialized {choice.materialized_ms:.4f} ms"
+            print(f"  {key} {kind}: {path} ({times}); tiles {tuned.config}")
 
 
 if __name__ == "__main__":

@@ -90,9 +90,9 @@ def _two_tile_configs_on_gpu(monkeypatch):
     """On a GPU the autotuner chooses among two tile configs in tests (every config is checked by its own
     test): compiling all eleven for every small test shape would take minutes of device time."""
     if torch.cuda.is_available():
-        from router_core.kernels import triton_masked
+        from router_core.kernels import triton_configs, triton_masked
 
-        configs = [triton_masked.CONFIGS[0], triton_masked.CONFIGS[4]]
+        configs = [triton_configs.CONFIGS[0], triton_configs.CONFIGS[4]]
         monkeypatch.setattr(triton_masked._tuned_kernel, "configs", configs)
 
 

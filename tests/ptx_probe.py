@@ -22,7 +22,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from router_core.kernels import triton_apply_bits, triton_masked  # noqa: E402
+from router_core.kernels import triton_apply_bits, triton_configs, triton_masked  # noqa: E402
 
 ALIGNED = ["x_ptr", "w_ptr", "bias_ptr", "out_ptr", "bits_ptr", "table_ptr", "N", "K", "KB",
            "stride_xm", "stride_wn", "stride_om", "bits_mask_stride"]  # fmt: skip
@@ -72,9 +72,9 @@ def compile_apply_bits(dtype: str, arch: int) -> dict:
 def main() -> None:
     arch, dtype = int(sys.argv[1]), sys.argv[2]
     element_size = {"fp16": 2, "bf16": 2, "fp32": 4}[dtype]
-    limit = int(sys.argv[3]) if len(sys.argv) > 3 else triton_masked.SHARED_MEMORY_FALLBACK
-    for config in triton_masked.CONFIGS:
-        if triton_masked.shared_memory_estimate(config, element_size) > limit:
+    limit = int(sys.argv[3]) if len(sys.argv) > 3 else triton_configs.SHARED_MEMORY_FALLBACK
+    for config in triton_configs.CONFIGS:
+        if triton_configs.shared_memory_estimate(config, element_size) > limit:
             continue  # the autotuner's pruning drops it on such a device
         for one_segment in (True, False):
             print(json.dumps(compile_config(config, dtype, one_segment, arch)), flush=True)

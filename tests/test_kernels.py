@@ -141,9 +141,9 @@ def test_cpu_backend_picks_the_schedule_by_the_size_of_x(monkeypatch):
 
 
 def _triton_configs():
-    from router_core.kernels import triton_masked
+    from router_core.kernels import triton_configs
 
-    configs = [*triton_masked.CONFIGS, triton_masked.INTERPRETER_CONFIG]
+    configs = [*triton_configs.CONFIGS, triton_configs.INTERPRETER_CONFIG]
     return [pytest.param(c, id=f"{i}:" + "-".join(map(str, c.kwargs.values()))) for i, c in enumerate(configs)]
 
 
@@ -154,7 +154,8 @@ def test_every_tuned_triton_config_matches_reference(config):
     segment, a dense one, a mask used twice, all-keep and all-drop masks), and one-segment calls. On a GPU
     in fp16, as GPUs serve (each float32 compile takes seconds), and only the configs that fit its shared
     memory (the autotuner never launches the others); under the interpreter in float32."""
-    from router_core.kernels.triton_masked import segmented_masked_linear_triton, shared_memory_estimate
+    from router_core.kernels.triton_configs import shared_memory_estimate
+    from router_core.kernels.triton_masked import segmented_masked_linear_triton
     from router_core.kernels.triton_tuning import check_close_to_reference
 
     on_gpu = torch.cuda.is_available()
@@ -191,10 +192,10 @@ def test_every_tuned_triton_config_matches_reference(config):
 
 
 def test_triton_tuning_buckets_and_pruning():
-    from router_core.kernels.triton_masked import (
+    from router_core.kernels.triton_configs import (
         CONFIGS,
         SHARED_MEMORY_FALLBACK,
-        _prune,
+        prune_configs,
         row_bucket,
         shared_memory_estimate,
     )
@@ -203,17 +204,17 @@ def test_triton_tuning_buckets_and_pruning():
         64, 64, 256, 256, 1024, 4096, 16384, 16384, 65536,
     ]  # fmt: skip
     half, single = torch.empty(1, dtype=torch.float16), torch.empty(1)  # on the CPU: an H100's limit applies
-    short = _prune(CONFIGS, {"m_bucket": 64, "x_ptr": half})
+    short = prune_configs(CONFIGS, {"m_bucket": 64, "x_ptr": half})
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short) and len(short) < len(CONFIGS)
-    assert _prune(CONFIGS, {"m_bucket": 65536, "x_ptr": half}) == CONFIGS  # every half-precision pipeline fits
-    fp32 = _prune(CONFIGS, {"m_bucket": 65536, "x_ptr": single})
+    assert prune_configs(CONFIGS, {"m_bucket": 65536, "x_ptr": half}) == CONFIGS  # every half-precision pipeline fits
+    fp32 = prune_configs(CONFIGS, {"m_bucket": 65536, "x_ptr": single})
     dropped = [c for c in CONFIGS if c not in fp32]
     assert dropped and all(shared_memory_estimate(c, 4) > SHARED_MEMORY_FALLBACK for c in dropped)
     assert CONFIGS[0].kwargs == {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "BITS_BY_BYTE": 0}  # the old fixed tiles
 
 
 def test_start_up_tuning_covers_every_bucket_up_to_the_largest_batch():
-    from router_core.kernels.triton_masked import row_bucket
+    from router_core.kernels.triton_configs import row_bucket
     from router_core.kernels.triton_tuning import tuning_rows
 
     assert tuning_rows(10) == [10]
@@ -332,15 +333,20 @@ def test_materialized_path_matches_reference(shape, mask_kind):
     assert torch.allclose(got, masked_linear_reference(x, w, b, bits), atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("materialized_faster", [True, False], ids=["materialized-faster", "tiles-faster"])
-def test_tuner_keeps_the_faster_path_for_one_mask_calls_and_tiles_for_mixed(monkeypatch, materialized_faster):
-    """The dispatch as on a GPU (autotuner and timer stood in for: no GPU here): the first call of a key
-    times both paths; later one-mask calls of that key take the faster, mixed-mask calls the tiles."""
-    from router_core.kernels import triton_masked
+@pytest.mark.parametrize(
+    "one_faster,mixed_faster",
+    [("materialized", "tiles"), ("tiles", "materialized"), ("tiles", "tiles")],
+    ids=["one-materialized", "mixed-materialized", "tiles"],
+)
+def test_tuner_keeps_the_faster_path_per_kind_of_call(monkeypatch, one_faster, mixed_faster):
+    """The dispatch as on a GPU (autotuner and timer stood in for: no GPU here): the first one-mask call
+    and the first mixed-mask call of a key each time the tiles against the materialized path on their own
+    data; every later call of that kind takes the faster, and every path gives the reference's answer."""
+    from router_core.kernels import triton_configs, triton_masked
     from router_core.kernels.triton_tuning import tune_and_check
 
     class Autotuner:  # the interpreter config stands in for the autotuner's pick
-        best_config = triton_masked.INTERPRETER_CONFIG
+        best_config = triton_configs.INTERPRETER_CONFIG
 
         def __getitem__(self, grid):
             launch = triton_masked._launch_kwargs(self.best_config)
@@ -348,38 +354,67 @@ def test_tuner_keeps_the_faster_path_for_one_mask_calls_and_tiles_for_mixed(monk
                 *args, **flags, **launch
             )
 
-    timings = iter([2.0, 1.0] if materialized_faster else [1.0, 2.0])  # tiles, then materialized
+    timed = {"tiles": [1.0, 2.0], "materialized": [2.0, 1.0]}  # (tiles ms, materialized ms) when that wins
+    timings = iter(timed[one_faster] + timed[mixed_faster])
     materialized = []
 
-    def spy(*args):
-        materialized.append(args[0].shape[0])
-        return real_materialized(*args)
+    def spy(x, weight, bias, stack, segments):
+        materialized.append(len(segments.mask_ids))
+        return real_materialized(x, weight, bias, stack, segments)
 
-    real_materialized = triton_masked.masked_linear_materialized
+    real_materialized = triton_masked.segmented_linear_materialized
     monkeypatch.setattr(triton_masked, "_INTERPRET", False)
     monkeypatch.setattr(triton_masked, "_tuned_kernel", Autotuner())
     monkeypatch.setattr(triton_masked, "_time", lambda fn: next(timings))
     monkeypatch.setattr(triton_masked, "_tuned", {})
-    monkeypatch.setattr(triton_masked, "masked_linear_materialized", spy)
+    monkeypatch.setattr(triton_masked, "segmented_linear_materialized", spy)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n, k = 45, 29
     gen = torch.Generator().manual_seed(12)
     x, w, b = torch.randn(41, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
     stack = [pack_bits(_keep("random", n, k, seed=i)) for i in range(2)]
     on = lambda *ts: [t.to(device) for t in ts]  # noqa: E731
-    one = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(stack[1]), Segments((0, 41), (0,))).cpu()
-    assert torch.allclose(one, masked_linear_reference(x, w, b, stack[1]), atol=1e-4, rtol=1e-4)
-    tuned = triton_masked.tuned_for(41, n, k, torch.float32)
-    assert tuned is not None and tuned.materialize == materialized_faster and len(triton_masked._tuned) == 1
-    assert materialized == ([41] if materialized_faster else [])
     mixed = Segments((0, 20, 41), (1, 0))
-    got = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), mixed).cpu()  # same key: no tuning
-    assert torch.allclose(got, REFERENCE.segmented_masked_linear(x, w, b, stack, mixed), atol=1e-4, rtol=1e-4)
-    assert materialized == ([41] if materialized_faster else []) and len(triton_masked._tuned) == 1
+    for _ in range(2):  # the first round chooses, the second follows the choices
+        one = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(stack[1]), Segments((0, 41), (0,))).cpu()
+        assert torch.allclose(one, masked_linear_reference(x, w, b, stack[1]), atol=1e-4, rtol=1e-4)
+        got = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), mixed).cpu()
+        assert torch.allclose(got, REFERENCE.segmented_masked_linear(x, w, b, stack, mixed), atol=1e-4, rtol=1e-4)
+    tuned = triton_masked.tuned_for(41, n, k, torch.float32)
+    assert tuned is not None and len(triton_masked._tuned) == 1  # one key: tuned once
+    assert {kind: c.materialize for kind, c in tuned.paths.items()} == {
+        "one": one_faster == "materialized",
+        "mixed": mixed_faster == "materialized",
+    }
+    served = [1] * (one_faster == "materialized") + [2] * (mixed_faster == "materialized")
+    assert materialized == served * 2  # both rounds took the chosen paths
     dense = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), Segments((0, 41), (-1,))).cpu()
     assert torch.allclose(dense, x @ w.T + b, atol=1e-4)
-    if materialized_faster:  # start-up checks both the path one-mask calls take and the tiles mixed calls take
-        monkeypatch.setattr(triton_masked, "_tuned", {})
-        timings = iter([2.0, 1.0])
-        tune_and_check([(n, k)], torch.float32, device, 41)
-        assert materialized[-1] == 41
+    monkeypatch.setattr(triton_masked, "_tuned", {})  # start-up: both kinds chosen and checked per bucket
+    timings = iter(timed[one_faster] + timed[mixed_faster])
+    del materialized[:]
+    tune_and_check([(n, k)], torch.float32, device, 41)
+    assert materialized == served
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_materialized_mixed_batch_matches_reference(with_bias):
+    """Segment by segment through one reused W*M buffer: uneven and empty segments, a dense one, a mask
+    used by two segments."""
+    from router_core.kernels.triton_apply_bits import segmented_linear_materialized
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n, k = 45, 29
+    gen = torch.Generator().manual_seed(13)
+    x, w, b = torch.randn(41, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    bias = b if with_bias else None
+    stack = [
+        pack_bits(_keep(kind, n, k, seed=i)) for i, kind in enumerate(["random", "all_keep", "all_drop", "random"])
+    ]
+    segments = Segments((0, 3, 3, 20, 21, 35, 41), (3, 0, 1, DENSE_SEGMENT, 2, 3))
+    expected = REFERENCE.segmented_masked_linear(x, w, bias, stack, segments)
+    got = segmented_linear_materialized(
+        x.to(device), w.to(device), None if bias is None else bias.to(device),
+        torch.stack(stack).to(device), segments,
+    ).cpu()  # fmt: skip
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from router_core.kernels.triton_masked import CONFIGS, shared_memory_estimate
+from router_core.kernels.triton_configs import CONFIGS, shared_memory_estimate
 
 PROBE = Path(__file__).with_name("ptx_probe.py")
 SHARED_LIMIT = {90: 232_448, 80: 166_912}  # opt-in shared memory per block: H100, A100

@@ -7,9 +7,10 @@ Maths::
 
 It costs one extra pass over ``W`` (read ``W`` and the bits, write ``Wm``) and then runs at cuBLAS speed,
 so for large row counts, or where Triton's own GEMM is slower than cuBLAS (IEEE float32 runs on the CUDA
-cores), it can beat reading the bits inside the tile loop. The tuner (:mod:`triton_masked`) times both
-per row bucket and layer shape and keeps the faster for one-mask calls. ``Wm`` goes to a reused
-per-thread buffer (:mod:`workspace`).
+cores), it can beat reading the bits inside the tile loop. A mixed-mask batch pays one such pass per
+segment (:func:`segmented_linear_materialized`). The tuner (:mod:`triton_masked`) times both ways per
+row bucket and layer shape, for one-mask and for mixed-mask calls, and keeps the faster. ``Wm`` goes to
+a reused per-thread buffer (:mod:`workspace`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from router_core.kernels.reference import DENSE_SEGMENT, Segments
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
 BLOCK_N = 16
@@ -52,3 +54,29 @@ def masked_linear_materialized(
     """``x @ (W * M)^T + b`` for ``x [..., K]`` -> ``[..., N]``: ``W * M`` into this thread's buffer, then
     ``F.linear`` (which writes a new tensor: the result never aliases the buffer)."""
     return F.linear(x, masked_weight_triton(weight, bits, MASKED_WEIGHTS.get(weight)), bias)
+
+
+def segmented_linear_materialized(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stack: torch.Tensor, segments: Segments
+) -> torch.Tensor:
+    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: segment by segment, its ``W * M`` built in this
+    thread's buffer, then cuBLAS on its rows, written in place into the output (``stack``: ``[S, N, KB]``;
+    a dense segment multiplies ``W`` itself). Reusing one buffer is safe: each segment's GEMM is queued
+    on the stream before the next segment's pass overwrites it."""
+    spans = segments.spans()
+    if len(spans) == 1 and spans[0][:2] == (0, x.shape[0]):
+        mask_id = spans[0][2]
+        return (
+            F.linear(x, weight, bias)
+            if mask_id == DENSE_SEGMENT
+            else masked_linear_materialized(x, weight, bias, stack[mask_id])
+        )
+    out = x.new_empty(x.shape[0], weight.shape[0])  # [R, N]
+    scratch = MASKED_WEIGHTS.get(weight)
+    for start, end, mask_id in spans:
+        masked = weight if mask_id == DENSE_SEGMENT else masked_weight_triton(weight, stack[mask_id], scratch)
+        if bias is None:
+            torch.mm(x[start:end], masked.t(), out=out[start:end])
+        else:
+            torch.addmm(bias, x[start:end], masked.t(), out=out[start:end])
+    return out

@@ -22,9 +22,10 @@ Two ways to read the bits are compiled, and the autotuner keeps the faster on th
 loads each byte once (``[BK/8, BN]``) and expands it into its 8 bits in registers.
 
 Tiles are autotuned per (rows bucket, N, K, dtypes) on CUDA and the choice is cached on disk by
-Triton, so a restart does not retune. The best tiles are then timed against the materialized path
-(:mod:`triton_apply_bits`: ``W * M`` built once, then cuBLAS), and one-mask calls of that key take the
-faster; mixed-mask calls always take the segmented launch. Start-up tuning: :mod:`triton_tuning`.
+Triton, so a restart does not retune. The first one-mask and the first mixed-mask call of a key then
+time the best tiles against the materialized path (:mod:`triton_apply_bits`: ``W * M`` built once per
+mask, then cuBLAS), and later calls of each kind take the faster. Tile space and buckets:
+:mod:`triton_configs`; start-up tuning: :mod:`triton_tuning`.
 
 Precision follows ``F.linear``: float32 inputs are multiplied in full IEEE float32 unless torch allows
 TF32 for matmuls; half and bfloat16 use the tensor cores with float32 accumulation.
@@ -41,75 +42,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 import triton.testing
 
 from router_core.kernels.reference import DENSE_SEGMENT, Segments
-from router_core.kernels.triton_apply_bits import masked_linear_materialized
+from router_core.kernels.triton_apply_bits import segmented_linear_materialized
+from router_core.kernels.triton_configs import CONFIGS, INTERPRETER_CONFIG, prune_configs, row_bucket
 
 log = logging.getLogger(__name__)
-
-
-def _config(bm: int, bn: int, bk: int, warps: int, stages: int, by_byte: int) -> triton.Config:
-    meta = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "BITS_BY_BYTE": by_byte}
-    return triton.Config(meta, num_warps=warps, num_stages=stages)
-
-
-CONFIGS = [
-    _config(32, 64, 32, 4, 3, 0),  # the fixed tiles of the first GPU runs: the tuner can only do better
-    _config(32, 64, 32, 4, 3, 1),
-    _config(16, 64, 128, 4, 4, 1),  # few rows (short audio): more programs along N, long K steps
-    _config(32, 32, 128, 4, 4, 1),
-    _config(64, 64, 64, 4, 4, 1),
-    _config(64, 128, 64, 4, 4, 1),
-    _config(128, 64, 64, 4, 4, 1),
-    _config(128, 128, 64, 8, 3, 0),
-    _config(128, 128, 64, 8, 3, 1),
-    _config(128, 256, 64, 8, 3, 1),
-    _config(64, 256, 32, 4, 4, 1),
-]
-INTERPRETER_CONFIG = _config(16, 32, 16, 4, 1, 1)
-"""Used under ``TRITON_INTERPRET=1``, where there is nothing to tune (small tiles keep it fast)."""
-
-ROW_BUCKETS = (64, 256, 1024, 4096, 16384)
-"""Tuning is keyed on the smallest bucket holding the row count (larger counts share one key)."""
-LAST_BUCKET = 65536
-"""The key of every row count above the last of :data:`ROW_BUCKETS`."""
-
-
-def row_bucket(rows: int) -> int:
-    """The tuning bucket of ``rows``: the first of :data:`ROW_BUCKETS` at least ``rows``, else the last."""
-    return next((b for b in ROW_BUCKETS if rows <= b), LAST_BUCKET)
-
-
-SHARED_MEMORY_FALLBACK = 232_448
-"""Shared memory per block (bytes) assumed when the device cannot be asked: an H100's opt-in limit."""
-
-
-def shared_memory_estimate(config: triton.Config, element_size: int) -> int:
-    """Bytes of shared memory the pipelined loop needs: ``stages x (BM + BN) x BK`` elements (the x and
-    W tiles of every stage in flight; the bit bytes add ~1/16 of the W tile, left out)."""
-    meta = config.kwargs
-    return config.num_stages * (meta["BLOCK_M"] + meta["BLOCK_N"]) * meta["BLOCK_K"] * element_size
-
-
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs: object) -> list[triton.Config]:
-    """Drop tiles taller than the row bucket (they would mostly multiply zero rows) and tiles whose
-    pipeline cannot fit the device's shared memory (compiling them would only fail at launch)."""
-    x = named_args["x_ptr"]
-    limit = SHARED_MEMORY_FALLBACK
-    if x.is_cuda:
-        properties = torch.cuda.get_device_properties(x.device)
-        limit = getattr(properties, "shared_memory_per_block_optin", SHARED_MEMORY_FALLBACK)  # (not in the stubs)
-    fitting = [
-        c
-        for c in configs
-        if c.kwargs["BLOCK_M"] <= max(16, named_args["m_bucket"])
-        and shared_memory_estimate(c, x.element_size()) <= limit
-    ]
-    return fitting or configs[:1]
 
 
 @triton.jit
@@ -204,7 +145,7 @@ def _time_config(kernel_call, quantiles):  # noqa: ANN001,ANN202  (the autotuner
 _tuned_kernel = triton.autotune(
     configs=CONFIGS,
     key=["m_bucket", "N", "K", "INPUT_PRECISION"],  # + every tensor's dtype (the autotuner adds them)
-    prune_configs_by={"early_config_prune": _prune},
+    prune_configs_by={"early_config_prune": prune_configs},
     do_bench=_time_config,
     cache_results=True,
 )(_segmented_masked_matmul_kernel)
@@ -228,8 +169,8 @@ def segmented_masked_linear_triton(
 ) -> torch.Tensor:
     """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]`` in one launch (``bits_stack``: ``[S, N, KB]``).
 
-    ``config`` pins the tiles (tests); by default they are tuned on CUDA (a one-mask call may then
-    take the materialized path, when that was timed faster), fixed in the interpreter."""
+    ``config`` pins the tiles (tests); by default they are tuned on CUDA (and the call may then take the
+    materialized path, when that was timed faster for calls of its kind), fixed in the interpreter."""
     n_out, k = weight.shape
     rows = x.shape[0]
     stack = bits_stack if isinstance(bits_stack, torch.Tensor) else _stack(bits_stack, n_out, (k + 7) // 8, x.device)
@@ -243,11 +184,10 @@ def segmented_masked_linear_triton(
     else:
         key = (row_bucket(rows), n_out, k, x.dtype, weight.dtype, precision)
         tuned = _tuned.get(key) or _tune(key, x, weight, bias, stack, segments)
-        if tuned.materialize and len(segments.mask_ids) == 1:
-            mask_id = segments.mask_ids[0]
-            if mask_id == DENSE_SEGMENT:
-                return F.linear(x, weight, bias)
-            return masked_linear_materialized(x, weight, bias, stack[mask_id])
+        kind = "one" if len(segments.mask_ids) == 1 else "mixed"
+        choice = tuned.paths.get(kind) or _choose(tuned, kind, x, weight, bias, stack, segments)
+        if choice.materialize:
+            return segmented_linear_materialized(x, weight, bias, stack, segments)
         launch = tuned.launch
     out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
     args, flags = _kernel_args(x, weight, bias, stack, segments, out, precision)
@@ -279,15 +219,23 @@ def _kernel_args(
 
 
 @dataclass(frozen=True)
-class Tuned:
-    """What the tuner chose for one key: the tiles (with their launch keywords) and whether one-mask
-    calls build ``W * M`` once and use cuBLAS instead (timed faster)."""
+class PathChoice:
+    """Tiles or ``W * M`` built once and cuBLAS, for one kind of call (one mask, or mixed masks), as
+    timed on the first such call of a key (milliseconds)."""
 
-    config: triton.Config
-    launch: dict
     materialize: bool
     tiled_ms: float
     materialized_ms: float
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What the tuner chose for one key: the tiles (with their launch keywords), and per kind of call
+    (``one``, ``mixed``) the faster path, filled in by the first call of that kind."""
+
+    config: triton.Config
+    launch: dict
+    paths: dict[str, PathChoice]
 
 
 _tuned: dict[tuple, Tuned] = {}
@@ -303,20 +251,37 @@ def _tune(
     stack: torch.Tensor,
     segments: Segments,
 ) -> Tuned:
-    """First call of a key: the autotuner picks the tiles (or reads Triton's disk cache), then the best
-    tiles and the materialized path are timed on this call's data, and the faster is remembered."""
+    """First call of a key: the autotuner picks the tiles (or reads Triton's disk cache)."""
     rows, n_out = x.shape[0], weight.shape[0]
     out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
     args, flags = _kernel_args(x, weight, bias, stack, segments, out, key[-1])
     _tuned_kernel[_grid(rows, n_out)](*args, **flags)
     config = _tuned_kernel.best_config
-    launch = _launch_kwargs(config)
+    tuned = _tuned[key] = Tuned(config, _launch_kwargs(config), {})
+    return tuned
+
+
+def _choose(
+    tuned: Tuned,
+    kind: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stack: torch.Tensor,
+    segments: Segments,
+) -> PathChoice:
+    """First call of a kind for a key: the tuned tiles and the materialized path are timed on this
+    call's data and segmentation, and the faster is kept for every later call of that kind."""
+    rows, n_out = x.shape[0], weight.shape[0]
+    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+    args, flags = _kernel_args(x, weight, bias, stack, segments, out, input_precision(x.dtype))
+    launch = tuned.launch
     grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
     tiled_ms = _time(lambda: _segmented_masked_matmul_kernel[grid](*args, **flags, **launch))
-    materialized_ms = _time(lambda: masked_linear_materialized(x, weight, bias, stack[0]))
-    tuned = _tuned[key] = Tuned(config, launch, materialized_ms < tiled_ms, tiled_ms, materialized_ms)
-    log.debug("tuned %s: %s", key, tuned)
-    return tuned
+    materialized_ms = _time(lambda: segmented_linear_materialized(x, weight, bias, stack, segments))
+    choice = tuned.paths[kind] = PathChoice(materialized_ms < tiled_ms, tiled_ms, materialized_ms)
+    log.debug("%s calls of %s x %s: %s", kind, rows, tuple(weight.shape), choice)
+    return choice
 
 
 def tuned_for(rows: int, n_out: int, k: int, dtype: torch.dtype) -> Tuned | None:

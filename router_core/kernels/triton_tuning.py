@@ -22,6 +22,7 @@ from router_core.errors import KernelUnavailableError
 from router_core.kernels import triton_masked
 from router_core.kernels.bits import pack_bits
 from router_core.kernels.reference import Segments, masked_linear_reference
+from router_core.kernels.triton_configs import LAST_BUCKET, ROW_BUCKETS
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def tuning_rows(max_rows: int) -> list[int]:
     """One row count per tuning bucket a batch of up to ``max_rows`` rows can fall in (each bucket's top,
     the last one capped at ``max_rows``)."""
     counts: list[int] = []
-    for bucket in (*triton_masked.ROW_BUCKETS, triton_masked.LAST_BUCKET):
+    for bucket in (*ROW_BUCKETS, LAST_BUCKET):
         counts.append(min(bucket, max_rows))
         if bucket >= max_rows:
             break
@@ -68,14 +69,22 @@ def tune_and_check(
             got = triton_masked.segmented_masked_linear_triton(
                 x, weight, bias, two_masks[:1], triton_masked.single_segment(rows)
             )  # the first call of a key tunes it
-            tuned = triton_masked.tuned_for(rows, n_out, k, dtype)
-            check_close_to_reference(got, one, f"{what}, one mask, as tuned ({tuned})")
-            # a mixed-mask batch (always the tiles): compiles their segmented variant now, not on a request
+            check_close_to_reference(got, one, f"{what}, one mask, {_served(rows, n_out, k, dtype, 'one')}")
+            # a mixed-mask batch: its path is chosen now (and the tiles' segmented variant compiled), not on a request
             half = rows // 2
             mixed = Segments((0, half, rows), (0, 1))
             got = triton_masked.segmented_masked_linear_triton(x, weight, bias, two_masks, mixed)
             expected = torch.cat([one[:half], masked_linear_reference(x[half:], weight, bias, two_masks[1])])
-            check_close_to_reference(got, expected, f"{what}, two masks, tiles {tuned and tuned.config}")
+            check_close_to_reference(got, expected, f"{what}, two masks, {_served(rows, n_out, k, dtype, 'mixed')}")
+
+
+def _served(rows: int, n_out: int, k: int, dtype: torch.dtype, kind: str) -> str:
+    """What calls of ``kind`` take for this key, for error messages."""
+    tuned = triton_masked.tuned_for(rows, n_out, k, dtype)
+    choice = tuned.paths.get(kind) if tuned is not None else None
+    if tuned is None or choice is None:
+        return "the interpreter's tiles"
+    return "W*M materialized + cuBLAS" if choice.materialize else f"tiles {tuned.config}"
 
 
 def check_close_to_reference(got: torch.Tensor, expected: torch.Tensor, what: str) -> None:
