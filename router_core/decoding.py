@@ -61,7 +61,7 @@ def ctc_greedy_decode(logits: torch.Tensor, spec: HeadSpec, seconds_per_frame: f
 
     for t, token_id in enumerate(path):
         if token_id == previous:
-            if chars and token_id != spec.blank_id:
+            if chars and token_id != spec.blank_id and not is_special_token(spec.vocab[token_id]):
                 end = t + 1  # a repeated character extends the current word
             continue
         previous = token_id

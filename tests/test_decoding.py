@@ -2,6 +2,7 @@ import torch
 
 from conftest import CTC_VOCAB, classify_spec, ctc_spec
 from router_core.decoding import classify, ctc_greedy_decode
+from router_core.heads import HeadSpec
 
 
 def _logits(path):
@@ -19,6 +20,19 @@ def test_greedy_collapses_repeats_keeps_blank_separated_doubles_and_times_words(
     hello, bee = result.words
     assert (round(hello.start, 3), round(hello.end, 3)) == (0.02, 0.16)  # frames 1..7
     assert (round(bee.start, 3), round(bee.end, 3)) == (0.22, 0.3)  # frames 11..14
+
+
+def test_a_run_of_special_tokens_does_not_stretch_the_word_before_it():
+    """Special tokens are skipped, however many frames they last: ``<unk>`` held after "he" used to move
+    the word's end to the end of the run when it lasted two frames or more (one frame did not)."""
+    spec = HeadSpec(kind="ctc", vocab=[*CTC_VOCAB, "<unk>"])
+    for held in (1, 3):
+        path = ["h", "e", *["<unk>"] * held, "<pad>", "|", "o", "x"]
+        logits = torch.full((len(path), len(spec.vocab)), -5.0)
+        for t, token in enumerate(path):
+            logits[t, spec.vocab.index(token)] = 5.0
+        he, ox = ctc_greedy_decode(logits, spec, seconds_per_frame=0.02).words
+        assert (he.text, round(he.end, 3), ox.text) == ("he", 0.04, "ox"), held
 
 
 def test_all_blank_gives_empty_transcript():
