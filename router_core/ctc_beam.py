@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from router_core.char_lm import WORD_DELIMITER, CharNgramLM
-from router_core.decoding import Transcript, Word, is_special_token
+from router_core.decoding import Transcript, is_special_token, transcript_from_emissions
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec
 
@@ -209,20 +209,6 @@ def _fused(
 
 
 def _transcript(trie: _Prefixes, node: int, spec: HeadSpec, seconds_per_frame: float) -> Transcript:
-    words: list[Word] = []
-    chars: list[str] = []
-    start = end = 0
-    for n in trie.path(node):
-        token = spec.vocab[trie.token[n]]
-        if token in (spec.word_delimiter, " ") or is_special_token(token):
-            if chars and not is_special_token(token):
-                words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
-                chars = []
-            continue
-        if not chars:
-            start = trie.frame[n]
-        chars.append(token)
-        end = trie.until[n] + 1
-    if chars:
-        words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
-    return Transcript(" ".join(w.text for w in words), words)
+    """The prefix ``node`` as words: each token spans its emitting frame through the last frame it held."""
+    emissions = [(trie.token[n], trie.frame[n], trie.until[n] + 1) for n in trie.path(node)]
+    return transcript_from_emissions(emissions, spec, seconds_per_frame)

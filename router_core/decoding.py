@@ -8,6 +8,8 @@ beam-search decoder (with a mask's character language model); it returns the sam
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,35 +51,40 @@ def is_special_token(token: str) -> bool:
 def ctc_greedy_decode(logits: torch.Tensor, spec: HeadSpec, seconds_per_frame: float) -> Transcript:
     """Greedy CTC over ``logits [T, V]`` with word start/end times in seconds."""
     path = logits.argmax(dim=-1).tolist()  # [T]
+    emissions: list[tuple[int, int, int]] = []
+    frame = 0
+    for token_id, run in itertools.groupby(path):  # a run of one token is one emission (repeats collapse)
+        length = sum(1 for _ in run)
+        if token_id != spec.blank_id:
+            emissions.append((token_id, frame, frame + length))
+        frame += length
+    return transcript_from_emissions(emissions, spec, seconds_per_frame)
+
+
+def transcript_from_emissions(
+    emissions: Iterable[tuple[int, int, int]], spec: HeadSpec, seconds_per_frame: float
+) -> Transcript:
+    """The words of decoded tokens ``(token id, first frame, end frame)`` (end exclusive), in order; greedy
+    and beam search both end here. A word is a maximal run of characters between delimiters; special
+    tokens are skipped; a word spans its first character's first frame to its last character's end frame."""
     words: list[Word] = []
     chars: list[str] = []
     start = end = 0
-    previous = -1
-
-    def flush() -> None:
-        if chars:
-            words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
-            chars.clear()
-
-    for t, token_id in enumerate(path):
-        if token_id == previous:
-            if chars and token_id != spec.blank_id and not is_special_token(spec.vocab[token_id]):
-                end = t + 1  # a repeated character extends the current word
-            continue
-        previous = token_id
-        if token_id == spec.blank_id:
-            continue
+    for token_id, first, until in emissions:
         token = spec.vocab[token_id]
         if token in (spec.word_delimiter, " "):
-            flush()
+            if chars:
+                words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
+                chars = []
             continue
         if is_special_token(token):
             continue
         if not chars:
-            start = t
+            start = first
         chars.append(token)
-        end = t + 1
-    flush()
+        end = until
+    if chars:
+        words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
     return Transcript(" ".join(w.text for w in words), words)
 
 
