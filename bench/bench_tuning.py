@@ -8,11 +8,15 @@ empty), the second reads Triton's on-disk caches, as a service restart on the sa
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
+from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from router_core.kernels import triton_masked, triton_tuning
+from router_core import Backbone, DirectoryStore, MaskRegistry, Router
+from router_core.kernels import triton_masked
+from router_core.kernels.backend import select_backend
 
 
 def main() -> None:
@@ -21,13 +25,15 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=120.0)
     parser.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args()
-    shapes = [(3072, 768), (768, 3072), (768, 768)]  # fc1, fc2, attention projections of wav2vec2-base
-    max_rows = args.max_batch * (int(args.max_seconds * 50) + 1)  # 50 frames per second
-    started = time.perf_counter()
-    triton_tuning.tune(shapes, getattr(torch, args.dtype), torch.device("cuda"), max_rows)
-    torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    print(f"dtype={args.dtype} shapes={shapes} max_rows={max_rows} buckets={triton_tuning.tuning_rows(max_rows)}")
+    backbone = Backbone.from_model(Wav2Vec2Model(Wav2Vec2Config()), device="cuda", dtype=getattr(torch, args.dtype))
+    with tempfile.TemporaryDirectory() as folder:
+        registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), device="cuda", budget_bytes=2**30)
+        router = Router(backbone, registry, select_backend("cuda", "triton"))
+        started = time.perf_counter()
+        router.prepare_kernels(args.max_batch, args.max_seconds)  # what the service runs before /readyz
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+    print(f"dtype={args.dtype} max_batch={args.max_batch} max_seconds={args.max_seconds}")
     print(f"tune: {elapsed:.1f} s for {len(triton_masked._tuned)} keys")
     for key, tuned in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
         for kind, choice in sorted(tuned.paths.items()):
