@@ -10,11 +10,14 @@ from router_core.errors import InvalidInputError
 
 
 def run_lm(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
     from router_core.backbone import load_backbone
     from router_core.ctc_beam import BeamSettings
     from router_core.mask_file import decode_mask, encode_mask
     from router_core.registry import DirectoryStore, MaskRegistry
     from router_core.router import Router
+    from router_core.training.evaluation import predict_in_batches
     from router_core.training.lm_builder import read_texts, with_language_model
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import AudioCache
@@ -34,12 +37,13 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
         backbone = load_backbone(args.backbone, device=args.device, local_files_only=args.offline)
         registry = MaskRegistry(store, backbone.spec(), device=backbone.device, budget_bytes=2**40)
         router = Router(backbone, registry, decoder="greedy")
-        examples, load = read_manifest(args.dev, "ctc"), AudioCache()
-        log_probs = []
-        for start in range(0, len(examples), args.batch_size):
-            chunk = examples[start : start + args.batch_size]
-            outs = router.forward([load(e) for e in chunk], [args.mask] * len(chunk), "ctc")
-            log_probs += [o.logits.log_softmax(dim=-1) for o in outs]  # [T_i, V]
+        examples = read_manifest(args.dev, "ctc")
+
+        def log_posteriors(waves: list[torch.Tensor]) -> list[torch.Tensor]:
+            outs = router.forward(waves, [args.mask] * len(waves), "ctc")
+            return [o.logits.log_softmax(dim=-1) for o in outs]  # [T_i, V] each
+
+        log_probs = predict_in_batches(examples, log_posteriors, AudioCache(), args.batch_size)
         dev = (log_probs, [e.target for e in examples])
     texts = read_texts(args.text)
     updated = with_language_model(mask, texts, args.order, args.min_count, settings, dev)
