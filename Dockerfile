@@ -1,12 +1,15 @@
 # syntax=docker/dockerfile:1
-# s3router image. CPU by default; CUDA with:
-#   docker build --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
-ARG BASE_IMAGE=python:3.11-slim-bookworm
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# s3router image: one image for CPU and GPU hosts.
+#   docker build -t s3router .
+#   docker run -p 8000:8000 s3router                  # CPU
+#   docker run --gpus all -e S3R_DEVICE=cuda -e S3R_DTYPE=float16 -p 8000:8000 s3router   # GPU
+# The locked torch wheel (PyPI's Linux build) carries its own CUDA libraries, so a GPU host needs only its
+# driver, passed in by the NVIDIA Container Toolkit: no CUDA base image. Both stages build on the same
+# Python image, so the venv copied from one resolves its interpreter in the other.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: a virtualenv with the project, and the CPU kernel compiled once ----
-FROM python:3.11-slim-bookworm AS build
-ARG TORCH_INDEX
+# ---- build: a virtualenv holding exactly requirements-serve.lock, and the CPU kernel compiled once ----
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 TORCH_EXTENSIONS_DIR=/opt/torch_extensions
 RUN apt-get update \
  && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
@@ -14,22 +17,31 @@ RUN apt-get update \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
+COPY requirements-serve.lock ./
+# every package pinned and hash-checked; nothing resolved here
+RUN pip install --require-hashes --no-deps -r requirements-serve.lock
 COPY pyproject.toml README.md ./
 COPY router_core ./router_core
 COPY service ./service
-RUN pip install --extra-index-url "$TORCH_INDEX" 'torch==2.11.*' 'torchaudio==2.11.*' \
- && pip install .
-RUN python -c "from router_core.kernels.cpu import load_extension; load_extension()"
+# the project alone, built with the locked setuptools (no build isolation: nothing unlocked comes in)
+RUN pip install --no-deps --no-build-isolation . \
+ && python -c "from router_core.kernels.cpu import load_extension; load_extension()"
 
-# ---- runtime: no compiler, non-root ----
-FROM ${BASE_IMAGE} AS runtime
+# ---- runtime: non-root ----
+FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     TORCH_EXTENSIONS_DIR=/opt/torch_extensions \
     TRITON_CACHE_DIR=/var/cache/s3router/triton \
     S3R_HOST=0.0.0.0 \
     S3R_PORT=8000
-# TRITON_CACHE_DIR (GPU images): compiled kernels and the tile choices tuned at start-up, writable by the
+# gcc + libc headers: on a GPU, Triton compiles its small C launcher on first use (triton/runtime/build.py
+# looks for gcc or clang). libc6-dev is left to apt so that it matches the image's own libc6.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+# TRITON_CACHE_DIR (GPU hosts): compiled kernels and the tile choices tuned at start-up, writable by the
 # service user; docker-compose keeps it on a volume so that a restart does not tune again
 RUN groupadd --system --gid 999 s3router && useradd --system --uid 999 --gid 999 --home-dir /app s3router \
  && mkdir -p /var/cache/s3router/triton && chown -R 999:999 /var/cache/s3router

@@ -78,7 +78,7 @@ class RoutingMask:
     fingerprint: str
     keep_ratios: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
-    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc).isoformat())
+    created_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     head_layer_weights: torch.Tensor | None = None  # [S], with ``head.layer_mix``
     lm: LMDecoding | None = None  # CTC only: a character language model for beam search
 
