@@ -82,6 +82,12 @@ def _serve(args: argparse.Namespace) -> dict:
     return {"stopped": True}
 
 
+def _settings_table(args: argparse.Namespace) -> None:
+    from service.settings import settings_table
+
+    print(settings_table(), end="")
+
+
 class SettingsError(Exception):
     """Invalid ``s3router serve`` flags or ``S3R_*`` variables."""
 
@@ -120,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     _add_setting_flags(serve)
     serve.set_defaults(run=_serve)
+    table = sub.add_parser("settings", help="print every S3R_* setting as a Markdown table (as in README.md)")
+    table.set_defaults(run=_settings_table)
     return parser
 
 
@@ -130,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     except (S3RouterError, OSError, SettingsError) as exc:
         print(f"s3router {args.command}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    if result is not None:  # commands that print their own output return None
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
     return 0
 
 

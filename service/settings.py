@@ -24,8 +24,12 @@ class ServiceSettings(BaseSettings):
     )
     redis_prefix: str = Field(default="s3router:", description="key prefix of the masks in Redis")
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    kernel: Literal["auto", "reference", "cpu", "triton"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32", description="backbone precision (fp32/fp16 aliases accepted); float16 or bfloat16 on a GPU"
+    )
+    kernel: Literal["auto", "reference", "cpu", "triton"] = Field(
+        default="auto", description="masked-matmul backend; auto: triton on CUDA, the C++ kernel on the CPU"
+    )
     decoder: Literal["auto", "greedy"] = Field(
         default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"
     )
@@ -33,19 +37,27 @@ class ServiceSettings(BaseSettings):
     model_id: str = Field(default="s3router", description="model id reported to OpenAI-compatible clients")
     language_mask: str = Field(default="language", description="classification mask used for lang=auto")
 
-    max_batch_size: int = Field(default=8, ge=1, le=256)
-    max_wait_ms: float = Field(default=10.0, ge=0.0, le=10_000.0)
-    max_queue: int = Field(default=64, ge=1, le=100_000)
-    request_timeout_s: float = Field(default=30.0, gt=0.0, le=3600.0)
-    mask_budget_mb: float = Field(default=512.0, gt=0.0)
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="most requests in one forward pass")
+    max_wait_ms: float = Field(
+        default=10.0, ge=0.0, le=10_000.0, description="how long a batch waits to fill before it runs"
+    )
+    max_queue: int = Field(
+        default=64, ge=1, le=100_000, description="requests waiting at most; past it, 503 with Retry-After"
+    )
+    request_timeout_s: float = Field(
+        default=30.0, gt=0.0, le=3600.0, description="a request not answered by then gets a 504"
+    )
+    mask_budget_mb: float = Field(default=512.0, gt=0.0, description="memory for resident masks (LRU beyond it)")
 
-    max_upload_bytes: int = Field(default=25 * 2**20, ge=1024)
-    max_audio_seconds: float = Field(default=120.0, gt=0.0)
+    max_upload_bytes: int = Field(default=25 * 2**20, ge=1024, description="largest request body; larger is a 413")
+    max_audio_seconds: float = Field(default=120.0, gt=0.0, description="longest audio accepted; longer is a 413")
 
-    admin_token: SecretStr | None = None
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    admin_token: SecretStr | None = Field(
+        default=None, description="bearer token for PUT/DELETE /masks (8+ characters); unset = admin off (403)"
+    )
+    host: str = Field(default="127.0.0.1", description="address `s3router serve` listens on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port `s3router serve` listens on")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log verbosity")
 
     @field_validator("dtype", mode="before")
     @classmethod
@@ -68,6 +80,17 @@ class ServiceSettings(BaseSettings):
         if self.admin_token is not None and len(self.admin_token.get_secret_value()) < 8:
             raise ValueError("admin_token must be at least 8 characters (or unset to disable admin endpoints)")
         return self
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (variable, default, meaning) that README.md embeds."""
+    prefix = ServiceSettings.model_config.get("env_prefix", "")
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in ServiceSettings.model_fields.items():
+        default = field.default
+        shown = "unset" if default is None else f"`{str(default).lower() if isinstance(default, bool) else default}`"
+        rows.append(f"| `{prefix}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows) + "\n"
 
 
 def load_settings(**overrides: object) -> ServiceSettings:

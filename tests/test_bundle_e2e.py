@@ -4,6 +4,8 @@ Sentences are new (written here, not from the corpus); voices and speeds are as 
 bundle in masks/ (built by `make bundle`) and espeak-ng.
 """
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -105,3 +107,19 @@ def test_classify_speaker_on_new_sentences(server):
 def _first(lang: str) -> tuple[str, str, str, int]:
     text, speaker, speed = SENTENCES[lang][0]
     return text, lang, speaker, speed
+
+
+def test_the_readme_first_request_gives_the_transcript_it_shows(server, tmp_path):
+    """README.md's first example, run as written: its espeak-ng line, its curl's endpoint, its shown text."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```bash", 2)[2].split("```", 1)[0]
+    speak = next(line for line in block.splitlines() if line.startswith("espeak-ng "))
+    query = re.search(r"'localhost:8000(/transcribe\?lang=\w+)'", block)
+    shown = re.search(r'^# \{"text":"([^"]*)"', block, re.M)
+    assert query and shown, block
+    argv = shlex.split(speak)
+    wav = tmp_path / argv[argv.index("-w") + 1]
+    argv[argv.index("-w") + 1] = str(wav)
+    subprocess.run(argv, check=True)
+    given = httpx.post(f"{server}{query.group(1)}", content=wav.read_bytes(), timeout=60).json()
+    assert given["text"] == shown.group(1)
