@@ -90,6 +90,10 @@ class EmptyAudioError(InvalidInputError):
     """The upload decodes to no samples (or is shorter than one model frame)."""
 
 
+class UploadTimeoutError(InvalidInputError):
+    """The request body did not arrive in time (a stalled or trickling upload)."""
+
+
 class PayloadTooLargeError(S3RouterError):
     """The upload exceeds the byte limit or the audio exceeds the duration limit."""
 
@@ -104,6 +108,10 @@ class OverloadedError(S3RouterError):
 
 class DeadlineExceededError(S3RouterError):
     """The request was not served before its deadline."""
+
+
+class ClientClosedRequestError(S3RouterError):
+    """The client went away before its answer was ready; its work is dropped (logged as 499)."""
 
 
 class NotReadyError(S3RouterError):

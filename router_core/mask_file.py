@@ -53,12 +53,12 @@ from router_core.kernels.bits import count_kept, packed_row_bytes
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 METADATA_KEY = "s3router"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # whole name (fullmatch: "$" admits a final "\n")
 
 
 def validate_mask_name(name: str) -> str:
     """A mask name is 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise InvalidMaskNameError(
             f"invalid mask name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import sysconfig
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -43,8 +44,10 @@ def locked_versions(lock_text: str) -> dict[str, str]:
 
 
 def installed_versions() -> dict[str, str]:
-    """``{canonical name: version}`` of every distribution the running interpreter can import."""
-    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    """``{canonical name: version}`` of every distribution installed in this environment's site-packages
+    (not all of ``sys.path``: importing setuptools adds its vendored packages' metadata there)."""
+    site = sorted({sysconfig.get_paths()[key] for key in ("purelib", "platlib")})
+    return {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions(path=site)}
 
 
 def differences(locked: Mapping[str, str], installed: Mapping[str, str]) -> list[str]:

@@ -64,7 +64,8 @@ def state_of(request: Request) -> AppState:
 
 def error_response(exc: S3RouterError) -> JSONResponse:
     status = status_for(exc)
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, OverloadedError) else None
+    retry_after = exc.retry_after if isinstance(exc, OverloadedError) else 1.0
+    headers = {"Retry-After": str(max(1, round(retry_after)))} if status == 503 else None
     body = {"error": {"type": type(exc).__name__, "message": str(exc)}}
     return JSONResponse(body, status_code=status, headers=headers)
 

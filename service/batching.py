@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from router_core.backbone import SAMPLE_RATE
-from router_core.errors import DeadlineExceededError, OverloadedError, S3RouterError
+from router_core.errors import DeadlineExceededError, MaskKindError, OverloadedError, S3RouterError
 from router_core.router import RoutedOutput
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,16 @@ def take_batch(queue: deque[Pending], max_batch: int, now: float) -> tuple[list[
         item = queue.popleft()
         (dead if item.dead(now) else batch).append(item)
     return batch, dead
+
+
+def kind_mismatch(item: Pending, out: RoutedOutput) -> MaskKindError | None:
+    """The error for an output of the other kind than the request was admitted for: its mask was
+    replaced by one of the other kind while it waited (``None`` when the kinds agree)."""
+    if out.kind == item.kind:
+        return None
+    return MaskKindError(
+        f"mask {item.mask!r} became a {out.kind} mask while this {item.kind} request waited; send it again"
+    )
 
 
 @dataclass
@@ -132,15 +142,26 @@ class Batcher:
         self.queue.clear()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, wave: torch.Tensor, mask: str, kind: str, timeout_s: float) -> Pending:
-        """Enqueue at once or raise :class:`OverloadedError` (never waits for room)."""
+    def check_room(self) -> None:
+        """Raise :class:`OverloadedError` when the queue is full: called before an upload is decoded, so
+        that refused work costs no decoding, and again when it is enqueued."""
         if not admit(len(self.queue), self.max_queue):
             raise OverloadedError(f"the request queue is full ({self.max_queue} waiting); retry shortly", 1.0)
+
+    def submit(self, wave: torch.Tensor, mask: str, kind: str, timeout_s: float) -> Pending:
+        """Enqueue at once or raise :class:`OverloadedError` (never waits for room)."""
+        self.check_room()
         now = self.clock()
         item = Pending(wave, mask, kind, now, now + timeout_s, asyncio.get_running_loop().create_future())
         self.queue.append(item)
         self._wake.set()
         return item
+
+    def cancel(self, item: Pending) -> None:
+        """Drop ``item`` (its client went away): it leaves the queue at once, freeing its slot."""
+        item.cancelled = True
+        with contextlib.suppress(ValueError):
+            self.queue.remove(item)  # not there once its batch was taken
 
     async def result(self, item: Pending) -> RoutedOutput:
         """Wait for ``item``'s result; its deadline turns into :class:`DeadlineExceededError`."""
@@ -151,7 +172,7 @@ class Batcher:
             item.cancelled = True
             raise DeadlineExceededError("the request was not served before its deadline") from None
         except asyncio.CancelledError:
-            item.cancelled = True  # client went away: drop the queued work
+            self.cancel(item)  # client went away: drop the queued work
             raise
 
     async def _loop(self) -> None:
@@ -189,6 +210,8 @@ class Batcher:
             item.started_at, item.finished_at = started, finished
             if item.future is None or item.future.done():
                 continue
+            if not isinstance(out, BaseException):
+                out = kind_mismatch(item, out) or out
             if isinstance(out, BaseException):
                 item.future.set_exception(out)
             else:

@@ -78,7 +78,14 @@ def _serve(args: argparse.Namespace) -> dict:
     except ValidationError as exc:
         raise SettingsError(f"invalid settings:\n{exc}") from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_keep_alive=max(1, round(settings.keep_alive_s)),
+        limit_concurrency=settings.max_connections,
+    )
     return {"stopped": True}
 
 

@@ -23,9 +23,11 @@ HTTP_STATUS: dict[type[E.S3RouterError], int] = {
     E.KernelUnavailableError: 500,
     E.UnsupportedAudioError: 415,
     E.EmptyAudioError: 400,
+    E.UploadTimeoutError: 408,
     E.PayloadTooLargeError: 413,
     E.OverloadedError: 503,
     E.DeadlineExceededError: 504,
+    E.ClientClosedRequestError: 499,  # nginx's "client closed request": no one reads it, metrics do
     E.NotReadyError: 503,
     E.AuthenticationError: 401,
     E.AdminDisabledError: 403,

@@ -37,15 +37,20 @@ def _cues(transcript: Transcript, separator: str) -> list[str]:
     ]
 
 
-def render_transcription(
-    transcript: Transcript, language: str, duration: float, fmt: str, granularities: list[str]
-) -> tuple[str, str]:
-    """``(body, media type)`` for ``fmt``; unknown formats and granularities are a 400."""
+def check_format_options(fmt: str, granularities: list[str]) -> None:
+    """Refuse an unknown ``response_format`` or timestamp granularity (400)."""
     if fmt not in RESPONSE_FORMATS:
         raise InvalidInputError(f"response_format {fmt!r} is not supported; use one of {', '.join(RESPONSE_FORMATS)}")
     unknown = set(granularities) - {"word", "segment"}
     if unknown:
         raise InvalidInputError(f"timestamp_granularities {sorted(unknown)} unknown; use word and/or segment")
+
+
+def render_transcription(
+    transcript: Transcript, language: str, duration: float, fmt: str, granularities: list[str]
+) -> tuple[str, str]:
+    """``(body, media type)`` for ``fmt``; unknown formats and granularities are a 400."""
+    check_format_options(fmt, granularities)
     if fmt == "json":
         return json.dumps({"text": transcript.text}), "application/json"
     if fmt == "text":

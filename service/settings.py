@@ -47,6 +47,15 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(
         default=30.0, gt=0.0, le=3600.0, description="a request not answered by then gets a 504"
     )
+    upload_timeout_s: float = Field(
+        default=30.0, gt=0.0, le=3600.0, description="a request body not fully received by then gets a 408"
+    )
+    keep_alive_s: float = Field(
+        default=5.0, gt=0.0, le=600.0, description="idle HTTP keep-alive connections are closed after this"
+    )
+    max_connections: int = Field(
+        default=256, ge=1, le=100_000, description="open connections at most; past it new ones get a 503"
+    )
     mask_budget_mb: float = Field(default=512.0, gt=0.0, description="memory for resident masks (LRU beyond it)")
 
     max_upload_bytes: int = Field(default=25 * 2**20, ge=1024, description="largest request body; larger is a 413")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from typing import Any
 
 import torch
@@ -11,29 +13,45 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from router_core.audio import decode_audio
+from router_core.decoding import Classification, Transcript
 from router_core.errors import (
+    ClientClosedRequestError,
     DeadlineExceededError,
     EmptyAudioError,
     InvalidInputError,
+    InvalidMaskNameError,
     MaskKindError,
+    MaskNotFoundError,
     PayloadTooLargeError,
+    StoreUnavailableError,
+    UploadTimeoutError,
 )
 from router_core.router import RoutedOutput
 from service.app import AppState, state_of
-from service.openai_format import render_transcription
+from service.openai_format import check_format_options, render_transcription
 
 router = APIRouter(tags=["speech"])
 DISCONNECT_POLL_S = 0.1
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    """The request body, refusing more than ``limit`` bytes before reading them all, and a body not
+    received within ``upload_timeout_s`` (a stalled or trickling upload holds a connection open)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"upload is {int(declared)} bytes; the limit is {limit} bytes")
+    timeout = state_of(request).settings.upload_timeout_s
+    deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise UploadTimeoutError(f"the upload was not received within {timeout:g} s ({size} bytes came)") from None
         size += len(chunk)
         if size > limit:
             raise PayloadTooLargeError(f"upload exceeds the limit of {limit} bytes")
@@ -69,7 +87,10 @@ async def run_request(request: Request, state: AppState, wave: torch.Tensor, mas
     if loaded.kind != kind:
         want = "transcription (ctc)" if kind == "ctc" else "classification"
         raise MaskKindError(f"mask {mask!r} is a {loaded.kind} mask, not a {want} mask")
-    item = batcher.submit(wave, mask, kind, state.settings.request_timeout_s)
+    remaining = request.state.deadline - time.monotonic()  # one deadline for decoding and every pass
+    if remaining <= 0:
+        raise DeadlineExceededError("the request was not served before its deadline")
+    item = batcher.submit(wave, mask, kind, remaining)
     waiter = asyncio.ensure_future(batcher.result(item))
     while True:
         done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
@@ -77,9 +98,9 @@ async def run_request(request: Request, state: AppState, wave: torch.Tensor, mas
             out = waiter.result()
             break
         if await request.is_disconnected():
-            item.cancelled = True
+            batcher.cancel(item)
             waiter.cancel()
-            raise DeadlineExceededError("client disconnected")
+            raise ClientClosedRequestError("the client closed the request before its answer was ready")
     request.state.timing = {
         "queue_ms": round(1000 * ((item.started_at or item.enqueued_at) - item.enqueued_at), 2),
         "inference_ms": round(1000 * ((item.finished_at or 0.0) - (item.started_at or 0.0)), 2),
@@ -88,9 +109,13 @@ async def run_request(request: Request, state: AppState, wave: torch.Tensor, mas
 
 
 async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The upload as a 16 kHz wave, and the form's other fields. A full queue refuses it before it is read
+    or decoded; decoding counts against the request's deadline."""
+    deadline = request.state.deadline = time.monotonic() + state.settings.request_timeout_s
+    engine, batcher = state.ready_engine()
+    batcher.check_room()
     data, fields = await read_upload(request, state.settings.max_upload_bytes)
-    wave = await run_in_threadpool(decode_audio, data, state.settings.max_audio_seconds)
-    engine, _ = state.ready_engine()
+    wave = await run_in_threadpool(decode_audio, data, state.settings.max_audio_seconds, deadline)
     if wave.shape[0] < engine.backbone.min_samples:
         raise EmptyAudioError(f"audio is too short: {wave.shape[0]} samples at 16 kHz, at least "
                               f"{engine.backbone.min_samples} needed")  # fmt: skip
@@ -98,8 +123,19 @@ async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dic
 
 
 def _words(out: RoutedOutput) -> list[dict[str, Any]]:
-    assert out.transcript is not None
-    return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in out.transcript.words]
+    return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in _transcript(out).words]
+
+
+def _transcript(out: RoutedOutput) -> Transcript:
+    if out.transcript is None:  # the batcher refuses outputs of the other kind; never a bare assert here
+        raise MaskKindError(f"mask {out.mask_name!r} did not produce a transcript")
+    return out.transcript
+
+
+def _classification(out: RoutedOutput) -> Classification:
+    if out.classification is None:
+        raise MaskKindError(f"mask {out.mask_name!r} did not produce a classification")
+    return out.classification
 
 
 AUTO = "auto"
@@ -111,10 +147,8 @@ async def resolve_language(
     """``lang`` itself, or for ``auto`` the language-ID mask's best label and its probability."""
     if lang != AUTO:
         return lang, None
-    lid = await run_request(request, state, wave, state.settings.language_mask, "classify")
-    assert lid.classification is not None
-    label = lid.classification.label
-    return label, lid.classification.probabilities[label]
+    lid = _classification(await run_request(request, state, wave, state.settings.language_mask, "classify"))
+    return lid.label, lid.probabilities[lid.label]
 
 
 @router.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)")
@@ -125,9 +159,8 @@ async def transcribe(
     wave, _ = await _decoded(request, state)
     language, probability = await resolve_language(request, state, wave, lang)
     out = await run_request(request, state, wave, language, "ctc")
-    assert out.transcript is not None
     body = {
-        "text": out.transcript.text,
+        "text": _transcript(out).text,
         "language": language,
         "mask": out.mask_name,
         "decoder": out.decoder,
@@ -149,11 +182,11 @@ async def classify(
     state = state_of(request)
     wave, _ = await _decoded(request, state)
     out = await run_request(request, state, wave, task, "classify")
-    assert out.classification is not None
-    top = out.classification.top(top_k)
+    result = _classification(out)
+    top = result.top(top_k)
     return {
         "task": task,
-        "label": out.classification.label,
+        "label": result.label,
         "probability": round(top[0][1], 6),
         "labels": [{"label": label, "probability": round(p, 6)} for label, p in top],
         "duration": round(out.audio_seconds, 3),
@@ -165,28 +198,42 @@ async def classify(
 async def openai_transcriptions(request: Request) -> Response:
     state = state_of(request)
     wave, fields = await _decoded(request, state)
-    engine, _ = state.ready_engine()
-    model = str(fields.get("model") or state.settings.model_id)
-    language = fields.get("language")
-    available = await run_in_threadpool(engine.registry.available)
-    if model in available:
-        mask = model
-    elif language:
-        mask = str(language)
-    elif state.settings.language_mask in available:
-        mask, _ = await resolve_language(request, state, wave, AUTO)
-    else:
-        raise InvalidInputError(
-            f"say which language to transcribe: set 'language' (one of {', '.join(available)}) "
-            f"or use a mask name as 'model' (no {state.settings.language_mask!r} mask for auto-detection)"
-        )
     fmt = str(fields.get("response_format") or "json")
     granularities = fields.get("timestamp_granularities[]") or fields.get("timestamp_granularities") or ["segment"]
     if isinstance(granularities, str):
         granularities = [granularities]
+    check_format_options(fmt, list(granularities))  # a bad option is a 400 before any inference
+    mask = await _openai_mask(request, state, wave, fields)
     out = await run_request(request, state, wave, mask, "ctc")
-    assert out.transcript is not None
-    body, media_type = render_transcription(out.transcript, mask, out.audio_seconds, fmt, list(granularities))
+    body, media_type = render_transcription(_transcript(out), mask, out.audio_seconds, fmt, list(granularities))
     if media_type == "application/json":
         return Response(body, media_type=media_type)
     return PlainTextResponse(body, media_type=media_type)
+
+
+async def _openai_mask(request: Request, state: AppState, wave: torch.Tensor, fields: dict[str, Any]) -> str:
+    """The mask an OpenAI request names: ``model`` when it is a mask, else ``language``, else the language
+    detected by the language-ID mask. Resident masks are found without asking the store, so a Redis
+    outage does not stop requests for the masks a replica holds."""
+    engine, _ = state.ready_engine()
+    model = str(fields.get("model") or state.settings.model_id)
+    language = fields.get("language")
+    if model != state.settings.model_id:
+        try:
+            await run_in_threadpool(engine.registry.get, model)
+            return model
+        except (MaskNotFoundError, InvalidMaskNameError, StoreUnavailableError):
+            pass  # e.g. "whisper-1": fall back to the language
+    if language:
+        return str(language)
+    try:
+        mask, _ = await resolve_language(request, state, wave, AUTO)
+    except MaskNotFoundError:
+        names = {m.name for m in engine.registry.resident()}
+        with contextlib.suppress(StoreUnavailableError):
+            names.update(await run_in_threadpool(engine.registry.available))
+        raise InvalidInputError(
+            f"say which language to transcribe: set 'language' (one of {', '.join(sorted(names))}) "
+            f"or use a mask name as 'model' (no {state.settings.language_mask!r} mask for auto-detection)"
+        ) from None
+    return mask

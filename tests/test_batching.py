@@ -8,9 +8,9 @@ from collections import deque
 import pytest
 import torch
 
-from router_core.errors import DeadlineExceededError, MaskNotFoundError, OverloadedError
+from router_core.errors import DeadlineExceededError, MaskKindError, MaskNotFoundError, OverloadedError
 from router_core.router import RoutedOutput
-from service.batching import Batcher, Pending, admit, dispatch_delay, take_batch
+from service.batching import Batcher, Pending, admit, dispatch_delay, kind_mismatch, take_batch
 
 
 def _pending(mask="fr", at=0.0, deadline=10.0, cancelled=False):
@@ -133,6 +133,35 @@ def test_work_of_a_caller_that_went_away_is_dropped():
         waiter = asyncio.ensure_future(batcher.result(gone))
         await asyncio.sleep(0.01)
         waiter.cancel()  # the client disconnected
+        gate.set()
+        await asyncio.gather(batcher.result(running), batcher.result(kept))
+        await batcher.stop()
+
+    _run(scenario())
+    assert model.batches == [["fr"], ["es"]]
+
+
+def test_an_output_of_the_other_kind_is_refused_for_its_request():
+    item = _pending("fr")  # admitted as a transcription ("ctc")
+    assert kind_mismatch(item, RoutedOutput("fr", "ctc", torch.zeros(3, 5), 1.0)) is None
+    error = kind_mismatch(item, RoutedOutput("fr", "classify", torch.zeros(2), 1.0))
+    assert isinstance(error, MaskKindError) and "became a classify mask" in str(error)
+
+
+def test_a_cancelled_item_frees_its_queue_slot_at_once():
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+
+    async def scenario():
+        batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=1)
+        batcher.start()
+        running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
+        await asyncio.sleep(0.05)  # 'fr' is in the model; the queue has room for one
+        gone = batcher.submit(torch.zeros(10), "de", "ctc", 5.0)
+        with pytest.raises(OverloadedError):
+            batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
+        batcher.cancel(gone)  # its client went away: the slot is free before any batch runs
+        kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
         gate.set()
         await asyncio.gather(batcher.result(running), batcher.result(kept))
         await batcher.stop()

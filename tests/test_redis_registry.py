@@ -171,11 +171,16 @@ def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_p
         assert client.post("/transcribe?lang=fr", content=wav).status_code == 200
         assert client.get("/readyz").json()["registry"] == "ok"
         proxy.cut()
-        for _ in range(5):  # traffic during the outage: the resident mask keeps serving
+        files = {"file": ("a.wav", wav, "audio/wav")}
+        for _ in range(5):  # traffic during the outage: the resident mask keeps serving, on every endpoint
             assert client.post("/transcribe?lang=fr", content=wav).status_code == 200
+            for form in ({"model": "fr"}, {"model": "whisper-1", "language": "fr"}):
+                openai = client.post("/v1/audio/transcriptions", files=files, data=form)
+                assert openai.status_code == 200, openai.text
         ready = client.get("/readyz")
         assert ready.status_code == 200 and ready.json()["registry"] == "degraded"
-        assert client.post("/transcribe?lang=de", content=wav).status_code == 503  # not resident, store down
+        down = client.post("/transcribe?lang=de", content=wav)  # not resident, store down
+        assert down.status_code == 503 and int(down.headers["retry-after"]) >= 1
         direct.write("fr", _mask_bytes(bb, "fr", seed=3))  # changed while this replica was cut off
         expected = Router(bb, MaskRegistry(direct, bb.spec())).transcribe([_decode(wav)], ["fr"])[0].text
         proxy.restore()

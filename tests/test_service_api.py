@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import math
+import time
 
 import pytest
 import torch
@@ -253,3 +254,55 @@ def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
         assert (
             c.post("/v1/audio/transcriptions", files=files, data={"model": "s3router"}).json()["text"] == auto["text"]
         )
+
+
+def test_a_mask_swapped_to_another_kind_while_a_request_waits_gets_422_not_500(tmp_path):
+    """An admin may replace 'fr' with a classification mask; requests admitted as transcriptions must get
+    a clean 422 (they got a plain-text 500 from an assert)."""
+    from router_core.heads import HeadSpec
+
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory(run_delay=0.5))) as c:
+        bb = tiny_backbone()
+        classifier = random_mask(bb.spec(), "fr", HeadSpec(kind="classify", labels=["a", "b"]),
+                                 bb.default_layer_names(), 0.9, seed=4)  # fmt: skip
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(c.post, "/transcribe?lang=fr", content=audio_bytes(1.0))
+            time.sleep(0.2)  # admitted as a transcription, waiting in the slow forward pass
+            assert c.put("/masks/fr", content=encode_mask(classifier), headers=ADMIN).status_code == 201
+            answer = pending.result()
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"]["type"] == "MaskKindError" and "became a classify mask" in answer.text
+
+
+@pytest.mark.parametrize("name", ["fr%0A", "fr%0D", "fr%20", "fr%0A%0A"])
+def test_mask_names_with_a_trailing_newline_or_space_are_refused(client, name):
+    assert client.post(f"/transcribe?lang={name}", content=audio_bytes(1.0)).status_code == 400
+    put = client.put(f"/masks/{name}", content=b"x" * 10, headers=ADMIN)
+    assert put.status_code == 400 and "invalid mask name" in put.json()["error"]["message"]
+
+
+def test_a_full_queue_refuses_before_decoding(tmp_path):
+    """Under overload a 503 costs no decoding: garbage audio gets 503 (not 415) while the queue is full."""
+    settings = _settings(tmp_path, max_queue=1, max_batch_size=1, max_wait_ms=0)
+    with TestClient(create_app(settings, tiny_engine_factory(run_delay=0.6))) as c:
+        wav = audio_bytes(1.0)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            first = pool.submit(c.post, "/transcribe?lang=fr", content=wav)  # runs
+            time.sleep(0.2)
+            second = pool.submit(c.post, "/transcribe?lang=fr", content=wav)  # waits in the queue
+            time.sleep(0.2)
+            garbage = c.post("/transcribe?lang=fr", content=b"not audio at all")
+            assert garbage.status_code == 503 and int(garbage.headers["retry-after"]) >= 1
+            assert first.result().status_code == 200 and second.result().status_code == 200
+        assert c.post("/transcribe?lang=fr", content=b"not audio at all").status_code == 415  # room again
+
+
+def test_bad_openai_options_are_refused_before_inference(tmp_path):
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory(run_delay=2.0))) as c:
+        files = {"file": ("a.wav", audio_bytes(1.0), "audio/wav")}
+        started = time.monotonic()
+        bad = c.post("/v1/audio/transcriptions", files=files, data={"model": "fr", "response_format": "xml"})
+        assert bad.status_code == 400 and time.monotonic() - started < 1.5  # the forward pass alone takes 2 s
+        bad = c.post("/v1/audio/transcriptions", files=files,
+                     data={"model": "fr", "timestamp_granularities[]": "char"})  # fmt: skip
+        assert bad.status_code == 400 and time.monotonic() - started < 3.0

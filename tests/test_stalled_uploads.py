@@ -1,0 +1,43 @@
+"""Slow clients against a real uvicorn server: a stalled upload is answered 408 within the upload timeout
+instead of holding its connection open forever."""
+
+import socket
+import threading
+import time
+
+import uvicorn
+
+from conftest import free_port, tiny_engine_factory, wait_until_ready
+from service.app import create_app
+from service.settings import ServiceSettings
+
+
+def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), upload_timeout_s=1.0, max_wait_ms=1)
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
+                            log_level="warning", timeout_keep_alive=5, limit_concurrency=settings.max_connections)  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}/readyz", seconds=60)
+        clients = []
+        for _ in range(5):  # each declares 100,000 bytes and sends 4
+            conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+            conn.sendall(b"POST /transcribe?lang=fr HTTP/1.1\r\nHost: test\r\nContent-Type: audio/wav\r\n"
+                         b"Content-Length: 100000\r\n\r\nRIFF")  # fmt: skip
+            clients.append(conn)
+        started = time.monotonic()
+        for conn in clients:
+            answer = b""
+            while b"}}" not in answer and (chunk := conn.recv(65536)):
+                answer += chunk
+            answer = answer.decode("latin-1")
+            assert answer.startswith("HTTP/1.1 408"), answer[:200]
+            assert '"UploadTimeoutError"' in answer and "not received within 1 s (4 bytes came)" in answer
+            conn.close()
+        assert time.monotonic() - started < 4.0
+    finally:
+        server.should_exit = True
+        thread.join(10)
