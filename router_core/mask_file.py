@@ -53,14 +53,20 @@ from router_core.kernels.bits import count_kept, packed_row_bytes
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 METADATA_KEY = "s3router"
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # whole name (fullmatch: "$" admits a final "\n")
+# Letters, digits, '_', '-', and single dots between them; starts with a letter or digit; at most 128.
+# Anchored for JSON Schema and pydantic (the HTTP API declares it); matched whole here ("$" admits a "\n").
+MASK_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*$"
+MASK_NAME_MAX = 128
+_NAME_RE = re.compile(MASK_NAME_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def validate_mask_name(name: str) -> str:
-    """A mask name is 1-128 of letters, digits, '.', '_', '-', starting with a letter or digit."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
+    """A mask name is 1-128 letters, digits, '_', '-' and single dots between them, starting with a letter
+    or digit (so it is a safe file name and Redis key)."""
+    if not isinstance(name, str) or len(name) > MASK_NAME_MAX or not _NAME_RE.fullmatch(name):
         raise InvalidMaskNameError(
-            f"invalid mask name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+            f"invalid mask name {name!r}: use 1-{MASK_NAME_MAX} letters, digits, '_', '-' or single dots "
+            "between them, starting with a letter or digit"
         )
     return name
 

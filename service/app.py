@@ -20,15 +20,17 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router_core.errors import NotReadyError, OverloadedError, S3RouterError
+from router_core.errors import NotReadyError, S3RouterError
+from service.api_docs import METRICS_RESPONSES
 from service.batching import Batcher
 from service.engine import Engine, build_engine
-from service.errors import status_for
+from service.errors import install_error_handlers
 from service.metrics import ServiceMetrics
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
+RETRY_READY = {"Retry-After": "5"}  # /readyz while starting or cut off from the store
 
 
 @dataclass
@@ -60,14 +62,6 @@ class AppState:
 
 def state_of(request: Request) -> AppState:
     return request.app.state.s3r
-
-
-def error_response(exc: S3RouterError) -> JSONResponse:
-    status = status_for(exc)
-    retry_after = exc.retry_after if isinstance(exc, OverloadedError) else 1.0
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if status == 503 else None
-    body = {"error": {"type": type(exc).__name__, "message": str(exc)}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class RequestMetricsMiddleware:
@@ -160,21 +154,18 @@ def create_app(
     holder["state"] = state
     app.state.s3r = state
 
-    @app.exception_handler(S3RouterError)
-    async def _s3r_error(request: Request, exc: S3RouterError) -> JSONResponse:
-        return error_response(exc)
-
+    install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "not ready: {ready: false, reason}"}})
     async def readyz() -> JSONResponse:
         reason = state.not_ready_reason()
         if reason is not None or state.engine is None:
-            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
+            return JSONResponse({"ready": False, "reason": reason}, status_code=503, headers=RETRY_READY)
         engine = state.engine
         resident = len(engine.registry.resident())
         registry_status, available = ("degraded" if engine.registry_degraded else "ok"), None
@@ -183,7 +174,8 @@ def create_app(
         except Exception as exc:  # noqa: BLE001 - the store is down: serve what is resident
             registry_status = "degraded"
             if resident == 0:
-                return JSONResponse({"ready": False, "reason": f"mask registry unreachable: {exc}"}, status_code=503)
+                return JSONResponse({"ready": False, "reason": f"mask registry unreachable: {exc}"}, status_code=503,
+                                    headers=RETRY_READY)  # fmt: skip
         return JSONResponse({
             "ready": True,
             "registry": registry_status,
@@ -195,7 +187,7 @@ def create_app(
             "masks_resident": resident,
         })  # fmt: skip
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], response_class=Response, responses=METRICS_RESPONSES)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

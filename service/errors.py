@@ -1,6 +1,21 @@
-"""The one place that maps engine errors to HTTP status codes (a test checks every class is mapped)."""
+"""The one place that maps errors to HTTP responses (a test checks every class is mapped).
+
+Every error body has one shape, ``{"error": {"type", "message"}}``: the engine's own errors (the
+hierarchy in ``router_core/errors.py``), and what the web framework raises itself (unknown route 404,
+wrong method 405 with ``Allow``, malformed multipart 400, parameter validation 422). Every 503 carries
+``Retry-After``.
+"""
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from router_core import errors as E
 
@@ -40,3 +55,63 @@ def status_for(exc: E.S3RouterError) -> int:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]
     return 500
+
+
+def error_json(status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The one error body; a 503 gets ``Retry-After`` (1 s unless ``headers`` say otherwise)."""
+    headers = dict(headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers or None)
+
+
+def error_response(exc: E.S3RouterError) -> JSONResponse:
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, E.OverloadedError) else None
+    return error_json(status_for(exc), type(exc).__name__, str(exc), headers)
+
+
+def _http_error_type(status: int) -> str:
+    """``NotFound``, ``MethodNotAllowed``, ... from the status's standard phrase."""
+    try:
+        return HTTPStatus(status).phrase.replace(" ", "").replace("-", "")
+    except ValueError:
+        return "HTTPError"
+
+
+_HTTP_METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the OpenAPI schema serves at this path: the ``Allow`` of a 405 (Starlette names only
+    the methods of the first route whose path matched). The table is built once per app."""
+    table = getattr(request.app.state, "allow_table", None)
+    if table is None:
+        table = [
+            (re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + r"\Z"),
+             {method.upper() for method in operations if method in _HTTP_METHODS})
+            for path, operations in request.app.openapi()["paths"].items()
+        ]  # fmt: skip
+        request.app.state.allow_table = table
+    return sorted({m for pattern, methods in table if pattern.match(request.url.path) for m in methods})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error the app can raise through :func:`error_json`."""
+
+    @app.exception_handler(E.S3RouterError)
+    async def _engine_error(request: Request, exc: E.S3RouterError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
+        return error_json(exc.status_code, _http_error_type(exc.status_code), str(exc.detail), headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in exc.errors()
+        )
+        return error_json(422, "ValidationError", problems or "invalid request")

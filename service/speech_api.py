@@ -27,6 +27,14 @@ from router_core.errors import (
     UploadTimeoutError,
 )
 from router_core.router import RoutedOutput
+from service.api_docs import (
+    AUDIO_BODY,
+    OPENAI_BODY,
+    OPENAI_RESPONSES,
+    SPEECH_ERRORS,
+    LanguageQuery,
+    TaskQuery,
+)
 from service.app import AppState, state_of
 from service.openai_format import check_format_options, render_transcription
 
@@ -70,13 +78,30 @@ async def read_upload(request: Request, limit: int) -> tuple[bytes, dict[str, An
     fields: dict[str, Any] = {}
     audio: bytes | None = None
     for key, value in form.multi_items():
-        if isinstance(value, str):
+        if key == "file":
+            if audio is not None:
+                raise InvalidInputError("the multipart upload has more than one 'file' part; send one")
+            audio = await value.read() if not isinstance(value, str) else _part_bytes(value)
+        elif isinstance(value, str):
             fields.setdefault(key, []).append(value)
-        elif key == "file":
-            audio = await value.read()
     if audio is None:
         raise EmptyAudioError("multipart upload has no 'file' field")
     return audio, {k: v[0] if len(v) == 1 else v for k, v in fields.items()}
+
+
+def _part_bytes(text: str) -> bytes:
+    """The bytes of a multipart part sent without a filename, which Starlette hands over as text: decoded
+    as UTF-8 when the bytes were valid UTF-8, else as Latin-1 (``formparsers._user_safe_decode``). Exact
+    for binary audio; only bytes that are themselves UTF-8 text could be read back either way."""
+    try:
+        latin = text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")  # characters past U+00FF: it was decoded as UTF-8
+    try:
+        # Latin-1 bytes that are valid, non-ASCII UTF-8 would have been decoded as UTF-8 instead
+        return text.encode("utf-8") if latin.decode("utf-8") != text else latin
+    except UnicodeDecodeError:
+        return latin
 
 
 async def run_request(request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: str) -> RoutedOutput:
@@ -151,10 +176,9 @@ async def resolve_language(
     return lid.label, lid.probabilities[lid.label]
 
 
-@router.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)")
-async def transcribe(
-    request: Request, lang: str = Query(..., description="language mask, e.g. fr, or auto to detect it")
-) -> dict:
+@router.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)",
+             responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)  # fmt: skip
+async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     state = state_of(request)
     wave, _ = await _decoded(request, state)
     language, probability = await resolve_language(request, state, wave, lang)
@@ -173,10 +197,11 @@ async def transcribe(
     return body
 
 
-@router.post("/classify", summary="Classify audio with a task's mask")
+@router.post("/classify", summary="Classify audio with a task's mask", responses=SPEECH_ERRORS,
+             openapi_extra=AUDIO_BODY)  # fmt: skip
 async def classify(
     request: Request,
-    task: str = Query(..., description="task mask, e.g. speaker"),
+    task: TaskQuery,
     top_k: int = Query(5, ge=1, le=1000, description="how many labels to return, best first"),
 ) -> dict:
     state = state_of(request)
@@ -194,7 +219,8 @@ async def classify(
     }
 
 
-@router.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription")
+@router.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription", response_class=Response,
+             responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)  # fmt: skip
 async def openai_transcriptions(request: Request) -> Response:
     state = state_of(request)
     wave, fields = await _decoded(request, state)

@@ -3,14 +3,16 @@
 import concurrent.futures
 import math
 import time
+import urllib.parse
 
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from conftest import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory
+from router_core.errors import InvalidMaskNameError
 from router_core.mask_builder import random_mask
-from router_core.mask_file import encode_mask
+from router_core.mask_file import encode_mask, validate_mask_name
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -74,7 +76,7 @@ def test_bad_input_gets_clear_4xx(client, tmp_path):
         (client.post("/classify?task=fr", content=wav), 422, "ctc mask"),
         (client.post("/transcribe?lang=fr", content=audio_bytes(11.0)), 413, "limit is 10"),
         (client.post("/transcribe?lang=fr", content=audio_bytes(0.002)), 400, "too short"),
-        (client.post("/transcribe?lang=../x", content=wav), 400, "invalid mask name"),
+        (client.post("/transcribe?lang=../x", content=wav), 422, "should match pattern"),
         (client.post("/transcribe?lang=fr", files={"other": ("a", wav)}), 400, "no 'file' field"),
     ]
     for response, status, text in cases:
@@ -274,11 +276,14 @@ def test_a_mask_swapped_to_another_kind_while_a_request_waits_gets_422_not_500(t
     assert answer.json()["error"]["type"] == "MaskKindError" and "became a classify mask" in answer.text
 
 
-@pytest.mark.parametrize("name", ["fr%0A", "fr%0D", "fr%20", "fr%0A%0A"])
+@pytest.mark.parametrize("name", ["fr%0A", "fr%0D", "fr%20", "fr%0A%0A", "fr.", "a..b"])
 def test_mask_names_with_a_trailing_newline_or_space_are_refused(client, name):
-    assert client.post(f"/transcribe?lang={name}", content=audio_bytes(1.0)).status_code == 400
+    """Checked by the declared parameter pattern (422) and again by the registry (400)."""
+    assert client.post(f"/transcribe?lang={name}", content=audio_bytes(1.0)).status_code == 422
     put = client.put(f"/masks/{name}", content=b"x" * 10, headers=ADMIN)
-    assert put.status_code == 400 and "invalid mask name" in put.json()["error"]["message"]
+    assert put.status_code == 422 and "should match pattern" in put.json()["error"]["message"]
+    with pytest.raises(InvalidMaskNameError):
+        validate_mask_name(urllib.parse.unquote(name))
 
 
 def test_a_full_queue_refuses_before_decoding(tmp_path):
@@ -306,3 +311,38 @@ def test_bad_openai_options_are_refused_before_inference(tmp_path):
         bad = c.post("/v1/audio/transcriptions", files=files,
                      data={"model": "fr", "timestamp_granularities[]": "char"})  # fmt: skip
         assert bad.status_code == 400 and time.monotonic() - started < 3.0
+
+
+def test_every_status_the_app_produces_has_the_one_error_body(client):
+    wav = audio_bytes(1.0)
+    answers = {
+        "unknown route": client.get("/nowhere"),
+        "wrong method": client.get("/transcribe?lang=fr"),
+        "missing query": client.post("/transcribe", content=wav),
+        "bad query": client.post("/classify?task=cls_speaker&top_k=0", content=wav),
+        "broken multipart": client.post("/transcribe?lang=fr", content=b"--x\r\nbroken",
+                                        headers={"content-type": "multipart/form-data; boundary=x"}),  # fmt: skip
+        "unknown mask": client.post("/transcribe?lang=xx", content=wav),
+        "not audio": client.post("/transcribe?lang=fr", content=b"hello"),
+        "two file parts": client.post("/transcribe?lang=fr", files=[("file", ("a.wav", wav)), ("file", ("b", wav))]),
+    }
+    expected = {"unknown route": 404, "wrong method": 405, "missing query": 422, "bad query": 422,
+                "broken multipart": 400, "unknown mask": 404, "not audio": 415, "two file parts": 400}  # fmt: skip
+    for what, answer in answers.items():
+        assert answer.status_code == expected[what], (what, answer.status_code, answer.text)
+        error = answer.json()["error"]
+        assert set(error) == {"type", "message"} and error["message"], (what, error)
+    assert answers["wrong method"].headers["allow"] == "POST"
+    assert client.patch("/masks/fr").headers["allow"] == "DELETE, GET, PUT"  # every route at the path
+    assert answers["unknown route"].json()["error"]["type"] == "NotFound"
+
+
+def test_a_file_part_without_a_filename_is_audio(client):
+    wav = audio_bytes(1.0)
+    boundary = "s3rboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n").encode() + wav + (
+        f"\r\n--{boundary}--\r\n").encode()  # fmt: skip
+    answer = client.post("/transcribe?lang=fr", content=body,
+                         headers={"content-type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["text"] == client.post("/transcribe?lang=fr", content=wav).json()["text"]

@@ -15,8 +15,9 @@ from service.settings import ServiceSettings
 def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
     settings = ServiceSettings(registry=str(tmp_path / "registry"), upload_timeout_s=1.0, max_wait_ms=1)
     port = free_port()
-    config = uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
-                            log_level="warning", timeout_keep_alive=5, limit_concurrency=settings.max_connections)  # fmt: skip
+    app = create_app(settings, tiny_engine_factory())
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=5,
+                            limit_concurrency=settings.max_connections)  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

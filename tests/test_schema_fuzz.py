@@ -1,0 +1,46 @@
+"""schemathesis, every check, against a real uvicorn server of the app (tiny engine): generated requests
+for every operation of the OpenAPI schema must conform to it, with no 5xx."""
+
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from conftest import ADMIN_TOKEN, free_port, tiny_engine_factory, wait_until_ready
+from service.app import create_app
+from service.settings import ServiceSettings
+
+EXAMPLES_PER_OPERATION = 100
+
+
+@pytest.fixture
+def live_url(tmp_path):
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=1,
+                               max_audio_seconds=10, request_timeout_s=10)  # fmt: skip
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
+                                           log_level="error"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until_ready(f"{url}/readyz", seconds=60)
+    yield url
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_schemathesis_every_check_passes(live_url):
+    st = Path(sys.executable).parent / "st"
+    config = Path(__file__).with_name("schemathesis.toml")
+    command = [str(st), "--config-file", str(config), "run", f"{live_url}/openapi.json", "--checks", "all",
+               "--max-examples", str(EXAMPLES_PER_OPERATION), "--generation-deterministic", "--request-timeout", "20",
+               "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    report = done.stdout + done.stderr
+    assert done.returncode == 0, report[-6000:]
+    generated = re.search(r"Test cases:\s*\n?\s*(\d+) generated", report)
+    assert generated and int(generated.group(1)) >= 1000, report[-3000:]
