@@ -4,7 +4,12 @@ Run: ``python -m bench.bench_service [--seconds 5] [--levels 1,4,8]``. A wav2vec
 (random weights, saved with ``save_pretrained``) with 4 language masks is served by a separate
 ``s3router serve`` process on loopback (so client and server do not share a GIL); a mixed-language
 load is sent at each concurrency level. Baseline: ``Router.forward`` on one waveform, same masks, same run.
-Target: p50 at concurrency 1 <= 1.15x the direct call.
+Target: p50 at concurrency 1 <= 1.15x the direct call. (The load is random noise, so the server runs with
+``--no-vad``: the speech gate would answer it without inference.)
+
+``--overload``: an open-loop load at 3x the measured capacity for ``--overload-seconds`` against a server
+with a small queue. Every answer must be a 200 or a 503 with Retry-After, and the p95 latency of the 200s
+is compared with its bound, (queue length / batch size + 1) batches of the measured batch time.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,8")
     parser.add_argument("--requests", type=int, default=12, help="requests per concurrency level")
     parser.add_argument("--small", action="store_true", help="4 transformer layers instead of 12")
+    parser.add_argument("--overload", action="store_true", help="also run the 3x-capacity overload test")
+    parser.add_argument("--overload-seconds", type=float, default=20.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         router = _engine(folder, args.small)
@@ -68,21 +75,7 @@ def main() -> None:
             router.forward([wave], [LANGS[i % len(LANGS)]])
             direct.append(time.perf_counter() - start)
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--backbone", f"{folder}/backbone", "--registry",
-             f"{folder}/registry", "--port", str(port), "--max-wait-ms", "2", "--max-queue", "256",
-             "--log-level", "warning"],
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        server, url = _serve(folder, max_queue=256, max_batch=8)
 
         def call(i: int) -> float:
             start = time.perf_counter()
@@ -105,9 +98,63 @@ def main() -> None:
                          f"{args.requests * args.seconds / wall:.1f}", f"{p50 / base_p50:.2f}"])  # fmt: skip
         server.terminate()
         server.wait(30)
-    layers = "4" if args.small else "12"
-    print(f"{args.seconds:g} s clips, {layers}-layer wav2vec2-base shape, threads={torch.get_num_threads()}")
-    print(markdown_table(["mode", "concurrency", "p50 s", "p95 s", "audio s per s", "p50 / direct p50"], rows))
+        layers = "4" if args.small else "12"
+        print(f"{args.seconds:g} s clips, {layers}-layer wav2vec2-base shape, threads={torch.get_num_threads()}")
+        print(markdown_table(["mode", "concurrency", "p50 s", "p95 s", "audio s per s", "p50 / direct p50"], rows))
+        if args.overload:
+            _overload(folder, wav, base_p50, args.overload_seconds)
+
+
+def _serve(folder: str, max_queue: int, max_batch: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--backbone", f"{folder}/backbone", "--registry",
+         f"{folder}/registry", "--port", str(port), "--max-wait-ms", "2", "--max-queue", str(max_queue),
+         "--max-batch-size", str(max_batch), "--no-vad", "--log-level", "warning"],
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+
+
+def _overload(folder: str, wav: bytes, one_item_s: float, seconds: float) -> None:
+    """Requests arrive at 3x capacity (capacity = 1 / one item's time on this machine; on 2 CPU cores a
+    batch costs about the sum of its items) whatever the answers; a queue of 8, batches of 4."""
+    max_queue, max_batch = 8, 4
+    server, url = _serve(folder, max_queue, max_batch)
+    rate = 3.0 / one_item_s
+    answers: list[tuple[int, float, str | None]] = []
+
+    def call(i: int) -> None:
+        start = time.perf_counter()
+        r = httpx.post(f"{url}/transcribe?lang={LANGS[i % len(LANGS)]}", content=wav, timeout=120)
+        answers.append((r.status_code, time.perf_counter() - start, r.headers.get("retry-after")))
+
+    count = int(rate * seconds)
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        started = time.perf_counter()
+        for i in range(count):
+            time.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            pool.submit(call, i)
+    server.terminate()
+    server.wait(30)
+    ok = [t for code, t, _ in answers if code == 200]
+    refused = [(code, retry) for code, _, retry in answers if code != 200]
+    bound = (max_queue / max_batch + 1) * max_batch * one_item_s  # the queue ahead, then its own batch
+    print(f"\noverload: {count} requests at {rate:.1f}/s (3x capacity) for {seconds:g} s, queue {max_queue}, "
+          f"batches of {max_batch}")  # fmt: skip
+    print(f"  200: {len(ok)}, 503 with Retry-After: {sum(1 for c, r in refused if c == 503 and r)}, "
+          f"other: {sum(1 for c, r in refused if c != 503 or not r)}")  # fmt: skip
+    if ok:
+        print(f"  p50 {statistics.median(ok):.2f} s, p95 {_percentile(ok, 0.95):.2f} s of the 200s; "
+              f"bound (queue / batch + 1) x batch time = {bound:.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

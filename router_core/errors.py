@@ -106,6 +106,14 @@ class OverloadedError(S3RouterError):
         self.retry_after = retry_after
 
 
+class RateLimitedError(S3RouterError):
+    """An API key sent more requests than its rate; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DeadlineExceededError(S3RouterError):
     """The request was not served before its deadline."""
 
@@ -120,6 +128,10 @@ class NotReadyError(S3RouterError):
 
 class AuthenticationError(S3RouterError):
     """Missing or wrong admin bearer token."""
+
+
+class MaskForbiddenError(S3RouterError):
+    """The API key may not use this mask."""
 
 
 class AdminDisabledError(S3RouterError):

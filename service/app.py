@@ -21,7 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router_core.errors import NotReadyError, S3RouterError
+from router_core.vad import SpeechDetector
 from service.api_docs import METRICS_RESPONSES
+from service.api_keys import ApiKeyChecker, parse_api_keys
 from service.batching import Batcher
 from service.engine import Engine, build_engine
 from service.errors import install_error_handlers
@@ -41,6 +43,8 @@ class AppState:
     metrics: ServiceMetrics
     engine: Engine | None = None
     batcher: Batcher | None = None
+    speech_detector: SpeechDetector | None = None  # settings.vad
+    api_keys: ApiKeyChecker | None = None  # settings.api_keys
     warmed_up: bool = False
     startup_error: str | None = None
     extra: dict[str, object] = field(default_factory=dict)
@@ -91,8 +95,10 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            mask = scope.get("state", {}).get("mask", "")
-            self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started)
+            request_state = scope.get("state", {})
+            mask = request_state.get("mask", "")
+            self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started,
+                                         request_state.get("api_key_id"))  # fmt: skip
 
 
 def _warm_up(engine: Engine, settings: ServiceSettings) -> None:
@@ -120,6 +126,8 @@ def create_app(
         try:
             engine = await run_in_threadpool(engine_factory, settings)
             state.engine = engine
+            if settings.vad:
+                state.speech_detector = await run_in_threadpool(SpeechDetector, settings.vad_threshold)
             await run_in_threadpool(_warm_up, engine, settings)
             batcher = Batcher(
                 engine.router.forward,
@@ -151,6 +159,8 @@ def create_app(
     app = FastAPI(title="s3router", version=VERSION, lifespan=lifespan,
                   description="One frozen wav2vec2 backbone, many languages and tasks as binary masks.")  # fmt: skip
     state = AppState(settings=settings, metrics=metrics)
+    if settings.api_keys is not None:
+        state.api_keys = ApiKeyChecker(parse_api_keys(settings.api_keys.get_secret_value()))
     holder["state"] = state
     app.state.s3r = state
 

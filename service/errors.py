@@ -3,11 +3,12 @@
 Every error body has one shape, ``{"error": {"type", "message"}}``: the engine's own errors (the
 hierarchy in ``router_core/errors.py``), and what the web framework raises itself (unknown route 404,
 wrong method 405 with ``Allow``, malformed multipart 400, parameter validation 422). Every 503 carries
-``Retry-After``.
+``Retry-After``, and so does a 429.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -41,11 +42,13 @@ HTTP_STATUS: dict[type[E.S3RouterError], int] = {
     E.UploadTimeoutError: 408,
     E.PayloadTooLargeError: 413,
     E.OverloadedError: 503,
+    E.RateLimitedError: 429,
     E.DeadlineExceededError: 504,
     E.ClientClosedRequestError: 499,  # nginx's "client closed request": no one reads it, metrics do
     E.NotReadyError: 503,
     E.AuthenticationError: 401,
     E.AdminDisabledError: 403,
+    E.MaskForbiddenError: 403,
 }
 
 
@@ -66,7 +69,8 @@ def error_json(status: int, kind: str, message: str, headers: Mapping[str, str] 
 
 
 def error_response(exc: E.S3RouterError) -> JSONResponse:
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, E.OverloadedError) else None
+    retry_after = getattr(exc, "retry_after", None)  # OverloadedError (503), RateLimitedError (429)
+    headers = {"Retry-After": str(max(1, math.ceil(retry_after)))} if retry_after is not None else None
     return error_json(status_for(exc), type(exc).__name__, str(exc), headers)
 
 

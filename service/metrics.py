@@ -79,6 +79,9 @@ class ServiceMetrics:
     def __init__(self, get_registry: Callable[[], MaskRegistry | None]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self.requests_by_key = Counter(
+            "s3router_requests_by_key", "Requests by API key ID and status", ["key", "status"], registry=r
+        )
         self.requests = Counter(
             "s3router_requests", "Requests by endpoint, mask and status", ["endpoint", "mask", "status"], registry=r
         )
@@ -112,8 +115,10 @@ class ServiceMetrics:
         r.register(_GpuCollector())
 
     @_guarded
-    def observe_request(self, endpoint: str, mask: str, status: int, seconds: float) -> None:
+    def observe_request(self, endpoint: str, mask: str, status: int, seconds: float, key_id: str | None = None) -> None:
         self.requests.labels(endpoint, mask or "-", str(status)).inc()
+        if key_id is not None:  # the key's configured ID, never the key
+            self.requests_by_key.labels(key_id, str(status)).inc()
         self.latency.labels(endpoint, mask or "-").observe(seconds)
 
     @_guarded

@@ -33,6 +33,10 @@ class ServiceSettings(BaseSettings):
     decoder: Literal["auto", "greedy"] = Field(
         default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"
     )
+    vad: bool = Field(
+        default=True, description="silero-vad speech gate: audio without speech gets an empty transcript"
+    )
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="speech probability a window needs")
     offline: bool = Field(default=True, description="never contact a model hub")
     model_id: str = Field(default="s3router", description="model id reported to OpenAI-compatible clients")
     language_mask: str = Field(default="language", description="classification mask used for lang=auto")
@@ -64,6 +68,11 @@ class ServiceSettings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for PUT/DELETE /masks (8+ characters); unset = admin off (403)"
     )
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="keys for /transcribe, /classify, /v1/*: ID:KEY[:rps=N][:masks=a|b], comma-separated, or "
+        "@FILE with one a line; unset = open",
+    )
     host: str = Field(default="127.0.0.1", description="address `s3router serve` listens on")
     port: int = Field(default=8000, ge=0, le=65535, description="port `s3router serve` listens on")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log verbosity")
@@ -82,6 +91,22 @@ class ServiceSettings(BaseSettings):
             torch.device(value)
         except (RuntimeError, TypeError) as exc:
             raise ValueError(f"not a torch device: {value!r}") from exc
+        return value
+
+    @field_validator("admin_token", "api_keys", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """``S3R_ADMIN_TOKEN=`` (as in .env.example) means unset, not an empty secret."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from service.api_keys import parse_api_keys
+
+            if not parse_api_keys(value.get_secret_value()):
+                raise ValueError("api_keys names no key (unset it to leave the endpoints open)")
         return value
 
     @model_validator(mode="after")

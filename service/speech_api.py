@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from router_core.audio import decode_audio
+from router_core.backbone import SAMPLE_RATE
 from router_core.decoding import Classification, Transcript
 from router_core.errors import (
     ClientClosedRequestError,
@@ -27,6 +28,7 @@ from router_core.errors import (
     UploadTimeoutError,
 )
 from router_core.router import RoutedOutput
+from router_core.vad import SpeechCheck
 from service.api_docs import (
     AUDIO_BODY,
     OPENAI_BODY,
@@ -104,14 +106,43 @@ def _part_bytes(text: str) -> bytes:
         return latin
 
 
-async def run_request(request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: str) -> RoutedOutput:
-    """Check the mask, enqueue, and wait for the result — dropping the work if the client goes away."""
-    engine, batcher = state.ready_engine()
-    loaded = await run_in_threadpool(engine.registry.get, mask)  # 404 listing what exists
+async def check_mask(request: Request, state: AppState, mask: str, kind: str) -> None:
+    """404 for an unknown mask (listing what exists), 422 for a mask of the other kind."""
+    engine, _ = state.ready_engine()
+    key = getattr(request.state, "api_key", None)
+    if key is not None and state.api_keys is not None:
+        state.api_keys.allow_mask(key, mask)
+    loaded = await run_in_threadpool(engine.registry.get, mask)
     request.state.mask = loaded.name
     if loaded.kind != kind:
         want = "transcription (ctc)" if kind == "ctc" else "classification"
         raise MaskKindError(f"mask {mask!r} is a {loaded.kind} mask, not a {want} mask")
+
+
+async def speech_check(state: AppState, wave: torch.Tensor) -> SpeechCheck | None:
+    """The VAD's verdict on ``wave`` (``None`` with ``S3R_VAD=false``)."""
+    detector = state.speech_detector
+    return None if detector is None else await run_in_threadpool(detector.check, wave)
+
+
+def _no_speech_body(lang: str, wave: torch.Tensor, check: SpeechCheck) -> dict:
+    """The answer to audio without speech: an empty transcript, no inference."""
+    return {
+        "text": "",
+        "language": None if lang == AUTO else lang,
+        "mask": None if lang == AUTO else lang,
+        "decoder": "none (no speech)",
+        "duration": round(wave.shape[0] / SAMPLE_RATE, 3),
+        "words": [],
+        "no_speech_prob": round(check.no_speech_prob, 6),
+        "timing": {"queue_ms": 0.0, "inference_ms": 0.0},
+    }
+
+
+async def run_request(request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: str) -> RoutedOutput:
+    """Check the mask, enqueue, and wait for the result — dropping the work if the client goes away."""
+    engine, batcher = state.ready_engine()
+    await check_mask(request, state, mask, kind)
     remaining = request.state.deadline - time.monotonic()  # one deadline for decoding and every pass
     if remaining <= 0:
         raise DeadlineExceededError("the request was not served before its deadline")
@@ -137,6 +168,10 @@ async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dic
     """The upload as a 16 kHz wave, and the form's other fields. A full queue refuses it before it is read
     or decoded; decoding counts against the request's deadline."""
     deadline = request.state.deadline = time.monotonic() + state.settings.request_timeout_s
+    if state.api_keys is not None:  # before anything is read
+        key = request.state.api_key = state.api_keys.authenticate(request.headers.get("authorization"))
+        request.state.api_key_id = key.id  # metrics count by this ID
+        state.api_keys.admit(key)
     engine, batcher = state.ready_engine()
     batcher.check_room()
     data, fields = await read_upload(request, state.settings.max_upload_bytes)
@@ -181,6 +216,11 @@ async def resolve_language(
 async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     state = state_of(request)
     wave, _ = await _decoded(request, state)
+    speech = await speech_check(state, wave)
+    if speech is not None and not speech.has_speech:
+        await check_mask(request, state, state.settings.language_mask if lang == AUTO else lang,
+                         "classify" if lang == AUTO else "ctc")  # fmt: skip
+        return _no_speech_body(lang, wave, speech)
     language, probability = await resolve_language(request, state, wave, lang)
     out = await run_request(request, state, wave, language, "ctc")
     body = {
@@ -194,6 +234,8 @@ async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     }
     if probability is not None:
         body["language_probability"] = round(probability, 6)
+    if speech is not None:
+        body["no_speech_prob"] = round(speech.no_speech_prob, 6)
     return body
 
 
@@ -229,9 +271,15 @@ async def openai_transcriptions(request: Request) -> Response:
     if isinstance(granularities, str):
         granularities = [granularities]
     check_format_options(fmt, list(granularities))  # a bad option is a 400 before any inference
-    mask = await _openai_mask(request, state, wave, fields)
-    out = await run_request(request, state, wave, mask, "ctc")
-    body, media_type = render_transcription(_transcript(out), mask, out.audio_seconds, fmt, list(granularities))
+    speech = await speech_check(state, wave)
+    if speech is not None and not speech.has_speech:
+        language = str(fields.get("language") or "")
+        seconds = wave.shape[0] / SAMPLE_RATE
+        body, media_type = render_transcription(Transcript(""), language, seconds, fmt, list(granularities))
+    else:
+        mask = await _openai_mask(request, state, wave, fields)
+        out = await run_request(request, state, wave, mask, "ctc")
+        body, media_type = render_transcription(_transcript(out), mask, out.audio_seconds, fmt, list(granularities))
     if media_type == "application/json":
         return Response(body, media_type=media_type)
     return PlainTextResponse(body, media_type=media_type)
@@ -244,7 +292,8 @@ async def _openai_mask(request: Request, state: AppState, wave: torch.Tensor, fi
     engine, _ = state.ready_engine()
     model = str(fields.get("model") or state.settings.model_id)
     language = fields.get("language")
-    if model != state.settings.model_id:
+    key = getattr(request.state, "api_key", None)
+    if model != state.settings.model_id and (key is None or key.masks is None or model in key.masks):
         try:
             await run_in_threadpool(engine.registry.get, model)
             return model

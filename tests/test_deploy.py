@@ -65,7 +65,8 @@ def test_real_prometheus_scrapes_serve_and_every_dashboard_query_has_data(tmp_pa
     prometheus = _bin("prometheus")
     api_port, prom_port = free_port(), free_port()
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(api_port),
-                               "--registry", str(tmp_path / "reg"), "--log-level", "warning"])  # fmt: skip
+                               "--registry", str(tmp_path / "reg"), "--log-level", "warning",
+                               "--no-vad"])  # a synthetic tone is sent; fmt: skip
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s"},

@@ -17,7 +17,7 @@ from service.settings import ServiceSettings
 
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory):
-    settings = ServiceSettings(registry=str(tmp_path_factory.mktemp("reg")), max_wait_ms=5)
+    settings = ServiceSettings(registry=str(tmp_path_factory.mktemp("reg")), max_wait_ms=5, vad=False)  # a tone
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip

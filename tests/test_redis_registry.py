@@ -125,7 +125,7 @@ def _engine_factory(url, prefix):
 
 
 def _settings(tmp_path):
-    return ServiceSettings(registry=str(tmp_path), admin_token="redis-test-token", max_wait_ms=1)
+    return ServiceSettings(registry=str(tmp_path), admin_token="redis-test-token", max_wait_ms=1, vad=False)
 
 
 def _wait_for(predicate, seconds):

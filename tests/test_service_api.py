@@ -20,7 +20,9 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def _settings(tmp_path, **kw):
-    base = dict(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=5, max_audio_seconds=10)
+    # vad=False: these tests send a synthetic tone, which the speech gate (tested on its own) would stop
+    base = dict(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=5, max_audio_seconds=10,
+                vad=False)  # fmt: skip
     return ServiceSettings(**{**base, **kw})
 
 
@@ -346,3 +348,39 @@ def test_a_file_part_without_a_filename_is_audio(client):
                          headers={"content-type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
     assert answer.status_code == 200, answer.text
     assert answer.json()["text"] == client.post("/transcribe?lang=fr", content=wav).json()["text"]
+
+
+def _spoken(text: str, voice: str = "de") -> bytes:
+    import subprocess
+
+    return subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+
+
+def _wav(samples) -> bytes:
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(samples, dtype="float32"), 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def test_silence_and_noise_give_an_empty_transcript_and_speech_does_not(tmp_path):
+    """The speech gate (silero-vad): 5 s of silence gave "il est internes de la liste est instants"."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with TestClient(create_app(_settings(tmp_path, vad=True), tiny_engine_factory())) as c:
+        for what, wav in [("silence", _wav(np.zeros(80_000))), ("noise", _wav(0.1 * rng.standard_normal(80_000))),
+                          ("hum", audio_bytes(5.0))]:  # fmt: skip
+            body = c.post("/transcribe?lang=fr", content=wav).json()
+            assert body["text"] == "" and body["words"] == [] and body["no_speech_prob"] > 0.5, (what, body)
+            assert body["decoder"] == "none (no speech)" and body["duration"] == 5.0
+            files = {"file": ("a.wav", wav, "audio/wav")}
+            openai = c.post("/v1/audio/transcriptions", files=files, data={"model": "fr", "response_format": "text"})
+            assert openai.status_code == 200 and openai.text == "\n", what
+            assert c.post("/transcribe?lang=xx", content=wav).status_code == 404  # the mask is still checked
+        speech = c.post("/transcribe?lang=fr", content=_spoken("Der Hund spielt jeden Morgen im Garten.")).json()
+        assert speech["decoder"] != "none (no speech)" and speech["no_speech_prob"] < 0.5
