@@ -179,7 +179,7 @@ def test_every_malformed_upload_gets_a_4xx_or_a_200_quickly(tmp_path):
 
 def test_decoding_the_corpus_stays_within_a_memory_bound():
     """Peak RSS of a fresh process decoding every case, against the same process before: measured +39 MB
-    on the 2-core AMD EPYC dev machine (2026-11-29; 16,001 Hz alone took 9 GB before); the bound is 300 MB."""
+    on the 2-core Intel Xeon dev machine (2026-11-29; 16,001 Hz alone took 9 GB before); the bound is 300 MB."""
     script = textwrap.dedent("""
         import json, resource, sys
         sys.path.insert(0, "tests")
