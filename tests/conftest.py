@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -192,3 +193,24 @@ def wait_until_ready(url: str, seconds: float = 120.0) -> None:
             pass
         time.sleep(0.2)
     pytest.fail(f"{url} did not answer 200 within {seconds:g} s")
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, **config):
+    """A real uvicorn server of ``app`` on a free loopback port, in a thread; yields its base URL once
+    ``/readyz`` answers 200. ``config``: more ``uvicorn.Config`` arguments."""
+    import threading
+
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **{"log_level": "warning", **config}))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(f"{url}/readyz", 60)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(10)

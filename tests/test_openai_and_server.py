@@ -2,15 +2,13 @@
 
 import subprocess
 import sys
-import threading
 
 import httpx
 import openai
 import pytest
-import uvicorn
 from pydantic import ValidationError
 
-from conftest import audio_bytes, free_port, tiny_engine_factory, wait_until_ready
+from conftest import audio_bytes, free_port, serve_in_thread, tiny_engine_factory, wait_until_ready
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -18,16 +16,8 @@ from service.settings import ServiceSettings
 @pytest.fixture(scope="module")
 def live_url(tmp_path_factory):
     settings = ServiceSettings(registry=str(tmp_path_factory.mktemp("reg")), max_wait_ms=5, vad=False)  # a tone
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until_ready(f"{url}/readyz", 30)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(settings, tiny_engine_factory())) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -52,6 +52,7 @@ class Proxy:
         self.port = self.listener.getsockname()[1]
         self.up = threading.Event()
         self.up.set()
+        self.frozen = threading.Event()
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -69,10 +70,11 @@ class Proxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
         try:
             while data := a.recv(65536):
+                while self.frozen.is_set():  # a hung Redis: connections stay open, nothing comes back
+                    time.sleep(0.01)
                 b.sendall(data)
         except OSError:
             pass
@@ -186,6 +188,27 @@ def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_p
         proxy.restore()
         assert _wait_for(lambda: client.get("/readyz").json()["registry"] == "ok", 5.0)
         assert _wait_for(lambda: client.post("/transcribe?lang=fr", content=wav).json()["text"] == expected, 3.0)
+
+
+def test_a_frozen_redis_adds_nothing_to_requests_for_resident_masks(prefix, tmp_path):
+    bb = tiny_backbone()
+    RedisStore(REDIS_URL, prefix).write("fr", _mask_bytes(bb, "fr", seed=0))
+    proxy = Proxy()
+    app = create_app(_settings(tmp_path), _engine_factory(f"redis://127.0.0.1:{proxy.port}/0", prefix))
+    with TestClient(app) as client:
+        wav = audio_bytes(1.0)
+        files = {"file": ("a.wav", wav, "audio/wav")}
+        assert client.post("/transcribe?lang=fr", content=wav).status_code == 200  # fr is now resident
+        proxy.frozen.set()  # Redis hangs instead of dying: its socket timeout is 5 s
+        try:
+            for _ in range(3):
+                started = time.monotonic()
+                assert client.post("/transcribe?lang=fr", content=wav).status_code == 200
+                openai = client.post("/v1/audio/transcriptions", files=files, data={"model": "fr"})
+                assert openai.status_code == 200
+                assert time.monotonic() - started < 2.0  # two requests, no store round trip
+        finally:
+            proxy.frozen.clear()
 
 
 def _decode(wav):

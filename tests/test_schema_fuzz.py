@@ -4,13 +4,11 @@ for every operation of the OpenAPI schema must conform to it, with no 5xx."""
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-import uvicorn
 
-from conftest import ADMIN_TOKEN, free_port, tiny_engine_factory, wait_until_ready
+from conftest import ADMIN_TOKEN, serve_in_thread, tiny_engine_factory
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -21,16 +19,8 @@ EXAMPLES_PER_OPERATION = 100
 def live_url(tmp_path):
     settings = ServiceSettings(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=1,
                                max_audio_seconds=10, request_timeout_s=10)  # fmt: skip
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, tiny_engine_factory()), host="127.0.0.1", port=port,
-                                           log_level="error"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    wait_until_ready(f"{url}/readyz", seconds=60)
-    yield url
-    server.should_exit = True
-    thread.join(10)
+    with serve_in_thread(create_app(settings, tiny_engine_factory()), log_level="error") as url:
+        yield url
 
 
 def test_schemathesis_every_check_passes(live_url):

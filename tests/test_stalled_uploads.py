@@ -2,27 +2,18 @@
 instead of holding its connection open forever."""
 
 import socket
-import threading
 import time
 
-import uvicorn
-
-from conftest import free_port, tiny_engine_factory, wait_until_ready
+from conftest import serve_in_thread, tiny_engine_factory
 from service.app import create_app
 from service.settings import ServiceSettings
 
 
 def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
     settings = ServiceSettings(registry=str(tmp_path / "registry"), upload_timeout_s=1.0, max_wait_ms=1)
-    port = free_port()
     app = create_app(settings, tiny_engine_factory())
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_keep_alive=5,
-                            limit_concurrency=settings.max_connections)  # fmt: skip
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until_ready(f"http://127.0.0.1:{port}/readyz", seconds=60)
+    with serve_in_thread(app, timeout_keep_alive=5, limit_concurrency=settings.max_connections) as url:
+        port = int(url.rsplit(":", 1)[1])
         clients = []
         for _ in range(5):  # each declares 100,000 bytes and sends 4
             conn = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -39,6 +30,3 @@ def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
             assert '"UploadTimeoutError"' in answer and "not received within 1 s (4 bytes came)" in answer
             conn.close()
         assert time.monotonic() - started < 4.0
-    finally:
-        server.should_exit = True
-        thread.join(10)
