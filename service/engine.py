@@ -98,7 +98,7 @@ def build_engine(settings: ServiceSettings) -> Engine:
         description = ("bundled default: tiny wav2vec2 (character-CTC pretrained on espeak-ng speech) + masks"
                        if bundled else f"{backbone.config.model_type} from {backbone_source}")  # fmt: skip
         is_demo = False
-    backend = select_backend(backbone.device, None if settings.kernel == "auto" else settings.kernel)
+    backend = select_backend(backbone.device, settings.kernel)  # "auto" included: the settings are the only source
     watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None
     router = Router(backbone, registry, backend, settings.decoder)
     return Engine(backbone, registry, router, description, is_demo, watcher)

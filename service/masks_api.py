@@ -12,10 +12,10 @@ from router_core.errors import AdminDisabledError, AuthenticationError
 from router_core.mask_file import RoutingMask, check_compatible, decode_mask, validate_mask_name
 from router_core.registry import MaskRegistry
 from service.api_docs import ADMIN_ERRORS, MASK_FILE_BODY, READ_ERRORS, MaskNamePath, error_responses
-from service.app import AppState, state_of
-from service.speech_api import read_body
+from service.state import AppState, state_of
+from service.uploads import read_body
 
-router = APIRouter(tags=["masks"])
+api = APIRouter(tags=["masks"])
 MAX_MASK_BYTES = 512 * 2**20
 
 
@@ -56,7 +56,7 @@ def _read_described(registry: MaskRegistry, name: str) -> dict[str, Any]:
     return describe(mask, resident, len(data))
 
 
-@router.get("/masks", summary="Masks available in the registry and which are resident",
+@api.get("/masks", summary="Masks available in the registry and which are resident",
             responses=error_responses(503))  # fmt: skip
 async def list_masks(request: Request) -> dict:
     engine, _ = state_of(request).ready_engine()
@@ -69,14 +69,14 @@ async def list_masks(request: Request) -> dict:
     }
 
 
-@router.get("/masks/{name}", summary="One mask's metadata (validated against the live backbone)",
+@api.get("/masks/{name}", summary="One mask's metadata (validated against the live backbone)",
             responses=READ_ERRORS)  # fmt: skip
 async def get_mask(request: Request, name: MaskNamePath) -> dict:
     engine, _ = state_of(request).ready_engine()
     return await run_in_threadpool(_read_described, engine.registry, name)
 
 
-@router.put("/masks/{name}", status_code=201, summary="Upload a mask file (admin)", responses=ADMIN_ERRORS,
+@api.put("/masks/{name}", status_code=201, summary="Upload a mask file (admin)", responses=ADMIN_ERRORS,
             openapi_extra=MASK_FILE_BODY)  # fmt: skip
 async def put_mask(request: Request, name: MaskNamePath) -> dict:
     state = state_of(request)
@@ -87,7 +87,7 @@ async def put_mask(request: Request, name: MaskNamePath) -> dict:
     return describe(loaded.mask, True, len(data))
 
 
-@router.delete("/masks/{name}", status_code=204, summary="Delete a mask (admin)", responses=ADMIN_ERRORS)
+@api.delete("/masks/{name}", status_code=204, summary="Delete a mask (admin)", responses=ADMIN_ERRORS)
 async def delete_mask(request: Request, name: MaskNamePath) -> Response:
     state = state_of(request)
     require_admin(request, state)
@@ -96,7 +96,7 @@ async def delete_mask(request: Request, name: MaskNamePath) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/masks/{name}/load", summary="(Re)load a mask from the store onto the device (admin)",
+@api.post("/masks/{name}/load", summary="(Re)load a mask from the store onto the device (admin)",
              responses=ADMIN_ERRORS)  # fmt: skip
 async def load_mask(request: Request, name: MaskNamePath) -> dict:
     state = state_of(request)

@@ -77,8 +77,8 @@ class ServiceMetrics:
     """All metrics of one app."""
 
     def __init__(self, get_registry: Callable[[], MaskRegistry | None]) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
+        self.prom_registry = CollectorRegistry()
+        r = self.prom_registry
         self.requests_by_key = Counter(
             "s3router_requests_by_key", "Requests by API key ID and status", ["key", "status"], registry=r
         )

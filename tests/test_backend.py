@@ -32,3 +32,23 @@ def test_triton_needs_cuda_outside_the_interpreter(monkeypatch):
 def test_cpu_backend_refuses_a_cuda_device():
     with pytest.raises(KernelUnavailableError):
         select_backend("cuda", "cpu")
+
+
+def test_a_kernel_flag_of_auto_wins_over_the_environment(monkeypatch, tmp_path):
+    """`s3router serve --kernel auto` with S3R_KERNEL=reference set: the settings object is the only source
+    (the engine passed None for "auto", and the backend then read the environment)."""
+    from conftest import tiny_model
+    from service.engine import build_engine
+    from service.settings import load_settings
+
+    tiny_model().save_pretrained(tmp_path / "backbone")
+    monkeypatch.setenv(KERNEL_ENV_VAR, "reference")
+    settings = load_settings(kernel="auto", backbone=str(tmp_path / "backbone"), registry=str(tmp_path / "reg"))
+    assert settings.kernel == "auto"
+    engine = build_engine(settings)
+    try:
+        assert engine.router.backend.name == "cpu"
+    finally:
+        engine.close()
+    assert build_engine(load_settings(backbone=str(tmp_path / "backbone"), registry=str(tmp_path / "reg"))
+                        ).router.backend.name == "reference"  # no flag: S3R_KERNEL, read by the settings; fmt: skip

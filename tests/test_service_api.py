@@ -384,3 +384,18 @@ def test_silence_and_noise_give_an_empty_transcript_and_speech_does_not(tmp_path
             assert c.post("/transcribe?lang=xx", content=wav).status_code == 404  # the mask is still checked
         speech = c.post("/transcribe?lang=fr", content=_spoken("Der Hund spielt jeden Morgen im Garten.")).json()
         assert speech["decoder"] != "none (no speech)" and speech["no_speech_prob"] < 0.5
+
+
+def test_warm_up_runs_one_mask_of_each_kind(tmp_path):
+    """It warmed the first two names, which with the bundle are two CTC masks."""
+    from service.lifespan import warm_up
+
+    settings = _settings(tmp_path)
+    engine = tiny_engine_factory(mask_names=("de", "es", "fr", "zz_speaker"))(settings)
+    from router_core.heads import HeadSpec
+
+    bb = engine.backbone
+    engine.registry.put(encode_mask(random_mask(bb.spec(), "zz_speaker", HeadSpec(kind="classify", labels=["a", "b"]),
+                                                bb.default_layer_names(), 0.9, seed=2)))  # fmt: skip
+    warmed = warm_up(engine, settings)
+    assert sorted(engine.registry.get(name).kind for name in warmed) == ["classify", "ctc"]

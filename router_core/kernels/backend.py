@@ -1,6 +1,6 @@
 """The one place that picks the masked-matmul backend.
 
-Order of precedence: an explicit ``requested`` argument (the service's setting), else the
+Order of precedence: an explicit ``requested`` argument (the service's setting, ``auto`` included), else the
 ``S3R_KERNEL`` environment variable (``reference`` | ``cpu`` | ``triton`` | ``auto``) — the only
 environment read in ``router_core`` — else ``auto``:
 

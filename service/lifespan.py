@@ -1,0 +1,91 @@
+"""Start-up and shut-down of the service (the FastAPI lifespan): build the engine in a worker thread, load
+the speech gate, tune the kernels and warm up one mask of each kind, start the batcher. Failures are
+kept for ``/readyz`` instead of killing the process."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib import metadata
+
+import torch
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from router_core.backbone import SAMPLE_RATE
+from router_core.errors import S3RouterError
+from router_core.vad import SpeechDetector
+from service.batching import Batcher
+from service.engine import Engine
+from service.settings import ServiceSettings
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+VERSION = metadata.version("s3router")
+
+EngineFactory = Callable[[ServiceSettings], Engine]
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def make_lifespan(state: AppState, engine_factory: EngineFactory) -> Lifespan:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await _start(state, engine_factory)
+        except Exception as exc:  # noqa: BLE001 - reported by /readyz instead of killing the process
+            log.exception("start-up failed")
+            state.startup_error = f"{type(exc).__name__}: {exc}"
+        yield
+        if state.batcher is not None:
+            await state.batcher.stop()
+        if state.engine is not None:
+            state.engine.close()
+
+    return lifespan
+
+
+async def _start(state: AppState, engine_factory: EngineFactory) -> None:
+    settings, metrics = state.settings, state.metrics
+    engine = state.engine = await run_in_threadpool(engine_factory, settings)
+    if settings.vad:
+        state.speech_detector = await run_in_threadpool(SpeechDetector, settings.vad_threshold)
+    await run_in_threadpool(warm_up, engine, settings)
+    batcher = Batcher(
+        engine.router.forward,
+        max_batch=settings.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        max_queue=settings.max_queue,
+        on_batch=metrics.observe_batch,
+    )
+    batcher.start()
+    state.batcher = batcher
+    metrics.queue_length.set_function(lambda: batcher.queue_length)
+    metrics.set_info(
+        version=VERSION,
+        backbone=engine.description,
+        fingerprint=engine.backbone.fingerprint,
+        kernel=engine.router.backend.name,
+        device=str(engine.backbone.device),
+    )
+    state.warmed_up = True
+
+
+def warm_up(engine: Engine, settings: ServiceSettings) -> list[str]:
+    """Kernel tuning for every batch size the settings allow, then one forward pass with one mask of each
+    kind in the store (the first that loads), so that the first request pays no tuning, compile or
+    allocation cost. Returns the masks it ran."""
+    engine.router.prepare_kernels(settings.max_batch_size, settings.max_audio_seconds)
+    wave = torch.zeros(SAMPLE_RATE)  # [16000]: one second
+    warmed: dict[str, str] = {}
+    for name in engine.registry.available():
+        try:
+            kind = engine.registry.get(name).kind
+            if kind not in warmed:
+                engine.router.forward([wave], [name])
+                warmed[kind] = name
+        except S3RouterError as exc:  # an unusable stored mask must not block start-up
+            log.warning("warm-up skipped mask %s: %s", name, exc)
+        if len(warmed) == 2:  # ctc and classify
+            break
+    return list(warmed.values())
