@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 UV_PIN := $(shell grep -m1 -oE '^uv==[^ ]+' $(LOCK))
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: install sync system-test system-serve check-lock lock test lint typecheck unit bench serve bundle clean
+.PHONY: install sync system-test system-serve check-lock lock test quick lint typecheck unit bench serve bundle clean
 
 # A venv holding exactly the lock: `uv pip sync` installs what it names and removes anything else;
 # the project itself goes in editable, without resolving anything.
@@ -56,6 +56,10 @@ unit: install
 	$(PY) -m pytest -q
 
 test: system-test check-lock lint typecheck unit
+
+# the inner loop: the suite without the tests marked slow
+quick: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) -m bench.bench_kernels

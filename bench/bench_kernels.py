@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--layers", type=int, default=1, help="distinct weight matrices cycled through")
     parser.add_argument("--inner", type=int, default=None,
-                        help="calls per timed sample (default: 20 on a GPU, 1 on the CPU)")  # fmt: skip
+                        help="calls per timed sample (default: 20 on a GPU, 1 on the CPU)")
     parser.add_argument("--graph", action="store_true", help="also time CUDA-graph replays (GPU only)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
@@ -73,7 +73,7 @@ def main() -> None:
                     ms = [f"{t * 1e3:.4f}" for t in (base, times[name])]
                     rows.append([f"{k}->{n}", frames, mode, name, *ms, f"{times[name] / base:.3f}"])
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} layers={args.layers} "
-          f"inner={inner}")  # fmt: skip
+          f"inner={inner}")
     print(markdown_table(["layer", "T", "timing", "backend", "dense ms", "masked ms", "ratio"], rows))
 
 

@@ -86,7 +86,7 @@ def main() -> None:
         rows = []
         base_p50 = statistics.median(direct)
         rows.append(["direct Router.forward", 1, f"{base_p50:.3f}", f"{_percentile(direct, 0.95):.3f}",
-                     f"{args.seconds / base_p50:.1f}", "1.00"])  # fmt: skip
+                     f"{args.seconds / base_p50:.1f}", "1.00"])
         for level in [int(x) for x in args.levels.split(",")]:
             call(0)  # warm
             started = time.perf_counter()
@@ -95,7 +95,7 @@ def main() -> None:
             wall = time.perf_counter() - started
             p50 = statistics.median(latencies)
             rows.append([f"HTTP, concurrency {level}", level, f"{p50:.3f}", f"{_percentile(latencies, 0.95):.3f}",
-                         f"{args.requests * args.seconds / wall:.1f}", f"{p50 / base_p50:.2f}"])  # fmt: skip
+                         f"{args.requests * args.seconds / wall:.1f}", f"{p50 / base_p50:.2f}"])
         server.terminate()
         server.wait(30)
         layers = "4" if args.small else "12"
@@ -113,7 +113,7 @@ def _serve(folder: str, max_queue: int, max_batch: int) -> tuple[subprocess.Pope
         [sys.executable, "-m", "service.cli", "serve", "--backbone", f"{folder}/backbone", "--registry",
          f"{folder}/registry", "--port", str(port), "--max-wait-ms", "2", "--max-queue", str(max_queue),
          "--max-batch-size", str(max_batch), "--no-vad", "--log-level", "warning"],
-    )  # fmt: skip
+    )
     url = f"http://127.0.0.1:{port}"
     while True:
         try:
@@ -149,12 +149,12 @@ def _overload(folder: str, wav: bytes, one_item_s: float, seconds: float) -> Non
     refused = [(code, retry) for code, _, retry in answers if code != 200]
     bound = (max_queue / max_batch + 1) * max_batch * one_item_s  # the queue ahead, then its own batch
     print(f"\noverload: {count} requests at {rate:.1f}/s (3x capacity) for {seconds:g} s, queue {max_queue}, "
-          f"batches of {max_batch}")  # fmt: skip
+          f"batches of {max_batch}")
     print(f"  200: {len(ok)}, 503 with Retry-After: {sum(1 for c, r in refused if c == 503 and r)}, "
-          f"other: {sum(1 for c, r in refused if c != 503 or not r)}")  # fmt: skip
+          f"other: {sum(1 for c, r in refused if c != 503 or not r)}")
     if ok:
         print(f"  p50 {statistics.median(ok):.2f} s, p95 {_percentile(ok, 0.95):.2f} s of the 200s; "
-              f"bound (queue / batch + 1) x batch time = {bound:.2f} s")  # fmt: skip
+              f"bound (queue / batch + 1) x batch time = {bound:.2f} s")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
@@ -38,10 +37,6 @@ class Classification:
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
-
-
-class CTCDecoder(Protocol):
-    def __call__(self, logits: torch.Tensor, spec: HeadSpec, seconds_per_frame: float) -> Transcript: ...
 
 
 def is_special_token(token: str) -> bool:

@@ -122,7 +122,7 @@ class OutputHead(nn.Module):
         return (pooled - self.input_shift) / self.input_scale
 
     def fit_probe(self, pooled: torch.Tensor, labels: torch.Tensor, steps: int = 300, lr: float = 1e-2,
-                  weight_decay: float = 1e-3) -> float:  # fmt: skip
+                  weight_decay: float = 1e-3) -> float:
         """Linear probing before mask learning (LP-FT): standardise on pooled features ``[N, F]``, then fit
         the projection to ``labels [N]`` by full-batch softmax regression,
         ``min_W,b CE(W (p - mu) / sigma + b, y) + weight_decay ||W||^2``. Mask learning then starts from a

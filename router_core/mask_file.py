@@ -47,7 +47,7 @@ from router_core.errors import (
     TruncatedMaskFileError,
     UnsupportedFormatVersionError,
 )
-from router_core.heads import HeadSpec
+from router_core.heads import HeadSpec, MaskKind
 from router_core.kernels.bits import count_kept, packed_row_bytes
 
 FORMAT_VERSION = 3
@@ -97,7 +97,7 @@ class RoutingMask:
             }
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> MaskKind:
         return self.head.kind
 
     @property
@@ -252,7 +252,7 @@ def _check_internal_shapes(mask: RoutingMask) -> None:
     mix = mask.head_layer_weights
     if mask.head.layer_mix != (mix is not None) or (mix is not None and mix.dim() != 1):
         raise MaskFormatError(f"head layer weights {None if mix is None else tuple(mix.shape)} do not match "
-                              f"layer_mix={mask.head.layer_mix}")  # fmt: skip
+                              f"layer_mix={mask.head.layer_mix}")
 
 
 def check_compatible(mask: RoutingMask, spec: BackboneSpec) -> None:

@@ -29,12 +29,13 @@ from router_core.mask_file import validate_mask_name
 from router_core.registry import MaskRegistry
 
 log = logging.getLogger(__name__)
+DEFAULT_PREFIX = "s3router:"  # the one place the default key prefix is written
 
 
 class RedisStore:
     """Mask files in Redis, versioned, with change notifications. Credentials/TLS come from the URL."""
 
-    def __init__(self, url: str, prefix: str = "s3router:", client: redis.Redis | None = None) -> None:
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, client: redis.Redis | None = None) -> None:
         self.url = url
         self.prefix = prefix
         self.client = client or redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
@@ -77,7 +78,7 @@ class RedisStore:
         version = int(self._call("INCR", self.client.incr, f"{self.prefix}version"))
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(self._key(name), mapping={"data": data, "version": version,
-                                            "sha256": hashlib.sha256(data).hexdigest()})  # fmt: skip
+                                            "sha256": hashlib.sha256(data).hexdigest()})
         pipe.sadd(f"{self.prefix}names", name)
         pipe.publish(self.channel, json.dumps({"op": "put", "name": name, "version": version}))
         self._call("MULTI/EXEC", pipe.execute)
@@ -103,7 +104,6 @@ class RegistryWatcher:
         self.store = store
         self.max_backoff_s = max_backoff_s
         self.degraded = False
-        self.applied = 0  # changes applied (for tests and metrics)
         self._seen: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s3r-registry-watcher", daemon=True)
@@ -122,7 +122,6 @@ class RegistryWatcher:
                 self.registry.evict(name)
             elif any(m.name == name for m in self.registry.resident()):
                 self.registry.reload(name)  # validates first; a bad change leaves the old mask serving
-            self.applied += 1
         except S3RouterError as exc:
             log.warning("change to mask %s not applied: %s", name, exc)
 

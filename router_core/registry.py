@@ -28,7 +28,7 @@ from router_core.errors import (
     RegistryBudgetError,
     StoreUnavailableError,
 )
-from router_core.heads import OutputHead
+from router_core.heads import MaskKind, OutputHead
 from router_core.mask_file import RoutingMask, check_compatible, decode_mask, validate_mask_name
 
 MASK_SUFFIX = ".s3mask"
@@ -105,7 +105,7 @@ class LoadedMask:
         return self.mask.name
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> MaskKind:
         return self.mask.kind
 
 

@@ -16,7 +16,8 @@ import torch
 from router_core.backbone import SAMPLE_RATE, Backbone
 from router_core.ctc_beam import ctc_beam_decode
 from router_core.decoding import Classification, Transcript, classify, ctc_greedy_decode
-from router_core.errors import InvalidInputError, MaskKindError
+from router_core.errors import InvalidInputError, MaskKindError, S3RouterError
+from router_core.heads import MaskKind
 from router_core.kernels.backend import KernelBackend, select_backend
 from router_core.kernels.reference import Segments
 from router_core.maskable import RoutingPlan, routing
@@ -28,7 +29,7 @@ class RoutedOutput:
     """One item's result: its mask, raw head output, and the decoded answer."""
 
     mask_name: str
-    kind: str
+    kind: MaskKind
     logits: torch.Tensor  # CTC: [T_i, V]; classification: [L]
     audio_seconds: float
     transcript: Transcript | None = None
@@ -106,7 +107,7 @@ class Router:
         return order, RoutingPlan(Segments(tuple(offsets), tuple(mask_ids)), layer_bits, self.backend)
 
     def forward(
-        self, waves: Sequence[torch.Tensor], mask_names: Sequence[str], expect_kind: str | None = None
+        self, waves: Sequence[torch.Tensor], mask_names: Sequence[str], expect_kind: MaskKind | None = None
     ) -> list[RoutedOutput]:
         """Run ``waves[i]`` (1-D, 16 kHz) through mask ``mask_names[i]``; outputs in input order.
 
@@ -135,7 +136,10 @@ class Router:
                 if masks[item].kind == "ctc":
                     logits = logits[: int(frames[row])]
                 results[item] = self._decode(masks[item], logits.float().cpu(), checked[item])
-        return [r for r in results if r is not None]
+        done = [r for r in results if r is not None]
+        if len(done) != len(waves):  # a routing bug must not hand callers someone else's answer
+            raise S3RouterError(f"the router returned {len(done)} outputs, expected {len(waves)}")
+        return done
 
     def _decode(self, loaded: LoadedMask, logits: torch.Tensor, wave: torch.Tensor) -> RoutedOutput:
         out = RoutedOutput(loaded.name, loaded.kind, logits, wave.shape[0] / SAMPLE_RATE)

@@ -51,9 +51,9 @@ ADMIN_ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 422, 503)
 _MASK_NAME_TEXT = "letters, digits, '_', '-' and single dots between them, starting with a letter or digit"
 MaskNamePath = Annotated[str, Path(pattern=MASK_NAME_PATTERN, max_length=MASK_NAME_MAX, description=_MASK_NAME_TEXT)]
 LanguageQuery = Annotated[str, Query(pattern=MASK_NAME_PATTERN, max_length=MASK_NAME_MAX,
-                                     description="language mask, e.g. fr, or auto to detect it")]  # fmt: skip
+                                     description="language mask, e.g. fr, or auto to detect it")]
 TaskQuery = Annotated[str, Query(pattern=MASK_NAME_PATTERN, max_length=MASK_NAME_MAX,
-                                 description="task mask, e.g. speaker")]  # fmt: skip
+                                 description="task mask, e.g. speaker")]
 
 _BINARY = {"type": "string", "format": "binary"}
 AUDIO_BODY = {

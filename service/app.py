@@ -58,14 +58,14 @@ class RequestMetricsMiddleware:
             request_state = scope.get("state", {})
             mask = request_state.get("mask", "")
             self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started,
-                                         request_state.get("api_key_id"))  # fmt: skip
+                                         request_state.get("api_key_id"))
 
 
 def create_app(settings: ServiceSettings, engine_factory: EngineFactory = build_engine) -> FastAPI:
     """The application for ``settings``; ``engine_factory`` lets tests inject a tiny engine."""
     state = AppState(settings)
     app = FastAPI(title="s3router", version=VERSION, lifespan=make_lifespan(state, engine_factory),
-                  description="One frozen wav2vec2 backbone, many languages and tasks as binary masks.")  # fmt: skip
+                  description="One frozen wav2vec2 backbone, many languages and tasks as binary masks.")
     app.state.s3r = state
     install_error_handlers(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
@@ -88,7 +88,7 @@ def create_app(settings: ServiceSettings, engine_factory: EngineFactory = build_
             registry_status = "degraded"
             if resident == 0:
                 return JSONResponse({"ready": False, "reason": f"mask registry unreachable: {exc}"}, status_code=503,
-                                    headers=RETRY_READY)  # fmt: skip
+                                    headers=RETRY_READY)
         return JSONResponse({
             "ready": True,
             "registry": registry_status,
@@ -98,7 +98,7 @@ def create_app(settings: ServiceSettings, engine_factory: EngineFactory = build_
             "kernel": engine.router.backend.name,
             "masks_available": available,
             "masks_resident": resident,
-        })  # fmt: skip
+        })
 
     @app.get("/metrics", tags=["health"], response_class=Response, responses=METRICS_RESPONSES)
     async def prometheus_metrics() -> Response:

@@ -28,6 +28,7 @@ import torch
 
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import DeadlineExceededError, MaskKindError, OverloadedError, S3RouterError
+from router_core.heads import MaskKind
 from router_core.router import RoutedOutput
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Pending:
 
     wave: torch.Tensor  # [T] 16 kHz
     mask: str
-    kind: str  # "ctc" | "classify"
+    kind: MaskKind
     enqueued_at: float
     deadline: float
     future: asyncio.Future[Any] | None = None
@@ -148,7 +149,7 @@ class Batcher:
         if not admit(len(self.queue), self.max_queue):
             raise OverloadedError(f"the request queue is full ({self.max_queue} waiting); retry shortly", 1.0)
 
-    def submit(self, wave: torch.Tensor, mask: str, kind: str, timeout_s: float) -> Pending:
+    def submit(self, wave: torch.Tensor, mask: str, kind: MaskKind, timeout_s: float) -> Pending:
         """Enqueue at once or raise :class:`OverloadedError` (never waits for room)."""
         self.check_room()
         now = self.clock()

@@ -8,6 +8,7 @@ from typing import Any
 
 from router_core.errors import InvalidInputError
 from router_core.mask_file import decode_mask
+from router_core.redis_store import DEFAULT_PREFIX
 from router_core.stores import open_store
 
 
@@ -18,7 +19,7 @@ def _ls(args: argparse.Namespace) -> dict[str, Any]:
         data = store.read(name)
         mask = decode_mask(data)
         rows.append({"name": name, "kind": mask.kind, "bytes": len(data), "fingerprint": mask.fingerprint,
-                     "created_at": mask.created_at})  # fmt: skip
+                     "created_at": mask.created_at})
     return {"registry": args.registry, "masks": rows}
 
 
@@ -64,7 +65,7 @@ def _copy(args: argparse.Namespace) -> dict[str, Any]:
 
 def add_masks_commands(sub: argparse._SubParsersAction) -> None:
     masks = sub.add_parser("masks", help="manage mask stores (folder or redis:// URL)")
-    masks.add_argument("--redis-prefix", default="s3router:")
+    masks.add_argument("--redis-prefix", default=DEFAULT_PREFIX)
     verbs = masks.add_subparsers(dest="masks_command", required=True)
     ls = verbs.add_parser("ls", help="list masks")
     ls.add_argument("registry")

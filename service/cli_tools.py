@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from router_core.errors import InvalidInputError
+from router_core.heads import MaskKind
 
 
 def _log_to(work_dir: Path) -> None:
@@ -142,7 +143,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     if bool(args.checkpoint) == bool(args.mask):
         raise InvalidInputError("give either --mask (with --backbone and --registry) or --checkpoint")
     load = AudioCache()
-    kind: str
+    kind: MaskKind
     greedy: list[str] = []  # a mask with a language model: greedy decoding of the same outputs, for comparison
     if args.checkpoint:
         from router_core.backbone import load_backbone
@@ -241,7 +242,7 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     _log_to(Path(args.work_dir))
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                             progress=not args.quiet, init_from=args.init_from, device=args.device,
-                            max_seconds=args.max_seconds, eval_every=args.eval_every)  # fmt: skip
+                            max_seconds=args.max_seconds, eval_every=args.eval_every)
     return pretrain_backbone(train, dev, args.out, args.work_dir, config)
 
 
@@ -263,7 +264,7 @@ def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: boo
     p.add_argument("--keep", type=float, default=keep, help="fraction of weights kept per layer")
     p.add_argument("--init", choices=SCORE_INITS, default=init)
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=attention,
-                   help="also mask attention projections (default off: the paper's fix_attn)")  # fmt: skip
+                   help="also mask attention projections (default off: the paper's fix_attn)")
     p.add_argument("--pooling", choices=POOLINGS, help="classification pooling (default mean_std)")
     p.add_argument(
         "--layer-mix",
@@ -313,7 +314,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--offline", action="store_true")
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--decoder", choices=["auto", "greedy"], default="auto",
-                          help="auto: the mask's language model if it has one (greedy CER reported too)")  # fmt: skip
+                          help="auto: the mask's language model if it has one (greedy CER reported too)")
     evaluate.add_argument("--table", action="store_true", help="also print a table before the JSON")
     evaluate.set_defaults(run=run_eval)
 

@@ -81,7 +81,7 @@ def build_engine(settings: ServiceSettings) -> Engine:
         backbone = demo_backbone(settings.device, dtype)
         folder = registry_dir or tempfile.mkdtemp(prefix="s3router-demo-masks-")
         registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), device=backbone.device, dtype=dtype,
-                                budget_bytes=budget)  # fmt: skip
+                                budget_bytes=budget)
         layers = backbone.default_layer_names()
         speakers = HeadSpec(kind="classify", labels=[f"speaker{i}" for i in range(8)])
         for name, head, seed in (("en", HeadSpec(kind="ctc", vocab=DEMO_VOCAB), 1), ("speaker", speakers, 2)):
@@ -89,14 +89,14 @@ def build_engine(settings: ServiceSettings) -> Engine:
         description, is_demo = DEMO_DESCRIPTION, True
     else:
         backbone = load_backbone(backbone_source, device=settings.device, dtype=dtype,
-                                 local_files_only=settings.offline)  # fmt: skip
+                                 local_files_only=settings.offline)
         if registry_dir is None:
             raise BackboneError("S3R_BACKBONE is set, so S3R_REGISTRY must say where its masks are")
         store = open_store(registry_dir, settings.redis_prefix)
         registry = MaskRegistry(store, backbone.spec(), device=backbone.device, dtype=dtype, budget_bytes=budget)
         bundled = settings.backbone is None
         description = ("bundled default: tiny wav2vec2 (character-CTC pretrained on espeak-ng speech) + masks"
-                       if bundled else f"{backbone.config.model_type} from {backbone_source}")  # fmt: skip
+                       if bundled else f"{backbone.config.model_type} from {backbone_source}")
         is_demo = False
     backend = select_backend(backbone.device, settings.kernel)  # "auto" included: the settings are the only source
     watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None

@@ -94,7 +94,7 @@ def _allowed_methods(request: Request) -> list[str]:
             (re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(path)) + r"\Z"),
              {method.upper() for method in operations if method in _HTTP_METHODS})
             for path, operations in request.app.openapi()["paths"].items()
-        ]  # fmt: skip
+        ]
         request.app.state.allow_table = table
     return sorted({m for pattern, methods in table if pattern.match(request.url.path) for m in methods})
 

@@ -53,6 +53,7 @@ class _RegistryCollector(Collector):
             ("s3router_mask_cache_hits", stats.hits, "Mask lookups served from resident masks"),
             ("s3router_mask_cache_misses", stats.misses, "Mask lookups that loaded from the store"),
             ("s3router_mask_cache_evictions", stats.evictions, "Masks evicted to stay within the budget"),
+            ("s3router_mask_loads", stats.loads, "Masks read from the store, validated and made resident"),
         ):
             yield CounterMetricFamily(name, doc, value=value)
 

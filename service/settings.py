@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router_core.redis_store import DEFAULT_PREFIX
+
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -22,7 +24,8 @@ class ServiceSettings(BaseSettings):
         default=None,
         description="mask registry: a folder path or a redis:// URL (credentials, TLS); unset = the bundled masks",
     )
-    redis_prefix: str = Field(default="s3router:", description="key prefix of the masks in Redis")
+    redis_prefix: str = Field(default=DEFAULT_PREFIX, description="key prefix of the masks in Redis")
+    max_mask_bytes: int = Field(default=512 * 2**20, ge=1024, description="largest mask file PUT /masks accepts")
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32", description="backbone precision (fp32/fp16 aliases accepted); float16 or bfloat16 on a GPU"

@@ -25,6 +25,7 @@ from router_core.errors import (
     MaskNotFoundError,
     StoreUnavailableError,
 )
+from router_core.heads import MaskKind
 from router_core.router import RoutedOutput
 from router_core.vad import SpeechCheck
 from service.api_docs import (
@@ -43,7 +44,7 @@ api = APIRouter(tags=["speech"])
 DISCONNECT_POLL_S = 0.1
 
 
-async def check_mask(request: Request, state: AppState, mask: str, kind: str) -> None:
+async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKind) -> None:
     """404 for an unknown mask (listing what exists), 422 for a mask of the other kind."""
     engine, _ = state.ready_engine()
     key = getattr(request.state, "api_key", None)
@@ -76,7 +77,9 @@ def _no_speech_body(lang: str, wave: torch.Tensor, check: SpeechCheck) -> dict:
     }
 
 
-async def run_request(request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: str) -> RoutedOutput:
+async def run_request(
+    request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: MaskKind
+) -> RoutedOutput:
     """Check the mask, enqueue, and wait for the result — dropping the work if the client goes away."""
     engine, batcher = state.ready_engine()
     await check_mask(request, state, mask, kind)
@@ -115,7 +118,7 @@ async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dic
     wave = await run_in_threadpool(decode_audio, data, state.settings.max_audio_seconds, deadline)
     if wave.shape[0] < engine.backbone.min_samples:
         raise EmptyAudioError(f"audio is too short: {wave.shape[0]} samples at 16 kHz, at least "
-                              f"{engine.backbone.min_samples} needed")  # fmt: skip
+                              f"{engine.backbone.min_samples} needed")
     return wave, fields
 
 
@@ -149,14 +152,14 @@ async def resolve_language(
 
 
 @api.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)",
-             responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)  # fmt: skip
+             responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)
 async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     state = state_of(request)
     wave, _ = await _decoded(request, state)
     speech = await speech_check(state, wave)
     if speech is not None and not speech.has_speech:
         await check_mask(request, state, state.settings.language_mask if lang == AUTO else lang,
-                         "classify" if lang == AUTO else "ctc")  # fmt: skip
+                         "classify" if lang == AUTO else "ctc")
         return _no_speech_body(lang, wave, speech)
     language, probability = await resolve_language(request, state, wave, lang)
     out = await run_request(request, state, wave, language, "ctc")
@@ -177,7 +180,7 @@ async def transcribe(request: Request, lang: LanguageQuery) -> dict:
 
 
 @api.post("/classify", summary="Classify audio with a task's mask", responses=SPEECH_ERRORS,
-             openapi_extra=AUDIO_BODY)  # fmt: skip
+             openapi_extra=AUDIO_BODY)
 async def classify(
     request: Request,
     task: TaskQuery,
@@ -199,7 +202,7 @@ async def classify(
 
 
 @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription", response_class=Response,
-             responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)  # fmt: skip
+             responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)
 async def openai_transcriptions(request: Request) -> Response:
     state = state_of(request)
     wave, fields = await _decoded(request, state)

@@ -25,7 +25,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from router_core.kernels import triton_apply_bits, triton_configs, triton_masked  # noqa: E402
 
 ALIGNED = ["x_ptr", "w_ptr", "bias_ptr", "out_ptr", "bits_ptr", "table_ptr", "N", "K", "KB",
-           "stride_xm", "stride_wn", "stride_om", "bits_mask_stride"]  # fmt: skip
+           "stride_xm", "stride_wn", "stride_om", "bits_mask_stride"]
 PATTERNS = {
     "wgmma": r"wgmma\.mma_async",
     "mma_sync": r"\bmma\.sync",
@@ -38,7 +38,7 @@ def compile_config(config: triton.Config, dtype: str, one_segment: bool, arch: i
     fn = triton_masked._segmented_masked_matmul_kernel
     precision = "ieee" if dtype == "fp32" else "tf32"
     consts = {"HAS_BIAS": True, "ONE_SEGMENT": one_segment, "INPUT_PRECISION": precision, **config.kwargs,
-              "stride_xk": 1, "stride_wk": 1, "stride_on": 1}  # fmt: skip
+              "stride_xk": 1, "stride_wk": 1, "stride_on": 1}
     pointers = {"bits_ptr": "u8", "table_ptr": "i32", **{p: dtype for p in ("x_ptr", "w_ptr", "bias_ptr", "out_ptr")}}
     signature = {
         name: "constexpr" if name in consts else f"*{pointers[name]}" if name in pointers else "i32"

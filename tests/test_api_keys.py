@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from conftest import audio_bytes, tiny_engine_factory
+from helpers import audio_bytes, tiny_engine_factory
 from router_core.errors import RateLimitedError
 from service.api_keys import ApiKeyChecker, parse_api_keys
 from service.app import create_app
@@ -22,12 +22,12 @@ def _bearer(key: str) -> dict[str, str]:
 def test_parsing_entries_files_and_mistakes(tmp_path):
     keys = parse_api_keys(KEYS)
     assert [(k.id, k.rps, k.masks) for k in keys] == [("alpha", None, frozenset({"fr", "cls_speaker"})),
-                                                       ("beta", 2.0, None)]  # fmt: skip
+                                                       ("beta", 2.0, None)]
     listed = tmp_path / "keys.txt"
     listed.write_text(f"# tenants\nalpha:{ALPHA}\n\nbeta:{BETA}:rps=0.5  # slow\n")
     assert [k.id for k in parse_api_keys(f"@{listed}")] == ["alpha", "beta"]
     for bad in ["alpha:short", f"a:{ALPHA}:rps=0", f"a:{ALPHA}:rps=x", f"a:{ALPHA}:colour=red", f"a:{ALPHA},a:{BETA}",
-                "@/no/such/file"]:  # fmt: skip
+                "@/no/such/file"]:
         with pytest.raises(ValueError):
             parse_api_keys(bad)
     with pytest.raises(ValidationError, match="api_keys"):
@@ -64,7 +64,7 @@ def test_keys_guard_inference_and_leave_health_open(tmp_path):
         openai = c.post("/v1/audio/transcriptions", files=files, data={"model": "fr"}, headers=_bearer(ALPHA))
         assert openai.status_code == 200
         assert c.post("/v1/audio/transcriptions", files=files, data={"model": "de"},
-                      headers=_bearer(ALPHA)).status_code == 403  # fmt: skip
+                      headers=_bearer(ALPHA)).status_code == 403
         answers = [c.post("/transcribe?lang=de", content=wav, headers=_bearer(BETA)) for _ in range(4)]
         codes = [a.status_code for a in answers]
         assert codes.count(200) >= 2 and 429 in codes, codes  # 2 requests/s, a bucket of 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import Wav2Vec2ForCTC
 
-from conftest import ARCHS, CTC_VOCAB, tiny_config, tiny_model, waves
+from helpers import ARCHS, CTC_VOCAB, tiny_config, tiny_model, waves
 from router_core.backbone import Backbone, load_backbone
 from router_core.errors import BackboneError
 from router_core.maskable import MaskedLinear, maskable_layer_names

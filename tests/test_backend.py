@@ -37,7 +37,7 @@ def test_cpu_backend_refuses_a_cuda_device():
 def test_a_kernel_flag_of_auto_wins_over_the_environment(monkeypatch, tmp_path):
     """`s3router serve --kernel auto` with S3R_KERNEL=reference set: the settings object is the only source
     (the engine passed None for "auto", and the backend then read the environment)."""
-    from conftest import tiny_model
+    from helpers import tiny_model
     from service.engine import build_engine
     from service.settings import load_settings
 
@@ -51,4 +51,4 @@ def test_a_kernel_flag_of_auto_wins_over_the_environment(monkeypatch, tmp_path):
     finally:
         engine.close()
     assert build_engine(load_settings(backbone=str(tmp_path / "backbone"), registry=str(tmp_path / "reg"))
-                        ).router.backend.name == "reference"  # no flag: S3R_KERNEL, read by the settings; fmt: skip
+                        ).router.backend.name == "reference"  # no flag: S3R_KERNEL, read by the settings

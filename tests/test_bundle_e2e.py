@@ -14,13 +14,14 @@ import httpx
 import jiwer
 import pytest
 
-from conftest import free_port, wait_until_ready
+from helpers import free_port, wait_until_ready
 from router_core.training.text_sources import normalize
 
 BUNDLE = Path(__file__).resolve().parents[1] / "masks"
-pytestmark = pytest.mark.skipif(
-    not (BUNDLE / "registry" / "fr.s3mask").is_file(), reason="bundled model not built (make bundle)"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (BUNDLE / "registry" / "fr.s3mask").is_file(), reason="bundle not built (make bundle)"),
+]
 
 SENTENCES = {
     "fr": [

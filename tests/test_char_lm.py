@@ -9,7 +9,7 @@ from router_core.char_lm import BOS, EOS, CharNgramLM, sentence_tokens, train_ch
 from router_core.errors import InvalidInputError
 
 TEXTS = ["le chat dort", "le chien dort", "la chatte mange", "un chat mange le pain", "le pain est bon",
-         "il dort dans le lit", "elle mange un pain", "le lit est grand"]  # fmt: skip
+         "il dort dans le lit", "elle mange un pain", "le lit est grand"]
 
 
 def _kn_oracle(texts, order):

@@ -1,6 +1,6 @@
 import json
 
-from conftest import ctc_spec, tiny_model
+from helpers import ctc_spec, tiny_model
 from router_core.backbone import load_backbone
 from router_core.mask_builder import random_mask
 from router_core.mask_file import encode_mask

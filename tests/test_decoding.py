@@ -1,6 +1,6 @@
 import torch
 
-from conftest import CTC_VOCAB, classify_spec, ctc_spec
+from helpers import CTC_VOCAB, classify_spec, ctc_spec
 from router_core.decoding import classify, ctc_greedy_decode
 from router_core.heads import HeadSpec
 

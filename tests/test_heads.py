@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import classify_spec, tiny_model, waves
+from helpers import classify_spec, tiny_model, waves
 from router_core.backbone import Backbone, zero_mean_unit_var
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec, OutputHead, folded_projection
@@ -55,7 +55,7 @@ def test_standardised_training_head_folds_into_one_plain_projection():
     assert not torch.allclose(head.proj(head.pooled(hidden, frames)), trained, atol=1e-2)  # it did standardise
     plain = _stats_head()
     assert all(torch.equal(a, b) for a, b in zip(folded_projection(plain.state_dict()),
-                                                 (plain.proj.weight, plain.proj.bias), strict=True))  # fmt: skip
+                                                 (plain.proj.weight, plain.proj.bias), strict=True))
 
 
 def test_head_specs_refuse_what_they_cannot_do():

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
 
-from conftest import audio_bytes, tiny_engine_factory
+from helpers import audio_bytes, tiny_engine_factory
 from router_core import audio
 from router_core.audio import decode_audio, effective_rate
 from router_core.errors import PayloadTooLargeError, UnsupportedAudioError
@@ -47,7 +47,7 @@ def test_rates_just_off_a_common_one_resample_quickly_with_a_small_filter(rate):
 
 def test_the_worst_supported_rate_has_a_bounded_filter():
     worst = max(range(audio.MAX_RATE - 500, audio.MAX_RATE + 1, audio.RATE_QUANTUM),
-                key=lambda r: r // math.gcd(r, 16_000))  # fmt: skip
+                key=lambda r: r // math.gcd(r, 16_000))
     resampler = audio._RESAMPLERS.get(worst)
     assert audio._filter_bytes(resampler) <= 24 << 20
 
@@ -98,7 +98,7 @@ def test_many_channels_at_a_high_rate_are_downmixed_block_by_block():
     assert wave.shape[0] == 160_000
     reference = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)[0].mean(axis=1)
     assert np.allclose(wave.numpy()[1000:-1000], audio._RESAMPLERS.get(192_000)(
-        __import__("torch").from_numpy(reference)).numpy()[1000:-1000], atol=1e-5)  # fmt: skip
+        __import__("torch").from_numpy(reference)).numpy()[1000:-1000], atol=1e-5)
 
 
 def _piped_flac(seconds: float) -> bytes:
@@ -177,6 +177,7 @@ def test_every_malformed_upload_gets_a_4xx_or_a_200_quickly(tmp_path):
     assert statuses.get(415, 0) > 100 and statuses.get(200, 0) > 10, statuses
 
 
+@pytest.mark.slow
 def test_decoding_the_corpus_stays_within_a_memory_bound():
     """Peak RSS of a fresh process decoding every case, against the same process before: measured +39 MB
     on the 2-core Intel Xeon dev machine (2026-11-29; 16,001 Hz alone took 9 GB before); the bound is 300 MB."""

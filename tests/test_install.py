@@ -55,12 +55,12 @@ def test_a_package_changed_by_hand_is_named():
 
 def test_the_check_script_fails_on_a_lock_that_differs(tmp_path):
     ok = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_lock.py"), str(LOCK)], capture_output=True,
-                        text=True)  # fmt: skip
+                        text=True)
     assert ok.returncode == 0, ok.stderr
     other = tmp_path / "other.lock"
     other.write_text(LOCK.read_text().replace("\nfastapi==", "\nfastapi==0.0.1\nnot-fastapi==", 1))
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_lock.py"), str(other)], capture_output=True,
-                         text=True)  # fmt: skip
+                         text=True)
     assert bad.returncode == 1
     assert "fastapi: " in bad.stderr and "the lock names 0.0.1" in bad.stderr and "make sync" in bad.stderr
 
@@ -68,7 +68,7 @@ def test_the_check_script_fails_on_a_lock_that_differs(tmp_path):
 def test_markers_of_the_universal_lock_are_evaluated_here():
     lock = "colorama==0.4.6 ; sys_platform == 'win32' \\\n    --hash=sha256:00\ntqdm==4.0 \\\n    --hash=sha256:11\n"
     assert check_lock.locked_versions(lock) == ({"tqdm": "4.0"} if sys.platform != "win32" else
-                                                {"colorama": "0.4.6", "tqdm": "4.0"})  # fmt: skip
+                                                {"colorama": "0.4.6", "tqdm": "4.0"})
 
 
 def test_torch_and_torchaudio_are_pinned_exactly_everywhere():

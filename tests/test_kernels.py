@@ -147,6 +147,7 @@ def _triton_configs():
     return [pytest.param(c, id=f"{i}:" + "-".join(map(str, c.kwargs.values()))) for i, c in enumerate(configs)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", _triton_configs())
 def test_every_tuned_triton_config_matches_reference(config):
     """The autotuner may pick any config on a GPU, so each is checked here: K spanning several K-steps and
@@ -184,7 +185,7 @@ def test_every_tuned_triton_config_matches_reference(config):
         got = segmented_masked_linear_triton(
             to(x[:rows]), to(w), None if bias is None else to(bias), [s.to(device) for s in stack], segments,
             config=config,
-        ).cpu()  # fmt: skip
+        ).cpu()
         if on_gpu:
             check_close_to_reference(got, expected, f"{segments}, bias {with_bias}")
         else:
@@ -202,7 +203,7 @@ def test_triton_tuning_buckets_and_pruning():
 
     assert [row_bucket(r) for r in (1, 64, 65, 250, 1000, 4096, 4097, 16384, 10**6)] == [
         64, 64, 256, 256, 1024, 4096, 16384, 16384, 65536,
-    ]  # fmt: skip
+    ]
     half, single = torch.empty(1, dtype=torch.float16), torch.empty(1)  # on the CPU: an H100's limit applies
     short = prune_configs(CONFIGS, {"m_bucket": 64, "x_ptr": half})
     assert short and all(c.kwargs["BLOCK_M"] <= 64 for c in short) and len(short) < len(CONFIGS)
@@ -416,5 +417,5 @@ def test_materialized_mixed_batch_matches_reference(with_bias):
     got = segmented_linear_materialized(
         x.to(device), w.to(device), None if bias is None else bias.to(device),
         torch.stack(stack).to(device), segments,
-    ).cpu()  # fmt: skip
+    ).cpu()
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)

@@ -9,7 +9,7 @@ import soundfile as sf
 import torch
 from safetensors.torch import save as st_save
 
-from conftest import add_masks, classify_spec, ctc_spec, tiny_backbone, tiny_model, waves
+from helpers import add_masks, classify_spec, ctc_spec, tiny_backbone, tiny_model, waves
 from router_core.backbone import load_backbone
 from router_core.char_lm import train_char_lm
 from router_core.ctc_beam import BeamSettings, LMDecoding, ctc_beam_decode
@@ -176,7 +176,7 @@ def test_cli_trains_fits_and_removes_a_masks_language_model(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "reg" / "fr.s3mask")]) == 0
     assert json.loads(capsys.readouterr().out)["language_model"]["order"] == 4
     evaluate = ["eval", "--mask", "fr", "--backbone", str(tmp_path / "bb"), "--registry", str(tmp_path / "reg"),
-                "--manifest", str(tmp_path / "dev.jsonl"), "--offline"]  # fmt: skip
+                "--manifest", str(tmp_path / "dev.jsonl"), "--offline"]
     assert main(evaluate) == 0
     with_lm = json.loads(capsys.readouterr().out)
     assert main([*evaluate, "--decoder", "greedy"]) == 0
@@ -188,5 +188,5 @@ def test_cli_trains_fits_and_removes_a_masks_language_model(tmp_path, capsys):
     assert main([*common, "--remove"]) == 0
     assert decode_mask(store.read("fr")).lm is None
     assert main(["lm", "--registry", str(tmp_path / "reg"), "--mask", "fr", "--dev", str(tmp_path / "dev.jsonl"),
-                 "--text", str(tmp_path / "dev.jsonl")]) == 1  # fmt: skip
+                 "--text", str(tmp_path / "dev.jsonl")]) == 1
     assert "needs --backbone" in capsys.readouterr().err

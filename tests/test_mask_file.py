@@ -5,7 +5,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from conftest import classify_spec, ctc_spec, tiny_backbone
+from helpers import classify_spec, ctc_spec, tiny_backbone
 from router_core.errors import (
     ChecksumMismatchError,
     FingerprintMismatchError,

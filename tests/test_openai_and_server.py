@@ -8,7 +8,7 @@ import openai
 import pytest
 from pydantic import ValidationError
 
-from conftest import audio_bytes, free_port, serve_in_thread, tiny_engine_factory, wait_until_ready
+from helpers import audio_bytes, free_port, serve_in_thread, tiny_engine_factory, wait_until_ready
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -67,13 +67,14 @@ def test_invalid_settings_fail_clearly(monkeypatch):
         ServiceSettings()
 
 
+@pytest.mark.slow
 def test_s3router_serve_starts_the_demo_model_and_rejects_bad_flags(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--max-batch-size", "-3"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+                         capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "max_batch_size" in bad.stderr
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_ready(f"{url}/readyz", 90)

@@ -10,7 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from conftest import audio_bytes, ctc_spec, tiny_backbone
+from helpers import audio_bytes, ctc_spec, tiny_backbone
 from router_core.errors import MaskNotFoundError, StoreUnavailableError
 from router_core.kernels.backend import select_backend
 from router_core.mask_builder import random_mask

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from conftest import add_masks, ctc_spec, tiny_backbone
+from helpers import add_masks, ctc_spec, tiny_backbone
 from router_core.errors import (
     ChecksumMismatchError,
     FingerprintMismatchError,

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 
-from conftest import add_masks, ctc_spec, tiny_backbone, tiny_model, waves
+from helpers import add_masks, ctc_spec, tiny_backbone, tiny_model, waves
 from router_core.backbone import Backbone
 from router_core.errors import InvalidInputError, MaskKindError, MaskNotFoundError
 from router_core.kernels.backend import select_backend
@@ -123,3 +123,18 @@ def test_prepare_kernels_hands_every_layer_shape_and_the_largest_batch_to_the_ba
     assert len(set(shapes)) > 1 and dtype == bb.dtype and device == bb.device
     frames_per_item = int(2.0 / bb.seconds_per_frame) + 1
     assert max_rows == 3 * frames_per_item >= bb.encode(waves(32_000))[0].shape[1] * 3
+
+
+def test_forward_counts_its_outputs_against_its_inputs(make_registry, monkeypatch):
+    """An output lost on the way is an error naming both counts, never a shorter list (which would hand
+    the callers after it each other's answers)."""
+    from router_core.errors import S3RouterError
+
+    bb = tiny_backbone()
+    registry = make_registry(bb)
+    add_masks(registry, bb, ["fr", "de"])
+    router = Router(bb, registry, select_backend(bb.device, "reference"))
+    decode = router._decode
+    monkeypatch.setattr(router, "_decode", lambda loaded, *a: None if loaded.name == "de" else decode(loaded, *a))
+    with pytest.raises(S3RouterError, match="returned 1 outputs, expected 2"):
+        router.forward(waves(16_000, 16_000), ["fr", "de"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ADMIN_TOKEN, serve_in_thread, tiny_engine_factory
+from helpers import ADMIN_TOKEN, serve_in_thread, tiny_engine_factory
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -18,17 +18,18 @@ EXAMPLES_PER_OPERATION = 100
 @pytest.fixture
 def live_url(tmp_path):
     settings = ServiceSettings(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=1,
-                               max_audio_seconds=10, request_timeout_s=10)  # fmt: skip
+                               max_audio_seconds=10, request_timeout_s=10)
     with serve_in_thread(create_app(settings, tiny_engine_factory()), log_level="error") as url:
         yield url
 
 
+@pytest.mark.slow
 def test_schemathesis_every_check_passes(live_url):
     st = Path(sys.executable).parent / "st"
     config = Path(__file__).with_name("schemathesis.toml")
     command = [str(st), "--config-file", str(config), "run", f"{live_url}/openapi.json", "--checks", "all",
                "--max-examples", str(EXAMPLES_PER_OPERATION), "--generation-deterministic", "--request-timeout", "20",
-               "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]  # fmt: skip
+               "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-6000:]

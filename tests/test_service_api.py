@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from conftest import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory
+from helpers import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory
 from router_core.errors import InvalidMaskNameError
 from router_core.mask_builder import random_mask
 from router_core.mask_file import encode_mask, validate_mask_name
@@ -22,7 +22,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def _settings(tmp_path, **kw):
     # vad=False: these tests send a synthetic tone, which the speech gate (tested on its own) would stop
     base = dict(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=5, max_audio_seconds=10,
-                vad=False)  # fmt: skip
+                vad=False)
     return ServiceSettings(**{**base, **kw})
 
 
@@ -211,6 +211,9 @@ def test_metrics_present_and_increasing(client):
     )
     assert any(k.startswith("s3router_model_info{") for k in after)
     assert "s3router_queue_wait_seconds_bucket" in client.get("/metrics").text
+    assert after["s3router_mask_loads_total"] == before["s3router_mask_loads_total"] >= 3  # warm hits load nothing
+    client.post("/masks/de/load", headers=ADMIN)
+    assert scrape()["s3router_mask_loads_total"] == after["s3router_mask_loads_total"] + 1
 
 
 def test_overload_answers_503_with_retry_after_and_keeps_accepted_work(tmp_path):
@@ -242,7 +245,7 @@ def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
         engine = base_factory(settings)
         bb = engine.backbone
         lid = random_mask(bb.spec(), "language", HeadSpec(kind="classify", labels=["fr", "de"]),
-                          bb.default_layer_names(), 0.9, seed=9)  # fmt: skip
+                          bb.default_layer_names(), 0.9, seed=9)
         lid.head_weight.zero_()
         lid.head_bias.copy_(torch.tensor([-3.0, 3.0]))  # always German, with p = sigmoid(6)
         engine.registry.put(encode_mask(lid))
@@ -268,7 +271,7 @@ def test_a_mask_swapped_to_another_kind_while_a_request_waits_gets_422_not_500(t
     with TestClient(create_app(_settings(tmp_path), tiny_engine_factory(run_delay=0.5))) as c:
         bb = tiny_backbone()
         classifier = random_mask(bb.spec(), "fr", HeadSpec(kind="classify", labels=["a", "b"]),
-                                 bb.default_layer_names(), 0.9, seed=4)  # fmt: skip
+                                 bb.default_layer_names(), 0.9, seed=4)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(c.post, "/transcribe?lang=fr", content=audio_bytes(1.0))
             time.sleep(0.2)  # admitted as a transcription, waiting in the slow forward pass
@@ -311,7 +314,7 @@ def test_bad_openai_options_are_refused_before_inference(tmp_path):
         bad = c.post("/v1/audio/transcriptions", files=files, data={"model": "fr", "response_format": "xml"})
         assert bad.status_code == 400 and time.monotonic() - started < 1.5  # the forward pass alone takes 2 s
         bad = c.post("/v1/audio/transcriptions", files=files,
-                     data={"model": "fr", "timestamp_granularities[]": "char"})  # fmt: skip
+                     data={"model": "fr", "timestamp_granularities[]": "char"})
         assert bad.status_code == 400 and time.monotonic() - started < 3.0
 
 
@@ -323,13 +326,13 @@ def test_every_status_the_app_produces_has_the_one_error_body(client):
         "missing query": client.post("/transcribe", content=wav),
         "bad query": client.post("/classify?task=cls_speaker&top_k=0", content=wav),
         "broken multipart": client.post("/transcribe?lang=fr", content=b"--x\r\nbroken",
-                                        headers={"content-type": "multipart/form-data; boundary=x"}),  # fmt: skip
+                                        headers={"content-type": "multipart/form-data; boundary=x"}),
         "unknown mask": client.post("/transcribe?lang=xx", content=wav),
         "not audio": client.post("/transcribe?lang=fr", content=b"hello"),
         "two file parts": client.post("/transcribe?lang=fr", files=[("file", ("a.wav", wav)), ("file", ("b", wav))]),
     }
     expected = {"unknown route": 404, "wrong method": 405, "missing query": 422, "bad query": 422,
-                "broken multipart": 400, "unknown mask": 404, "not audio": 415, "two file parts": 400}  # fmt: skip
+                "broken multipart": 400, "unknown mask": 404, "not audio": 415, "two file parts": 400}
     for what, answer in answers.items():
         assert answer.status_code == expected[what], (what, answer.status_code, answer.text)
         error = answer.json()["error"]
@@ -343,9 +346,9 @@ def test_a_file_part_without_a_filename_is_audio(client):
     wav = audio_bytes(1.0)
     boundary = "s3rboundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n").encode() + wav + (
-        f"\r\n--{boundary}--\r\n").encode()  # fmt: skip
+        f"\r\n--{boundary}--\r\n").encode()
     answer = client.post("/transcribe?lang=fr", content=body,
-                         headers={"content-type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+                         headers={"content-type": f"multipart/form-data; boundary={boundary}"})
     assert answer.status_code == 200, answer.text
     assert answer.json()["text"] == client.post("/transcribe?lang=fr", content=wav).json()["text"]
 
@@ -374,7 +377,7 @@ def test_silence_and_noise_give_an_empty_transcript_and_speech_does_not(tmp_path
     rng = np.random.default_rng(0)
     with TestClient(create_app(_settings(tmp_path, vad=True), tiny_engine_factory())) as c:
         for what, wav in [("silence", _wav(np.zeros(80_000))), ("noise", _wav(0.1 * rng.standard_normal(80_000))),
-                          ("hum", audio_bytes(5.0))]:  # fmt: skip
+                          ("hum", audio_bytes(5.0))]:
             body = c.post("/transcribe?lang=fr", content=wav).json()
             assert body["text"] == "" and body["words"] == [] and body["no_speech_prob"] > 0.5, (what, body)
             assert body["decoder"] == "none (no speech)" and body["duration"] == 5.0
@@ -396,6 +399,6 @@ def test_warm_up_runs_one_mask_of_each_kind(tmp_path):
 
     bb = engine.backbone
     engine.registry.put(encode_mask(random_mask(bb.spec(), "zz_speaker", HeadSpec(kind="classify", labels=["a", "b"]),
-                                                bb.default_layer_names(), 0.9, seed=2)))  # fmt: skip
+                                                bb.default_layer_names(), 0.9, seed=2)))
     warmed = warm_up(engine, settings)
     assert sorted(engine.registry.get(name).kind for name in warmed) == ["classify", "ctc"]

@@ -4,7 +4,7 @@ instead of holding its connection open forever."""
 import socket
 import time
 
-from conftest import serve_in_thread, tiny_engine_factory
+from helpers import serve_in_thread, tiny_engine_factory
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -18,7 +18,7 @@ def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
         for _ in range(5):  # each declares 100,000 bytes and sends 4
             conn = socket.create_connection(("127.0.0.1", port), timeout=10)
             conn.sendall(b"POST /transcribe?lang=fr HTTP/1.1\r\nHost: test\r\nContent-Type: audio/wav\r\n"
-                         b"Content-Length: 100000\r\n\r\nRIFF")  # fmt: skip
+                         b"Content-Length: 100000\r\n\r\nRIFF")
             clients.append(conn)
         started = time.monotonic()
         for conn in clients:

@@ -84,6 +84,7 @@ def test_a_written_plan_speaks_the_same_corpus_elsewhere(tmp_path):
         read_plan(tmp_path / "bad.jsonl")
 
 
+@pytest.mark.slow
 def test_parallel_workers_speak_the_same_corpus_with_one_torch_thread_each(tmp_path):
     import torch
 

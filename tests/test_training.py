@@ -10,7 +10,7 @@ import soundfile as sf
 import torch
 from transformers import pipeline
 
-from conftest import classify_spec, ctc_spec, tiny_model
+from helpers import classify_spec, ctc_spec, tiny_model
 from router_core.errors import InvalidInputError, UnsupportedAudioError
 from router_core.mask_builder import random_mask
 from router_core.mask_file import decode_mask, encode_mask
@@ -53,7 +53,7 @@ def _backbone(corpus):
 
 def _config(tmp_path, **kw):
     base = dict(name="fr", kind="ctc", steps=30, eval_every=10, lr=1e-2, score_lr=1e-2, progress=False,
-                work_dir=str(tmp_path / "run"), batch_size=4)  # fmt: skip
+                work_dir=str(tmp_path / "run"), batch_size=4)
     return TrainConfig(**{**base, **kw})
 
 
@@ -83,11 +83,11 @@ def test_resume_continues_from_the_saved_step(corpus, tmp_path, kind, manifest):
     examples = read_manifest(corpus / manifest, kind)
     first = train_mask(_backbone(corpus), _config(tmp_path, kind=kind, steps=10, eval_every=5), examples, examples)
     resumed = train_mask(_backbone(corpus), _config(tmp_path, kind=kind, steps=15, eval_every=5, resume=True),
-                         examples, examples)  # fmt: skip
+                         examples, examples)
     assert [h["step"] for h in resumed.history] == [5, 10, 15]
     assert resumed.history[:2] == first.history
     straight = train_mask(_backbone(corpus), _config(tmp_path / "straight", kind=kind, steps=15, eval_every=5),
-                          examples, examples)  # fmt: skip
+                          examples, examples)
     untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in run.history] for run in (resumed, straight)]
     assert untimed[0] == untimed[1]  # the resumed head (a probed one for classify) is the one saved
 
@@ -95,7 +95,7 @@ def test_resume_continues_from_the_saved_step(corpus, tmp_path, kind, manifest):
 def test_cli_train_writes_a_mask_the_registry_serves_and_eval_reports_it(corpus, tmp_path, capsys):
     registry = tmp_path / "registry"
     args = ["--backbone", str(corpus / "backbone"), "--registry", str(registry), "--offline", "--quiet",
-            "--steps", "6", "--eval-every", "3", "--batch-size", "4", "--work-dir", str(tmp_path / "w")]  # fmt: skip
+            "--steps", "6", "--eval-every", "3", "--batch-size", "4", "--work-dir", str(tmp_path / "w")]
     assert main(["train", "--name", "fr", "--train", str(corpus / "ctc.jsonl"), *args]) == 0
     assert main(["train", "--name", "spk", "--kind", "classify", "--train", str(corpus / "cls.tsv"), *args]) == 0
     capsys.readouterr()
@@ -113,7 +113,7 @@ def test_finetune_baseline_writes_a_checkpoint_eval_can_score(corpus, tmp_path, 
     out = tmp_path / "ft"
     assert main(["finetune", "--backbone", str(corpus / "backbone"), "--offline", "--quiet", "--train",
                  str(corpus / "ctc.jsonl"), "--steps", "4", "--eval-every", "2", "--batch-size", "4",
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (out / "config.json").is_file() and (out / "vocab.json").is_file() and "cer" in summary["best"]
     assert main(["eval", "--checkpoint", str(out), "--manifest", str(corpus / "ctc.jsonl")]) == 0
@@ -123,7 +123,7 @@ def test_finetune_baseline_writes_a_checkpoint_eval_can_score(corpus, tmp_path, 
     registry = tmp_path / "reg"
     assert main(["prune", "--name", "pruned", "--backbone", str(out), "--registry", str(registry), "--offline",
                  "--quiet", "--train", str(corpus / "ctc.jsonl"), "--steps", "2", "--eval-every", "2",
-                 "--work-dir", str(tmp_path / "pw")]) == 0  # fmt: skip
+                 "--work-dir", str(tmp_path / "pw")]) == 0
     capsys.readouterr()
     pruned = decode_mask((registry / "pruned.s3mask").read_bytes())
     vocab = json.loads((out / "vocab.json").read_text())
@@ -190,7 +190,7 @@ def test_cli_analyze_and_prune(corpus, tmp_path, capsys):
     registry = tmp_path / "registry"
     base = ["--backbone", str(corpus / "backbone"), "--registry", str(registry), "--offline", "--quiet",
             "--train", str(corpus / "ctc.jsonl"), "--steps", "3", "--eval-every", "3",
-            "--work-dir", str(tmp_path / "w")]  # fmt: skip
+            "--work-dir", str(tmp_path / "w")]
     assert main(["prune", "--name", "sparse", *base]) == 0
     assert main(["train", "--name", "dense", *base]) == 0
     sparse = decode_mask((registry / "sparse.s3mask").read_bytes())
@@ -226,11 +226,12 @@ def test_unreadable_audio_names_the_manifest_line(corpus, tmp_path):
         train_mask(_backbone(corpus), _config(tmp_path, steps=1), examples, examples)
 
 
+@pytest.mark.slow
 def test_distributed_training_under_torchrun(corpus, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "service.cli",
            "train", "--distributed", "--name", "ddp", "--backbone", str(corpus / "backbone"), "--registry",
            str(tmp_path / "reg"), "--offline", "--quiet", "--train", str(corpus / "ctc.jsonl"), "--steps", "4",
-           "--eval-every", "2", "--batch-size", "2", "--work-dir", str(tmp_path / "w")]  # fmt: skip
+           "--eval-every", "2", "--batch-size", "2", "--work-dir", str(tmp_path / "w")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "reg" / "ddp.s3mask").is_file()
@@ -248,12 +249,12 @@ def test_pretrain_writes_a_backbone_and_init_from_continues_it(corpus, tmp_path)
     first = pretrain_backbone(examples, examples[:2], tmp_path / "bb1", tmp_path / "w1", config)
     assert first["steps"] == 2 and load_backbone(tmp_path / "bb1", local_files_only=True).ctc_head is not None
     again = pretrain_backbone(examples, examples[:2], tmp_path / "bb2", tmp_path / "w2",
-                              replace(config, init_from=str(tmp_path / "bb1")))  # fmt: skip
+                              replace(config, init_from=str(tmp_path / "bb1")))
     assert again["vocab"] == first["vocab"] and (tmp_path / "bb2" / "model.safetensors").is_file()
     unseen = [*examples, Example(audio=examples[0].audio, target="zzz", source="x")]
     with pytest.raises(InvalidInputError, match="lacks \\['z'\\]"):
         pretrain_backbone(unseen, examples[:2], tmp_path / "bb3", tmp_path / "w3",
-                          replace(config, init_from=str(tmp_path / "bb1")))  # fmt: skip
+                          replace(config, init_from=str(tmp_path / "bb1")))
 
 
 def test_pretrain_time_budget_shrinks_the_run_after_its_timed_steps(corpus, tmp_path):
@@ -261,6 +262,23 @@ def test_pretrain_time_budget_shrinks_the_run_after_its_timed_steps(corpus, tmp_
 
     examples = read_manifest(corpus / "ctc.jsonl", "ctc")
     config = PretrainConfig(steps=500, batch_size=1, warmup=1, eval_every=1000, hidden=32, layers=1, progress=False,
-                            max_seconds=0.0)  # fmt: skip
+                            max_seconds=0.0)
     result = pretrain_backbone(examples, examples[:1], tmp_path / "bb", tmp_path / "w", config)
     assert result["steps"] == 21  # the 20 timed steps, then one: no time was left
+
+
+def test_an_unloadable_audio_file_is_named_whatever_its_error_type(tmp_path, monkeypatch):
+    """The cache re-raised ``type(exc)(message)``, which breaks for errors whose constructor takes other
+    arguments (a UnicodeDecodeError became a TypeError)."""
+    from pathlib import Path
+
+    from router_core.errors import InvalidInputError
+    from router_core.training import trainer
+    from router_core.training.manifest import Example
+
+    def broken(path):
+        raise UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+
+    monkeypatch.setattr(trainer, "load_audio_file", broken)
+    with pytest.raises(InvalidInputError, match="train.jsonl:7: cannot load a.wav"):
+        trainer.AudioCache()(Example(Path("a.wav"), "bonjour", "train.jsonl:7"))

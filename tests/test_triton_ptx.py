@@ -28,7 +28,7 @@ def compiled():
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for arch, dtype in CASES
     }
     results = {}
@@ -39,6 +39,7 @@ def compiled():
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,dtype", CASES, ids=[f"sm{a}-{d}" for a, d in CASES])
 def test_every_config_compiles_uses_the_right_units_and_fits(compiled, arch, dtype):
     element_size = 4 if dtype == "fp32" else 2

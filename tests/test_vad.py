@@ -17,7 +17,7 @@ def detector():
 
 def test_speech_is_speech_and_the_rest_is_not(detector):
     spoken = subprocess.run(["espeak-ng", "-v", "fr", "--stdout", "Le petit chat dort sur la chaise."],
-                            capture_output=True, check=True).stdout  # fmt: skip
+                            capture_output=True, check=True).stdout
     speech = detector.check(decode_audio(spoken, 60))
     assert speech.has_speech and speech.no_speech_prob < 0.2 and speech.speech_ratio > 0.5
     rng = np.random.default_rng(0)

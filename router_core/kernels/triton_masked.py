@@ -59,7 +59,7 @@ def _accumulate_rows(
     offs_m, offs_n, col_ok, K, KB,
     stride_xm, stride_xk, stride_wn, stride_wk,
     INPUT_PRECISION: tl.constexpr, BITS_BY_BYTE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     """``acc += x[row_lo:row_hi] @ (W * M)^T`` on this tile's rows ``[BM]`` and columns ``[BN]``."""
     row_ok = (offs_m >= row_lo) & (offs_m < row_hi)  # [BM]
     for k0 in range(0, K, BLOCK_K):
@@ -102,7 +102,7 @@ def _segmented_masked_matmul_kernel(
     bits_mask_stride,
     HAS_BIAS: tl.constexpr, ONE_SEGMENT: tl.constexpr, INPUT_PRECISION: tl.constexpr,
     BITS_BY_BYTE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     """One program per ``[BLOCK_M, BLOCK_N]`` output tile. ``table``: ``[2S + 1]`` int32, the segment
     offsets ``[S + 1]`` then the mask ids ``[S]`` (read only when not ``ONE_SEGMENT``)."""
     pid_m = tl.program_id(0)
@@ -118,7 +118,7 @@ def _segmented_masked_matmul_kernel(
         acc = _accumulate_rows(
             acc, x_ptr, w_ptr, bits_base, single_mask_id >= 0, m0, m1, offs_m, offs_n, col_ok, K, KB,
             stride_xm, stride_xk, stride_wn, stride_wk, INPUT_PRECISION, BITS_BY_BYTE, BLOCK_N, BLOCK_K,
-        )  # fmt: skip
+        )
     else:
         for s in range(0, num_segments):
             row_lo = tl.maximum(tl.load(table_ptr + s), m0)
@@ -129,7 +129,7 @@ def _segmented_masked_matmul_kernel(
                 acc = _accumulate_rows(
                     acc, x_ptr, w_ptr, bits_base, mask_id >= 0, row_lo, row_hi, offs_m, offs_n, col_ok, K, KB,
                     stride_xm, stride_xk, stride_wn, stride_wk, INPUT_PRECISION, BITS_BY_BYTE, BLOCK_N, BLOCK_K,
-                )  # fmt: skip
+                )
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
@@ -214,7 +214,7 @@ def _kernel_args(
         rows, n_out, k, (k + 7) // 8, len(segments.mask_ids), segments.mask_ids[0], row_bucket(rows),
         x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), out.stride(0), out.stride(1),
         stack.stride(0),
-    )  # fmt: skip
+    )
     return args, {"HAS_BIAS": bias is not None, "ONE_SEGMENT": one_segment, "INPUT_PRECISION": precision}
 
 

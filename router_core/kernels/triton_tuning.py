@@ -49,7 +49,7 @@ def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: to
     log.info(
         "triton kernels tuned and checked for %d row buckets up to %d rows in %.1f s",
         len(tuning_rows(max_rows)), max_rows, time.perf_counter() - started,
-    )  # fmt: skip
+    )
 
 
 def tune_and_check(

@@ -8,6 +8,7 @@ from typing import TypeVar
 import jiwer
 import torch
 
+from router_core.heads import MaskKind
 from router_core.training.manifest import Example
 
 T = TypeVar("T")
@@ -41,7 +42,7 @@ def evaluate_examples(
     examples: Sequence[Example],
     predict: Callable[[list[torch.Tensor]], list[str]],
     load: Callable[[Example], torch.Tensor],
-    kind: str,
+    kind: MaskKind,
     batch_size: int = 8,
 ) -> dict[str, float]:
     """Run ``predict`` over ``examples`` in batches; CER/WER (ctc) or accuracy (classify)."""

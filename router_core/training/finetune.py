@@ -53,7 +53,7 @@ def hf_forward(
 
 
 def hf_predict(model: PreTrainedModel, spec: HeadSpec, waves: list[torch.Tensor], normalize: bool, attn: bool,
-               seconds_per_frame: float) -> list[str]:  # fmt: skip
+               seconds_per_frame: float) -> list[str]:
     with torch.no_grad():
         outputs, frames = hf_forward(model, waves, normalize, attn)
     return decode_outputs(outputs, frames, spec, seconds_per_frame)

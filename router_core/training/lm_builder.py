@@ -97,7 +97,7 @@ def with_language_model(
     alphabet = [t for t in mask.head.vocab if not is_special_token(t)]
     model = train_char_lm(texts, order, alphabet, min_count)
     info: dict[str, Any] = {"sentences": len(texts), "order": order, "min_count": min_count,
-                            "ngrams": len(model.grams)}  # fmt: skip
+                            "ngrams": len(model.grams)}
     if dev is not None:
         settings, cers = fit_weights(dev[0], dev[1], mask.head, model, settings)
         info.update({f"dev_cer_{k}": round(v, 4) for k, v in cers.items()}, dev_examples=len(dev[1]))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from router_core.errors import InvalidInputError
+from router_core.heads import MaskKind
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,13 @@ class Example:
     source: str  # "manifest.jsonl:12", for error messages
 
 
-def _field_for(kind: str) -> str:
+def _field_for(kind: MaskKind) -> str:
     if kind not in ("ctc", "classify"):
         raise InvalidInputError(f"kind must be ctc or classify, not {kind!r}")
     return "text" if kind == "ctc" else "label"
 
 
-def read_manifest(path: str | Path, kind: str, check_audio: bool = True) -> list[Example]:
+def read_manifest(path: str | Path, kind: MaskKind, check_audio: bool = True) -> list[Example]:
     """Parse and validate a manifest; raise :class:`InvalidInputError` naming the bad line."""
     path = Path(path)
     key = _field_for(kind)

@@ -95,7 +95,7 @@ def _fit_steps_to_budget(
     steps = min(requested, max(fit, config.warmup + 1, step + 1))
     if steps != config.steps:
         log.info("time budget %.0f s at %.3f s/step: %d steps (asked for %d)", config.max_seconds, rate, steps,
-                 requested)  # fmt: skip
+                 requested)
         config.steps = steps
         bar.total = steps
 
@@ -171,11 +171,11 @@ def pretrain_backbone(
             log.info("pretrain step %d: %s", step, history[-1])
         if step % config.checkpoint_every == 0 or step == config.steps:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
-                        "step": step, "history": history, "vocab": spec.vocab}, ckpt_path)  # fmt: skip
+                        "step": step, "history": history, "vocab": spec.vocab}, ckpt_path)
     bar.close()
     model.eval()
     model.save_pretrained(out)
     probe = Backbone.from_model(Wav2Vec2ForCTC.from_pretrained(out).wav2vec2)
     save_processor(spec, probe, out)
     return {"out": str(out), "vocab": len(spec.vocab), "steps": step, "history": history[-3:],
-            "parameters": sum(p.numel() for p in model.parameters())}  # fmt: skip
+            "parameters": sum(p.numel() for p in model.parameters())}

@@ -70,14 +70,14 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
         held = sum(n for split, n in counts.items() if split != "train")
         if len(pool) <= held:
             raise InvalidInputError(f"{lang}: {len(pool)} usable sentences, more than {held} needed; "
-                                    "is its package installed?")  # fmt: skip
+                                    "is its package installed?")
         start = 0
         for split, count in counts.items():
             if split == "train":
                 count = min(count, len(pool) - held)
             for i, sentence in enumerate(pool[start : start + count]):
                 plan.append(Utterance(lang, split, i, sentence, rng.choice(SPEAKERS), rng.randint(140, 190),
-                                      rng.randint(35, 65)))  # fmt: skip
+                                      rng.randint(35, 65)))
             start += count
     return plan
 
@@ -123,7 +123,7 @@ def synthesize(utt: Utterance, root: Path) -> dict[str, str] | None:
         wav.unlink(missing_ok=True)
     sf.write(out, wave.numpy(), 16_000, format="FLAC", subtype="PCM_16")
     row = {"audio": utt.relpath, "text": normalize(utt.sentence), "ipa": clean_ipa(ipa), "speaker": utt.speaker,
-           "lang": utt.lang, "sentence": utt.sentence, "synth_version": SYNTH_VERSION}  # fmt: skip
+           "lang": utt.lang, "sentence": utt.sentence, "synth_version": SYNTH_VERSION}
     meta.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
     return row
 
@@ -139,7 +139,7 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     thread each and 16 workers (the second run also read espeak-ng's data from local disk)."""
     context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=torch.set_num_threads,
-                               initargs=(1,))  # fmt: skip
+                               initargs=(1,))
 
 
 def synth_corpus(
@@ -166,7 +166,7 @@ def synth_corpus(
     else:
         with worker_pool(workers) as pool:
             rows = list(tqdm(pool.map(_synthesize_args, jobs, chunksize=16), total=len(jobs),
-                             disable=not progress, desc="espeak-ng"))  # fmt: skip
+                             disable=not progress, desc="espeak-ng"))
     manifests: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         if row is None:

@@ -19,7 +19,8 @@ from torch import nn
 
 from router_core.audio import load_audio_file
 from router_core.backbone import Backbone
-from router_core.heads import HeadSpec, folded_projection
+from router_core.errors import S3RouterError, UnsupportedAudioError
+from router_core.heads import HeadSpec, MaskKind, folded_projection
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.mask_builder import build_mask
 from router_core.mask_file import RoutingMask
@@ -35,7 +36,7 @@ PROBE_ITEMS = 2048  # training items a classification head is linearly probed on
 @dataclass
 class TrainConfig:
     name: str
-    kind: str  # "ctc" | "classify"
+    kind: MaskKind
     keep: float = 0.9
     init: str = "weight_rank"
     include_attention: bool = False
@@ -67,7 +68,7 @@ def head_spec_for(config: TrainConfig, train: Sequence[Example]) -> HeadSpec:
         return HeadSpec(kind="ctc", vocab=vocab, blank_id=0, layer_mix=bool(config.layer_mix))
     mix = True if config.layer_mix is None else config.layer_mix
     return HeadSpec(kind="classify", labels=sorted({e.target for e in train}), pooling=config.pooling or "mean_std",
-                    layer_mix=mix)  # fmt: skip
+                    layer_mix=mix)
 
 
 class AudioCache:
@@ -81,8 +82,8 @@ class AudioCache:
         if wave is None:
             try:
                 wave = self._waves[example.audio] = load_audio_file(example.audio)
-            except Exception as exc:
-                raise type(exc)(f"{example.source}: {exc}") from exc
+            except (S3RouterError, OSError, RuntimeError, ValueError) as exc:  # any constructor: wrap, name the line
+                raise UnsupportedAudioError(f"{example.source}: cannot load {example.audio}: {exc}") from exc
         return wave
 
 
@@ -92,7 +93,7 @@ def _predict(learner: MaskLearner, waves: list[torch.Tensor], seconds_per_frame:
     return decode_outputs(outputs, frames, learner.head_spec, seconds_per_frame)
 
 
-def _metric_is_better(kind: str, new: dict[str, float], old: dict[str, float] | None) -> bool:
+def _metric_is_better(kind: MaskKind, new: dict[str, float], old: dict[str, float] | None) -> bool:
     if old is None:
         return True
     return new["cer"] < old["cer"] if kind == "ctc" else new["accuracy"] > old["accuracy"]
