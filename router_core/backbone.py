@@ -155,6 +155,12 @@ class Backbone:
         return self.num_layers + 1
 
     @property
+    def layer_norm_features(self) -> bool:
+        """Whether the feature encoder normalises each frame on its own ("layer"; data2vec-audio always):
+        then a padded batch runs as one call, and Hugging Face models of it take an attention mask."""
+        return getattr(self.config, "feat_extract_norm", "layer") == "layer"
+
+    @property
     def seconds_per_frame(self) -> float:
         """Hop of the feature encoder in seconds (0.02 for the standard conv stack)."""
         hop = 1
@@ -196,7 +202,7 @@ class Backbone:
         lengths = torch.tensor([w.shape[0] for w in waves], dtype=torch.long)
         frames = self.frame_lengths(lengths)  # [B]
         extractor = self.model.get_submodule("feature_extractor")
-        if getattr(self.config, "feat_extract_norm", "layer") == "layer":  # data2vec-audio: always layer
+        if self.layer_norm_features:
             padded = nn.utils.rnn.pad_sequence(waves, batch_first=True)  # [B, S]
             feats = extractor(padded).transpose(1, 2)  # [B, T, C]
             return feats[:, : int(frames.max())], frames

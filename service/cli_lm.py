@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from router_core.errors import InvalidInputError
+from service.cli_tools import add_registry_args
 
 
 def run_lm(args: argparse.Namespace) -> dict[str, Any]:
@@ -15,14 +16,15 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.backbone import load_backbone
     from router_core.ctc_beam import BeamSettings
     from router_core.mask_file import decode_mask, encode_mask
-    from router_core.registry import DirectoryStore, MaskRegistry
+    from router_core.registry import MaskRegistry
     from router_core.router import Router
+    from router_core.stores import open_store
     from router_core.training.evaluation import predict_in_batches
     from router_core.training.lm_builder import read_texts, with_language_model
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import AudioCache
 
-    store = DirectoryStore(args.registry)
+    store = open_store(args.registry, args.redis_prefix)
     mask = decode_mask(store.read(args.mask))
     if args.remove:
         store.write(args.mask, encode_mask(replace(mask, lm=None)))
@@ -58,7 +60,7 @@ def add_lm_command(sub: Any) -> None:
 
     defaults = BeamSettings()
     lm = sub.add_parser("lm", help="train a character language model into a CTC mask (beam search decoding)")
-    lm.add_argument("--registry", required=True, help="mask registry folder")
+    add_registry_args(lm)
     lm.add_argument("--mask", required=True, help="a CTC mask in the registry, e.g. fr")
     lm.add_argument("--text", help="training text: a manifest (.jsonl/.tsv, its text) or one sentence per line")
     lm.add_argument("--order", type=int, default=8, help="n-gram order in characters")

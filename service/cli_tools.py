@@ -10,6 +10,7 @@ from typing import Any
 
 from router_core.errors import InvalidInputError
 from router_core.heads import MaskKind
+from router_core.redis_store import DEFAULT_PREFIX
 
 
 def _log_to(work_dir: Path) -> None:
@@ -28,9 +29,11 @@ def _backbone(args: argparse.Namespace):
 
 
 def _registry(args: argparse.Namespace, backbone):
-    from router_core.registry import DirectoryStore, MaskRegistry
+    from router_core.registry import MaskRegistry
+    from router_core.stores import open_store
 
-    return MaskRegistry(DirectoryStore(args.registry), backbone.spec(), device=backbone.device, budget_bytes=2**40)
+    store = open_store(args.registry, args.redis_prefix)  # a folder or a redis:// URL, as for serve and masks
+    return MaskRegistry(store, backbone.spec(), device=backbone.device, budget_bytes=2**40)
 
 
 def _read_vocab(path: str | None) -> list[str] | None:
@@ -150,7 +153,7 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
         model, spec = load_hf_classifier_or_ctc(args.checkpoint)
         probe = load_backbone(args.checkpoint, local_files_only=True)  # frame rate, normalisation, attention
-        attn = getattr(probe.config, "feat_extract_norm", "layer") == "layer"
+        attn = probe.layer_norm_features
         examples = read_manifest(args.manifest, spec.kind)
 
         def predict(waves):
@@ -199,10 +202,10 @@ def run_export(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_analyze(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.mask_file import decode_mask
-    from router_core.registry import DirectoryStore
+    from router_core.stores import open_store
     from router_core.training.analyze import mask_similarity, save_heatmap, similarity_table
 
-    store = DirectoryStore(args.registry)
+    store = open_store(args.registry, args.redis_prefix)
     names = args.masks.split(",") if args.masks else store.names()
     if len(names) < 1:
         raise InvalidInputError(f"no masks to analyze in {args.registry}")
@@ -246,10 +249,16 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     return pretrain_backbone(train, dev, args.out, args.work_dir, config)
 
 
+def add_registry_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--registry`` (a folder or a redis:// URL, as ``serve`` and ``masks`` take) and ``--redis-prefix``."""
+    p.add_argument("--registry", required=required, help="mask registry: a folder or a redis:// URL")
+    p.add_argument("--redis-prefix", default=DEFAULT_PREFIX, help="key prefix of the masks in Redis")
+
+
 def _common(p: argparse.ArgumentParser, registry: bool = True) -> None:
     p.add_argument("--backbone", required=True, help="checkpoint folder or hub id")
     if registry:
-        p.add_argument("--registry", required=True, help="mask registry folder")
+        add_registry_args(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--offline", action="store_true", help="never contact the hub")
 
@@ -309,7 +318,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--mask")
     evaluate.add_argument("--checkpoint", help="a Hugging Face CTC or audio-classification folder")
     evaluate.add_argument("--backbone")
-    evaluate.add_argument("--registry")
+    add_registry_args(evaluate, required=False)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--offline", action="store_true")
     evaluate.add_argument("--batch-size", type=int, default=8)
@@ -325,7 +334,7 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     export.set_defaults(run=run_export)
 
     analyze = sub.add_parser("analyze", help="pairwise mask similarity: table, JSON, heatmap PNG")
-    analyze.add_argument("--registry", required=True)
+    add_registry_args(analyze)
     analyze.add_argument("--masks", help="comma-separated names (default: all)")
     analyze.add_argument("--out", required=True)
     analyze.set_defaults(run=run_analyze)

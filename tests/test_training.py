@@ -282,3 +282,27 @@ def test_an_unloadable_audio_file_is_named_whatever_its_error_type(tmp_path, mon
     monkeypatch.setattr(trainer, "load_audio_file", broken)
     with pytest.raises(InvalidInputError, match="train.jsonl:7: cannot load a.wav"):
         trainer.AudioCache()(Example(Path("a.wav"), "bonjour", "train.jsonl:7"))
+
+
+def test_training_tools_take_a_redis_registry(corpus, tmp_path):
+    """train, lm and analyze open their registry as serve and masks do: a folder or a redis:// URL."""
+    import uuid
+
+    import redis
+
+    from router_core.redis_store import RedisStore
+
+    url, prefix = "redis://127.0.0.1:6379/0", f"s3r-test-{uuid.uuid4().hex[:8]}:"
+    try:
+        base = ["--backbone", str(corpus / "backbone"), "--registry", url, "--redis-prefix", prefix, "--offline",
+                "--quiet", "--train", str(corpus / "ctc.jsonl"), "--steps", "2", "--eval-every", "2",
+                "--work-dir", str(tmp_path / "w")]
+        assert main(["train", "--name", "one", *base]) == 0
+        assert main(["train", "--name", "two", *base]) == 0
+        assert RedisStore(url, prefix).names() == ["one", "two"]
+        assert main(["analyze", "--registry", url, "--redis-prefix", prefix, "--out", str(tmp_path / "an")]) == 0
+        assert json.loads((tmp_path / "an" / "similarity.json").read_text())["names"] == ["one", "two"]
+    finally:
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)

@@ -41,7 +41,7 @@ def feature_extractor_for(backbone: Backbone) -> Wav2Vec2FeatureExtractor:
         sampling_rate=16_000,
         padding_value=0.0,
         do_normalize=backbone.normalize_input,
-        return_attention_mask=getattr(backbone.config, "feat_extract_norm", "layer") == "layer",
+        return_attention_mask=backbone.layer_norm_features,
     )
 
 

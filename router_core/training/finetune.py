@@ -8,7 +8,6 @@ such checkpoint, for ``s3router eval --checkpoint``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -18,13 +17,14 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
 
-from router_core.backbone import Backbone, zero_mean_unit_var
+from router_core.backbone import Backbone, read_checkpoint_vocab, zero_mean_unit_var
+from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec
 from router_core.training.evaluation import evaluate_examples
 from router_core.training.export import base_state_dict, linear, model_with_head, save_processor, set_head
 from router_core.training.learner import decode_outputs, head_loss
 from router_core.training.manifest import Example
-from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for
+from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for, is_better
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def finetune_weights(
     model = model.to(backbone.device)  # type: ignore[arg-type]
     model.freeze_feature_encoder()
     model.train()
-    attn = getattr(backbone.config, "feat_extract_norm", "layer") == "layer"
+    attn = backbone.layer_norm_features
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.lr)
     load = AudioCache()
@@ -108,9 +108,7 @@ def finetune_weights(
             model.train()
             history.append({"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics})
             log.info("finetune step %d: %s", step, history[-1])
-            better = best is None or (
-                metrics["cer"] < best["cer"] if config.kind == "ctc" else metrics["accuracy"] > best["accuracy"]
-            )
+            better = is_better(config.kind, metrics, best)
             if better:
                 best = metrics
                 model.config.architectures = [type(model).__name__]
@@ -125,8 +123,9 @@ def load_hf_classifier_or_ctc(path: str | Path) -> tuple[PreTrainedModel, HeadSp
     archs = config.architectures or []
     if any(a.endswith("ForCTC") for a in archs):
         model = AutoModelForCTC.from_pretrained(path, local_files_only=True)
-        vocab_map = json.loads((Path(path) / "vocab.json").read_text(encoding="utf-8"))
-        vocab = [tok for tok, _ in sorted(vocab_map.items(), key=lambda item: item[1])]
+        vocab = read_checkpoint_vocab(str(path))
+        if vocab is None:
+            raise InvalidInputError(f"{path}: a CTC checkpoint needs a single-language vocab.json")
         return model.eval(), HeadSpec(kind="ctc", vocab=vocab, blank_id=int(config.pad_token_id or 0))
     model = AutoModelForAudioClassification.from_pretrained(path, local_files_only=True)
     labels = [config.id2label[i] for i in range(config.num_labels)]

@@ -93,7 +93,8 @@ def _predict(learner: MaskLearner, waves: list[torch.Tensor], seconds_per_frame:
     return decode_outputs(outputs, frames, learner.head_spec, seconds_per_frame)
 
 
-def _metric_is_better(kind: MaskKind, new: dict[str, float], old: dict[str, float] | None) -> bool:
+def is_better(kind: MaskKind, new: dict[str, float], old: dict[str, float] | None) -> bool:
+    """Whether dev metrics ``new`` beat the best so far: a lower CER (ctc), a higher accuracy (classify)."""
     if old is None:
         return True
     return new["cer"] < old["cer"] if kind == "ctc" else new["accuracy"] > old["accuracy"]
@@ -181,7 +182,7 @@ def train_mask(
             entry = {"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics}
             state["history"].append(entry)
             log.info("step %d: %s", step, entry)
-            if _metric_is_better(config.kind, metrics, state["best"]):
+            if is_better(config.kind, metrics, state["best"]):
                 state["best"], state["best_step"] = metrics, step
                 best_keep = {n: k.cpu() for n, k in learner.scores.keep_masks().items()}
                 best_head = {k: v.detach().cpu().clone() for k, v in learner.head.state_dict().items()}
