@@ -56,7 +56,7 @@ def _read_described(registry: MaskRegistry, name: str) -> dict[str, Any]:
 
 
 @api.get("/masks", summary="Masks available in the registry and which are resident",
-            responses=error_responses(503))
+         responses=error_responses(503))
 async def list_masks(request: Request) -> dict:
     engine, _ = state_of(request).ready_engine()
     resident = {m.name: m for m in engine.registry.resident()}
@@ -69,14 +69,14 @@ async def list_masks(request: Request) -> dict:
 
 
 @api.get("/masks/{name}", summary="One mask's metadata (validated against the live backbone)",
-            responses=READ_ERRORS)
+         responses=READ_ERRORS)
 async def get_mask(request: Request, name: MaskNamePath) -> dict:
     engine, _ = state_of(request).ready_engine()
     return await run_in_threadpool(_read_described, engine.registry, name)
 
 
 @api.put("/masks/{name}", status_code=201, summary="Upload a mask file (admin)", responses=ADMIN_ERRORS,
-            openapi_extra=MASK_FILE_BODY)
+         openapi_extra=MASK_FILE_BODY)
 async def put_mask(request: Request, name: MaskNamePath) -> dict:
     state = state_of(request)
     require_admin(request, state)
@@ -96,7 +96,7 @@ async def delete_mask(request: Request, name: MaskNamePath) -> Response:
 
 
 @api.post("/masks/{name}/load", summary="(Re)load a mask from the store onto the device (admin)",
-             responses=ADMIN_ERRORS)
+          responses=ADMIN_ERRORS)
 async def load_mask(request: Request, name: MaskNamePath) -> dict:
     state = state_of(request)
     require_admin(request, state)

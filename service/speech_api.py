@@ -152,7 +152,7 @@ async def resolve_language(
 
 
 @api.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)",
-             responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)
+          responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)
 async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     state = state_of(request)
     wave, _ = await _decoded(request, state)
@@ -180,7 +180,7 @@ async def transcribe(request: Request, lang: LanguageQuery) -> dict:
 
 
 @api.post("/classify", summary="Classify audio with a task's mask", responses=SPEECH_ERRORS,
-             openapi_extra=AUDIO_BODY)
+          openapi_extra=AUDIO_BODY)
 async def classify(
     request: Request,
     task: TaskQuery,
@@ -202,7 +202,7 @@ async def classify(
 
 
 @api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription", response_class=Response,
-             responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)
+          responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)
 async def openai_transcriptions(request: Request) -> Response:
     state = state_of(request)
     wave, fields = await _decoded(request, state)
