@@ -78,14 +78,9 @@ def _serve(args: argparse.Namespace) -> dict:
     except ValidationError as exc:
         raise SettingsError(f"invalid settings:\n{exc}") from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_keep_alive=max(1, round(settings.keep_alive_s)),
-        limit_concurrency=settings.max_connections,
-    )
+    from service.http_server import uvicorn_options
+
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings))
     return {"stopped": True}
 
 

@@ -60,12 +60,17 @@ def status_for(exc: E.S3RouterError) -> int:
     return 500
 
 
+def error_body(kind: str, message: str) -> dict[str, dict[str, str]]:
+    """The one error body: ``{"error": {"type", "message"}}``."""
+    return {"error": {"type": kind, "message": message}}
+
+
 def error_json(status: int, kind: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    """The one error body; a 503 gets ``Retry-After`` (1 s unless ``headers`` say otherwise)."""
+    """The error body as a response; a 503 gets ``Retry-After`` (1 s unless ``headers`` say otherwise)."""
     headers = dict(headers or {})
     if status == 503:
         headers.setdefault("Retry-After", "1")
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status, headers=headers or None)
+    return JSONResponse(error_body(kind, message), status_code=status, headers=headers or None)
 
 
 def error_response(exc: E.S3RouterError) -> JSONResponse:

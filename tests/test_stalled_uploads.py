@@ -1,18 +1,23 @@
-"""Slow clients against a real uvicorn server: a stalled upload is answered 408 within the upload timeout
-instead of holding its connection open forever."""
+"""Slow and broken clients against a real uvicorn server run as `s3router serve` runs it: a stalled upload
+is answered 408 within the upload timeout instead of holding its connection open forever, and a request
+that is not HTTP gets the service's JSON error body."""
 
+import json
 import socket
 import time
 
+import pytest
+
 from helpers import serve_in_thread, tiny_engine_factory
 from service.app import create_app
+from service.http_server import uvicorn_options
 from service.settings import ServiceSettings
 
 
 def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
     settings = ServiceSettings(registry=str(tmp_path / "registry"), upload_timeout_s=1.0, max_wait_ms=1)
     app = create_app(settings, tiny_engine_factory())
-    with serve_in_thread(app, timeout_keep_alive=5, limit_concurrency=settings.max_connections) as url:
+    with serve_in_thread(app, **uvicorn_options(settings)) as url:  # as `s3router serve` runs it
         port = int(url.rsplit(":", 1)[1])
         clients = []
         for _ in range(5):  # each declares 100,000 bytes and sends 4
@@ -30,3 +35,26 @@ def test_a_stalled_upload_gets_408_within_the_upload_timeout(tmp_path):
             assert '"UploadTimeoutError"' in answer and "not received within 1 s (4 bytes came)" in answer
             conn.close()
         assert time.monotonic() - started < 4.0
+
+
+MALFORMED = [
+    b"GARBAGE\r\n\r\n",
+    b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n",
+    b"GET / HTTP/1.1\r\nBad Header Line\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("garbage", MALFORMED)
+def test_a_malformed_http_request_gets_the_json_error_body(tmp_path, garbage):
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1)
+    with serve_in_thread(create_app(settings, tiny_engine_factory()), **uvicorn_options(settings)) as url:
+        conn = socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=10)
+        conn.sendall(garbage)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+        conn.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
+    error = json.loads(body)["error"]
+    assert error["type"] == "MalformedHTTPRequest" and error["message"]

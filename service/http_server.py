@@ -1,0 +1,37 @@
+"""How ``s3router serve`` runs uvicorn: keep-alive and connection limits from the settings, and uvicorn's
+HTTP protocol (h11) with its one answer that never reaches the app, the 400 to a malformed request, in
+the service's error body instead of plain text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.errors import error_body
+from service.settings import ServiceSettings
+
+
+class JSONErrorH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, answering requests it cannot parse with ``{"error": {"type", "message"}}``."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = json.dumps(error_body("MalformedHTTPRequest", msg)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
+
+
+def uvicorn_options(settings: ServiceSettings) -> dict[str, Any]:
+    """``uvicorn.run``/``uvicorn.Config`` arguments for ``settings`` (besides the app, host and port)."""
+    return {
+        "log_level": settings.log_level,
+        "timeout_keep_alive": max(1, round(settings.keep_alive_s)),
+        "limit_concurrency": settings.max_connections,
+        "http": JSONErrorH11Protocol,
+    }
