@@ -24,13 +24,13 @@ def live_url(tmp_path):
 
 
 @pytest.mark.slow
-def test_schemathesis_every_check_passes(live_url):
+def test_schemathesis_every_check_passes(live_url, tmp_path):
     st = Path(sys.executable).parent / "st"
     config = Path(__file__).with_name("schemathesis.toml")
     command = [str(st), "--config-file", str(config), "run", f"{live_url}/openapi.json", "--checks", "all",
                "--max-examples", str(EXAMPLES_PER_OPERATION), "--generation-deterministic", "--request-timeout", "20",
                "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache too
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-6000:]
     generated = re.search(r"Test cases:\s*\n?\s*(\d+) generated", report)
