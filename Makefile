@@ -32,10 +32,10 @@ sync:
 
 # Debian packages: installed when run as root; otherwise stops at once and prints the apt-get line.
 system-test:
-	bash scripts/system_packages.sh test
+	PYTHON=$(PYTHON) bash scripts/system_packages.sh test
 
 system-serve:
-	bash scripts/system_packages.sh serve
+	PYTHON=$(PYTHON) bash scripts/system_packages.sh serve
 
 check-lock: install
 	$(PY) scripts/check_lock.py $(LOCK)

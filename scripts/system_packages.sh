@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The Debian packages s3router needs, per use:
 #   serve  g++ (builds the fast CPU masked-weight kernel; without it the plain-torch reference serves),
-#          espeak-ng (speaks the README's first request)
+#          espeak-ng (speaks the README's first request), python3-venv where $PYTHON cannot make a venv
 #   test   those, plus sox, the fortunes/manpages text the corpus tests read, prometheus (the
 #          dashboard test scrapes a real server) and redis-server (the Redis store is tested against a
 #          real one on 127.0.0.1:6379, started here when none answers)
@@ -23,6 +23,8 @@ missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+# Debian's own python3 makes venvs only with python3-venv (ensurepip); a Python built elsewhere has it
+"${PYTHON:-python3}" -c "import ensurepip, venv" 2>/dev/null || missing="$missing python3-venv"
 
 start_redis() {
   [ "$use" = test ] || return 0

@@ -171,6 +171,12 @@ def test_without_root_make_test_prerequisites_stop_at_once_with_the_apt_line():
     _fake_dpkg_query(tmp_path, "espeak-ng")
     serving = subprocess.run([*drop, "bash", script, "serve"], capture_output=True, text=True, env=env, timeout=30)
     assert serving.returncode == 0 and "warning: missing espeak-ng" in serving.stderr
+    no_venv = tmp_path / "python-without-venv"  # Debian's python3 before python3-venv is installed
+    no_venv.write_text("#!/bin/sh\nexit 1\n")
+    no_venv.chmod(0o755)
+    done = subprocess.run([*drop, "bash", script, "test"], capture_output=True, text=True, timeout=30,
+                          env=dict(env, PYTHON=str(no_venv)))
+    assert done.returncode == 1 and "--no-install-recommends espeak-ng python3-venv" in done.stderr
     shutil.rmtree(tmp_path)
 
 
