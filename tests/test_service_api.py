@@ -402,3 +402,16 @@ def test_warm_up_runs_one_mask_of_each_kind(tmp_path):
                                                 bb.default_layer_names(), 0.9, seed=2)))
     warmed = warm_up(engine, settings)
     assert sorted(engine.registry.get(name).kind for name in warmed) == ["classify", "ctc"]
+
+
+def test_warm_up_loads_a_bounded_number_of_masks(tmp_path, monkeypatch):
+    """A store of CTC masks only: warm-up looks at the first WARM_UP_TRIES, not every mask in the store."""
+    from service.lifespan import WARM_UP_TRIES, warm_up
+
+    settings = _settings(tmp_path)
+    engine = tiny_engine_factory(mask_names=tuple(f"m{i:02d}" for i in range(WARM_UP_TRIES + 4)))(settings)
+    looked_up = []
+    get = engine.registry.get
+    monkeypatch.setattr(engine.registry, "get", lambda name: looked_up.append(name) or get(name))
+    assert len(warm_up(engine, settings)) == 1  # one CTC mask warmed; no classification mask in reach
+    assert len(set(looked_up)) == WARM_UP_TRIES  # the forward pass looks its mask up again
