@@ -342,8 +342,12 @@ def read_checkpoint_vocab(source: str, local_files_only: bool = True) -> list[st
     mapping = json.loads(path.read_text(encoding="utf-8"))
     if mapping and all(isinstance(v, dict) for v in mapping.values()):  # multilingual: {lang: {tok: id}}
         return None
-    ordered = sorted(mapping.items(), key=lambda item: item[1])
-    return [token for token, _ in ordered]
+    return vocab_in_id_order(mapping)
+
+
+def vocab_in_id_order(mapping: dict[str, int]) -> list[str]:
+    """``{token: id}`` (a ``vocab.json``) -> the tokens in id order."""
+    return [token for token, _ in sorted(mapping.items(), key=lambda item: item[1])]
 
 
 def _reads_normalize(source: str) -> bool:

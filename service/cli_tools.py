@@ -37,12 +37,12 @@ def _registry(args: argparse.Namespace, backbone):
 
 
 def _read_vocab(path: str | None) -> list[str] | None:
+    from router_core.backbone import vocab_in_id_order
+
     if path is None:
         return None
     data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict):
-        return [tok for tok, _ in sorted(data.items(), key=lambda item: item[1])]
-    return [str(tok) for tok in data]
+    return vocab_in_id_order(data) if isinstance(data, dict) else [str(tok) for tok in data]
 
 
 def _train_config(args: argparse.Namespace):
@@ -69,26 +69,11 @@ def _train_config(args: argparse.Namespace):
     )
 
 
-def _head_from_checkpoint(head, train) -> tuple[list[str], tuple[Any, Any]]:
-    """Start a CTC head from a ``*ForCTC`` checkpoint's ``lm_head``: its vocabulary plus any new characters
-    of this language; rows of known tokens are copied, new ones start small and random."""
-    import torch
-
-    from router_core.training.learner import build_vocab
-
-    extra = [t for t in build_vocab([e.target for e in train]) if t not in head.vocab]
-    vocab = [*head.vocab, *extra]
-    weight = torch.randn(len(vocab), head.weight.shape[1]) * 0.02
-    bias = torch.zeros(len(vocab))
-    weight[: len(head.vocab)] = head.weight.float().cpu()
-    bias[: len(head.vocab)] = head.bias.float().cpu()
-    return vocab, (weight, bias)
-
-
 def run_train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from router_core.mask_file import encode_mask, validate_mask_name
+    from router_core.training.learner import ctc_head_for
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import train_mask
 
@@ -105,7 +90,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     initial_head = None
     head = backbone.ctc_head
     if args.kind == "ctc" and head is not None and head.vocab and config.vocab is None:
-        config.vocab, initial_head = _head_from_checkpoint(head, train)
+        config.vocab, initial_head = ctc_head_for(head, train)
     result = train_mask(backbone, config, train, dev, distributed=args.distributed, initial_head=initial_head)
     if args.distributed:
         torch.distributed.destroy_process_group()
@@ -123,6 +108,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.training.finetune import finetune_weights
+    from router_core.training.learner import ctc_head_for
     from router_core.training.manifest import read_manifest
 
     train = read_manifest(args.train, args.kind)
@@ -133,7 +119,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     backbone = _backbone(args)
     initial_head = None
     if args.kind == "ctc" and backbone.ctc_head is not None and backbone.ctc_head.vocab and config.vocab is None:
-        config.vocab, initial_head = _head_from_checkpoint(backbone.ctc_head, train)  # as `train` does
+        config.vocab, initial_head = ctc_head_for(backbone.ctc_head, train)  # as `train` does
     return finetune_weights(backbone, config, train, dev, args.out, initial_head)
 
 

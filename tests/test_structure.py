@@ -81,3 +81,23 @@ def test_layers_point_one_way():
             assert all(m.startswith("router_core.kernels") or m == "router_core.errors" for m in imported), (
                 f"kernel module {name} imports model code: {sorted(imported)}"
             )
+
+
+def _calls_of(attribute: str) -> set[str]:
+    """Project modules that call ``<anything>.<attribute>(...)``."""
+    found = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == attribute:
+                found.add(name)
+    return found
+
+
+def test_one_training_loop_steps_every_optimizer():
+    """Mask learning, backbone pretraining and weight finetuning share one loop: only it runs a backward
+    pass and an optimizer step over training batches (a second hand-written loop would show up here). The
+    one other optimisation is the linear probe's full-batch softmax regression on features already pooled
+    (``OutputHead.fit_probe``), which draws no batches."""
+    allowed = {"router_core.training.loop", "router_core.heads"}
+    assert _calls_of("backward") == allowed
+    assert _calls_of("step") == allowed

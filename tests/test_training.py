@@ -306,3 +306,32 @@ def test_training_tools_take_a_redis_registry(corpus, tmp_path):
         client = redis.Redis.from_url(url)
         for key in client.scan_iter(f"{prefix}*"):
             client.delete(key)
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_to_zero():
+    from router_core.training.loop import LoopConfig, lr_scale
+
+    config = LoopConfig("x", steps=110, batch_size=1, eval_every=10, warmup=10, cosine=True)
+    assert [lr_scale(s, config) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]
+    assert lr_scale(10, config) == 1.0 and lr_scale(60, config) == pytest.approx(0.5)
+    assert lr_scale(110, config) == pytest.approx(0.0)
+    assert lr_scale(60, LoopConfig("x", steps=110, batch_size=1, eval_every=10)) == 1.0  # constant
+
+
+def test_finetuning_saves_the_checkpoint_of_its_best_dev_step(corpus, tmp_path, monkeypatch):
+    """The loop calls ``on_best`` only when dev metrics improve: a run whose dev CER gets worse after its
+    first evaluation keeps that first checkpoint."""
+    from router_core.training import finetune
+    from router_core.training.finetune import finetune_weights
+
+    cers = iter([0.3, 0.5])  # step 2 is the best; step 4 worse
+    monkeypatch.setattr(finetune._FinetuneTask, "predict", lambda self, waves: ["?"] * len(waves))
+    monkeypatch.setattr("router_core.training.loop.evaluate_examples",
+                        lambda *a, **k: {"cer": next(cers), "wer": 1.0})
+    saves = []
+    monkeypatch.setattr(finetune._FinetuneTask, "on_best", lambda self, step: saves.append(step))
+    examples = read_manifest(corpus / "ctc.jsonl", "ctc")
+    result = finetune_weights(_backbone(corpus), _config(tmp_path, steps=4, eval_every=2), examples, examples[:2],
+                              tmp_path / "ft")
+    assert [h["step"] for h in result["history"]] == [2, 4]
+    assert saves == [2] and result["best"] == {"cer": 0.3, "wer": 1.0}

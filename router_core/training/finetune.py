@@ -9,7 +9,6 @@ such checkpoint, for ``s3router eval --checkpoint``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,11 @@ from transformers import AutoConfig, AutoModelForAudioClassification, AutoModelF
 from router_core.backbone import Backbone, read_checkpoint_vocab, zero_mean_unit_var
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec
-from router_core.training.evaluation import evaluate_examples
 from router_core.training.export import base_state_dict, linear, model_with_head, save_processor, set_head
 from router_core.training.learner import decode_outputs, head_loss
+from router_core.training.loop import LoopConfig, run_loop
 from router_core.training.manifest import Example
-from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for, is_better
+from router_core.training.trainer import AudioCache, TrainConfig, head_spec_for
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +58,40 @@ def hf_predict(model: PreTrainedModel, spec: HeadSpec, waves: list[torch.Tensor]
     return decode_outputs(outputs, frames, spec, seconds_per_frame)
 
 
+class _FinetuneTask:
+    """Weight finetuning as a :class:`~router_core.training.loop.TrainingTask`: Adam on every unfrozen weight;
+    "best" saves the model as a Hugging Face checkpoint in ``out``."""
+
+    def __init__(self, model: PreTrainedModel, spec: HeadSpec, backbone: Backbone, config: TrainConfig,
+                 out: Path) -> None:
+        self.kind, self.module, self.spec, self.backbone, self.out = config.kind, model, spec, backbone, out
+        self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+        self.load = AudioCache()
+
+    def _outputs(self, waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return hf_forward(self.module, waves, self.backbone.normalize_input, self.backbone.layer_norm_features)
+
+    def loss(self, batch: Sequence[Example]) -> torch.Tensor:
+        outputs, frames = self._outputs([self.load(e) for e in batch])
+        return head_loss(outputs.float(), frames, [e.target for e in batch], self.spec)
+
+    def predict(self, waves: list[torch.Tensor]) -> list[str]:
+        backbone = self.backbone
+        return hf_predict(self.module, self.spec, waves, backbone.normalize_input, backbone.layer_norm_features,
+                          backbone.seconds_per_frame)
+
+    def on_best(self, step: int) -> None:
+        self.module.config.architectures = [type(self.module).__name__]
+        self.module.save_pretrained(self.out)
+        save_processor(self.spec, self.backbone, self.out)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+
+
 def finetune_weights(
     backbone: Backbone,
     config: TrainConfig,
@@ -76,45 +109,13 @@ def finetune_weights(
         set_head(model, spec, *initial_head)
     model = model.to(backbone.device)  # type: ignore[arg-type]
     model.freeze_feature_encoder()
-    model.train()
-    attn = backbone.layer_norm_features
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr)
-    load = AudioCache()
-    gen = torch.Generator().manual_seed(config.seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    best: dict[str, float] | None = None
-    history = []
-    started = time.monotonic()
-
-    def predict(waves: list[torch.Tensor]) -> list[str]:
-        return hf_predict(model, spec, waves, backbone.normalize_input, attn, backbone.seconds_per_frame)
-
-    from tqdm.auto import tqdm
-
-    for step in tqdm(range(1, config.steps + 1), disable=not config.progress, desc="finetune"):
-        idx = torch.randint(len(train), (min(config.batch_size, len(train)),), generator=gen).tolist()
-        batch = [train[i] for i in idx]
-        outputs, frames = hf_forward(model, [load(e) for e in batch], backbone.normalize_input, attn)
-        loss = head_loss(outputs.float(), frames, [e.target for e in batch], spec)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            model.eval()
-            metrics = evaluate_examples(dev, predict, load, config.kind, config.batch_size)
-            model.train()
-            history.append({"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics})
-            log.info("finetune step %d: %s", step, history[-1])
-            better = is_better(config.kind, metrics, best)
-            if better:
-                best = metrics
-                model.config.architectures = [type(model).__name__]
-                model.save_pretrained(out)
-                save_processor(spec, backbone, out)
-    return {"out": str(out), "best": best, "history": history}
+    task = _FinetuneTask(model, spec, backbone, config, out)
+    loop = LoopConfig("finetune", config.steps, config.batch_size, config.eval_every, clip_norm=5.0, seed=config.seed,
+                      progress=config.progress)
+    state = run_loop(task, train, dev, loop)
+    return {"out": str(out), "best": state.best, "history": state.history}
 
 
 def load_hf_classifier_or_ctc(path: str | Path) -> tuple[PreTrainedModel, HeadSpec]:

@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from router_core.backbone import Backbone
+from router_core.backbone import Backbone, PretrainedCTCHead
 from router_core.char_lm import WORD_DELIMITER, sentence_tokens
 from router_core.decoding import ctc_greedy_decode
 from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec, OutputHead, masked_mean
 from router_core.maskable import weight_transform
+from router_core.training.manifest import Example
 from router_core.training.scores import ScoreMasks
 
 SPECIAL_TOKENS = ("<pad>", "<unk>")
@@ -27,6 +28,22 @@ def build_vocab(texts: Sequence[str]) -> list[str]:
     """``<pad>`` (blank, id 0), ``<unk>``, ``|`` (word delimiter), then every character seen, sorted."""
     chars = sorted({c for t in texts for c in t if not c.isspace()} - {WORD_DELIMITER})
     return [*SPECIAL_TOKENS, WORD_DELIMITER, *chars]
+
+
+def ctc_head_for(
+    head: PretrainedCTCHead, train: Sequence[Example]
+) -> tuple[list[str], tuple[torch.Tensor, torch.Tensor]]:
+    """A CTC head started from a checkpoint's ``lm_head``: its vocabulary plus any new characters of the
+    training transcripts; rows of known tokens are copied, new ones start small and random.
+    Returns (vocabulary, (weight ``[V, D]``, bias ``[V]``))."""
+    known = head.vocab or []
+    extra = [t for t in build_vocab([e.target for e in train]) if t not in known]
+    vocab = [*known, *extra]
+    weight = torch.randn(len(vocab), head.weight.shape[1]) * 0.02
+    bias = torch.zeros(len(vocab))
+    weight[: len(known)] = head.weight.float().cpu()[: len(known)]
+    bias[: len(known)] = head.bias.float().cpu()[: len(known)]
+    return vocab, (weight, bias)
 
 
 def encode_text(text: str, vocab: Sequence[str]) -> list[int]:

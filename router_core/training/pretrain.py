@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
 from router_core.backbone import SAMPLE_RATE, Backbone, read_checkpoint_vocab
 from router_core.errors import InvalidInputError
-from router_core.heads import HeadSpec
-from router_core.training.evaluation import evaluate_examples
+from router_core.heads import HeadSpec, MaskKind
 from router_core.training.export import save_processor
 from router_core.training.finetune import hf_forward, hf_predict
 from router_core.training.learner import build_vocab, head_loss
+from router_core.training.loop import LoopConfig, run_loop
 from router_core.training.manifest import Example
 from router_core.training.trainer import AudioCache
 
@@ -72,34 +71,6 @@ def tiny_wav2vec2_config(vocab_size: int, hidden: int = 256, layers: int = 4) ->
     )
 
 
-def _lr_at(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-_TIMED_STEPS = 20  # steps timed before the first fit to a time budget
-_REFIT_EVERY = 100  # then refit every this many steps (the rate improves as the audio cache warms)
-
-
-def _fit_steps_to_budget(
-    config: PretrainConfig, requested: int, done: int, step: int, elapsed: float, bar: Any
-) -> None:
-    """Set ``config.steps`` so that the run ends within ``config.max_seconds``, at the rate of the ``done``
-    steps this run has timed so far (evaluations included), never above the ``requested`` steps. The cosine
-    schedule then decays over the steps that will really run."""
-    assert config.max_seconds is not None
-    rate = elapsed / done  # seconds per step
-    fit = step + int(max(0.0, config.max_seconds - elapsed) / rate)
-    steps = min(requested, max(fit, config.warmup + 1, step + 1))
-    if steps != config.steps:
-        log.info("time budget %.0f s at %.3f s/step: %d steps (asked for %d)", config.max_seconds, rate, steps,
-                 requested)
-        config.steps = steps
-        bar.total = steps
-
-
 def _initial_model(folder: str, corpus_vocab: list[str]) -> tuple[Wav2Vec2ForCTC, list[str]]:
     """A trained checkpoint to continue from; its vocabulary must cover every character of the corpus."""
     vocab = read_checkpoint_vocab(folder)
@@ -111,11 +82,41 @@ def _initial_model(folder: str, corpus_vocab: list[str]) -> tuple[Wav2Vec2ForCTC
     return Wav2Vec2ForCTC.from_pretrained(folder, local_files_only=True), vocab
 
 
+class _PretrainTask:
+    """Backbone pretraining as a :class:`~router_core.training.loop.TrainingTask`: AdamW on every weight with
+    multilingual character CTC; the final model is the result (nothing kept at the best step)."""
+
+    kind: MaskKind = "ctc"
+
+    def __init__(self, model: Wav2Vec2ForCTC, spec: HeadSpec, config: PretrainConfig) -> None:
+        self.module, self.spec = model, spec
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
+        self.seconds_per_frame = math.prod(model.config.conv_stride) / SAMPLE_RATE
+        self.load = AudioCache()
+
+    def loss(self, batch: Sequence[Example]) -> torch.Tensor:
+        outputs, frames = hf_forward(self.module, [self.load(e) for e in batch], normalize=True,
+                                     use_attention_mask=True)
+        return head_loss(outputs.float(), frames, [e.target for e in batch], self.spec)
+
+    def predict(self, waves: list[torch.Tensor]) -> list[str]:
+        return hf_predict(self.module, self.spec, waves, True, True, self.seconds_per_frame)
+
+    def on_best(self, step: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict(), "vocab": self.spec.vocab}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.spec.vocab = state["vocab"]
+
+
 def pretrain_backbone(
     train: Sequence[Example], dev: Sequence[Example], out_dir: str | Path, work_dir: str | Path, config: PretrainConfig
 ) -> dict[str, Any]:
     """Train (or resume) the tiny backbone and save it as a Hugging Face checkpoint in ``out_dir``."""
-    config = replace(config)  # a time budget rewrites ``steps``: the caller's config stays as given
     work, out = Path(work_dir), Path(out_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -124,58 +125,13 @@ def pretrain_backbone(
         model, spec.vocab = _initial_model(config.init_from, spec.vocab)
     else:
         model = Wav2Vec2ForCTC(tiny_wav2vec2_config(len(spec.vocab), config.hidden, config.layers))
-    model = model.to(config.device)  # type: ignore[arg-type]
-    seconds_per_frame = math.prod(model.config.conv_stride) / SAMPLE_RATE
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.01)
-    gen = torch.Generator().manual_seed(config.seed)
-    step, history = 0, []
-    ckpt_path = work / "pretrain.pt"
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, map_location=config.device, weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["rng"])
-        step, history = ckpt["step"], ckpt["history"]
-        spec.vocab = ckpt["vocab"]
-        log.info("resumed pretraining at step %d", step)
-    load = AudioCache()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=step, disable=not config.progress, desc="pretrain")
-    started, first_step, requested = time.monotonic(), step, config.steps
-    model.train()
-    while step < config.steps:
-        done = step - first_step
-        if config.max_seconds is not None and done >= _TIMED_STEPS and (done - _TIMED_STEPS) % _REFIT_EVERY == 0:
-            _fit_steps_to_budget(config, requested, done, step, time.monotonic() - started, bar)
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, config)
-        idx = torch.randint(len(train), (config.batch_size,), generator=gen).tolist()
-        batch = [train[i] for i in idx]
-        outputs, frames = hf_forward(model, [load(e) for e in batch], normalize=True, use_attention_mask=True)
-        loss = head_loss(outputs.float(), frames, [e.target for e in batch], spec)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if step % config.eval_every == 0 or step == config.steps:
-            model.eval()
-            metrics = evaluate_examples(
-                dev, lambda w: hf_predict(model, spec, w, True, True, seconds_per_frame), load, "ctc", config.batch_size
-            )
-            model.train()
-            history.append({"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics})
-            log.info("pretrain step %d: %s", step, history[-1])
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": gen.get_state(),
-                        "step": step, "history": history, "vocab": spec.vocab}, ckpt_path)
-    bar.close()
-    model.eval()
-    model.save_pretrained(out)
+    task = _PretrainTask(model.to(config.device), spec, config)  # type: ignore[arg-type]
+    loop = LoopConfig("pretrain", config.steps, config.batch_size, config.eval_every, config.checkpoint_every,
+                      warmup=config.warmup, cosine=True, clip_norm=5.0, max_seconds=config.max_seconds,
+                      seed=config.seed, progress=config.progress)
+    state = run_loop(task, train, dev, loop, work / "pretrain.pt")
+    task.module.save_pretrained(out)
     probe = Backbone.from_model(Wav2Vec2ForCTC.from_pretrained(out).wav2vec2)
     save_processor(spec, probe, out)
-    return {"out": str(out), "vocab": len(spec.vocab), "steps": step, "history": history[-3:],
+    return {"out": str(out), "vocab": len(spec.vocab), "steps": state.step, "history": state.history[-3:],
             "parameters": sum(p.numel() for p in model.parameters())}

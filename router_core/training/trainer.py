@@ -1,4 +1,5 @@
-"""Mask learning loop: Adam on scores + head, dev evaluation every N steps, best kept, resumable.
+"""Mask learning: Adam on scores + head in the shared loop (:mod:`router_core.training.loop`), the best
+dev step's mask and head kept, resumable.
 
 Distributed (``torchrun``): with ``distributed=True`` the learner is wrapped in DDP (scores and head
 gradients are all-reduced), each rank draws batches from its own shard, and rank 0 evaluates,
@@ -8,7 +9,6 @@ checkpoints and returns the mask.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,8 +24,8 @@ from router_core.heads import HeadSpec, MaskKind, folded_projection
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.mask_builder import build_mask
 from router_core.mask_file import RoutingMask
-from router_core.training.evaluation import evaluate_examples
 from router_core.training.learner import MaskLearner, build_vocab, decode_outputs
+from router_core.training.loop import LoopConfig, run_loop
 from router_core.training.manifest import Example
 
 log = logging.getLogger(__name__)
@@ -87,17 +87,59 @@ class AudioCache:
         return wave
 
 
-def _predict(learner: MaskLearner, waves: list[torch.Tensor], seconds_per_frame: float) -> list[str]:
-    with torch.no_grad():
-        outputs, frames = learner(waves)
-    return decode_outputs(outputs, frames, learner.head_spec, seconds_per_frame)
+class _MaskTask:
+    """Mask learning as a :class:`~router_core.training.loop.TrainingTask`: Adam on the scores and the head;
+    "best" keeps the binary keep-masks and the head of the best dev step."""
+
+    def __init__(self, learner: MaskLearner, backbone: Backbone, config: TrainConfig, load: AudioCache,
+                 distributed: bool) -> None:
+        self.kind, self.module, self.backbone, self.load, self.config = config.kind, learner, backbone, load, config
+        self.forward: nn.Module = nn.parallel.DistributedDataParallel(learner) if distributed else learner
+        groups: list[dict[str, Any]] = [
+            {"params": list(learner.scores.parameters()), "lr": config.score_lr},
+            {"params": list(learner.head.parameters())},
+        ]
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr)
+        self.best_keep: dict[str, torch.Tensor] = {}  # layer -> keep [O, I] bool
+        self.best_head: dict[str, torch.Tensor] = {}
+
+    def loss(self, batch: Sequence[Example]) -> torch.Tensor:
+        outputs, frames = self.forward([self.load(e) for e in batch])
+        return self.module.loss(outputs, frames, [e.target for e in batch])
+
+    def predict(self, waves: list[torch.Tensor]) -> list[str]:
+        with torch.no_grad():
+            outputs, frames = self.module(waves)
+        return decode_outputs(outputs, frames, self.module.head_spec, self.backbone.seconds_per_frame)
+
+    def on_best(self, step: int) -> None:
+        self.best_keep = {n: k.cpu() for n, k in self.module.scores.keep_masks().items()}
+        self.best_head = {k: v.detach().cpu().clone() for k, v in self.module.head.state_dict().items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": self.module.scores.state_dict(), "head": self.module.head.state_dict(),
+                "best_bits": {n: pack_bits(k) for n, k in self.best_keep.items()}, "best_head": self.best_head,
+                "config": asdict(self.config)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        learner = self.module
+        learner.scores.load_state_dict(state["scores"])
+        if "input_shift" in state["head"]:  # a probed head: load_state_dict skips buffers that are still None
+            learner.head.input_shift = state["head"]["input_shift"]
+            learner.head.input_scale = state["head"]["input_scale"]
+        learner.head.load_state_dict(state["head"])
+        layers = self.backbone.layers
+        self.best_keep = {n: unpack_bits(b, layers[n].in_features) for n, b in state["best_bits"].items()}
+        self.best_head = state["best_head"]
 
 
-def is_better(kind: MaskKind, new: dict[str, float], old: dict[str, float] | None) -> bool:
-    """Whether dev metrics ``new`` beat the best so far: a lower CER (ctc), a higher accuracy (classify)."""
-    if old is None:
-        return True
-    return new["cer"] < old["cer"] if kind == "ctc" else new["accuracy"] > old["accuracy"]
+def _probe_head(learner: MaskLearner, config: TrainConfig, train: Sequence[Example], load: AudioCache) -> None:
+    """Classification: fit the head on pooled features of up to ``PROBE_ITEMS`` training items (LP-FT)."""
+    sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:PROBE_ITEMS]
+    items = [train[i] for i in sample.tolist()]
+    batches = (items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size))
+    accuracy = learner.probe_head(([load(e) for e in batch], [e.target for e in batch]) for batch in batches)
+    log.info("linear probe on %d training items: training accuracy %.3f", len(items), accuracy)
 
 
 def train_mask(
@@ -113,115 +155,30 @@ def train_mask(
     ``initial_head`` (weight ``[O, D]``, bias ``[O]``) starts the head from existing weights, e.g. a
     weight-finetuned checkpoint's ``lm_head`` when pruning on top of it.
     """
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
     work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     spec = head_spec_for(config, train)
-    layers = backbone.default_layer_names(config.include_attention)
-    learner = MaskLearner(backbone, spec, layers, config.keep, config.init, config.seed)
+    learner = MaskLearner(backbone, spec, backbone.default_layer_names(config.include_attention), config.keep,
+                          config.init, config.seed)
     load = AudioCache()
     if initial_head is not None:
         with torch.no_grad():
             learner.head.proj.weight.copy_(initial_head[0])
             learner.head.proj.bias.copy_(initial_head[1])
-    ckpt_path = work / CHECKPOINT
-    resuming = config.resume and ckpt_path.is_file()
-    if spec.kind == "classify" and initial_head is None and not resuming:  # a resumed head comes from its checkpoint
-        sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:PROBE_ITEMS]
-        items = [train[i] for i in sample.tolist()]
-        batches = (items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size))
-        accuracy = learner.probe_head(([load(e) for e in batch], [e.target for e in batch]) for batch in batches)
-        log.info("linear probe on %d training items: training accuracy %.3f", len(items), accuracy)
-    model: nn.Module = learner
-    if distributed:
-        model = nn.parallel.DistributedDataParallel(learner)
-    groups: list[dict[str, Any]] = [
-        {"params": list(learner.scores.parameters()), "lr": config.score_lr},
-        {"params": list(learner.head.parameters())},
-    ]
-    optimizer = torch.optim.Adam(groups, lr=config.lr)
-    shard = list(train)[rank::world] or list(train)
-    gen = torch.Generator().manual_seed(config.seed + rank)
-    state: dict[str, Any] = {"step": 0, "best": None, "best_step": 0, "history": []}
-    best_keep: dict[str, torch.Tensor] = {}
-    best_head: dict[str, torch.Tensor] = {}
-    if resuming:
-        ckpt = torch.load(ckpt_path, map_location=backbone.device, weights_only=True)
-        learner.scores.load_state_dict(ckpt["scores"])
-        if "input_shift" in ckpt["head"]:  # a probed head: load_state_dict skips buffers that are still None
-            learner.head.input_shift = ckpt["head"]["input_shift"]
-            learner.head.input_scale = ckpt["head"]["input_scale"]
-        learner.head.load_state_dict(ckpt["head"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        gen.set_state(ckpt["rng"])
-        state.update(step=ckpt["step"], best=ckpt["best"], best_step=ckpt["best_step"], history=ckpt["history"])
-        best_keep = {n: unpack_bits(b, backbone.layers[n].in_features) for n, b in ckpt["best_bits"].items()}
-        best_head = ckpt["best_head"]
-        log.info("resumed from %s at step %d", ckpt_path, state["step"])
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=config.steps, initial=state["step"], disable=not config.progress or rank != 0, desc=config.name)
-    started = time.monotonic()
-    while state["step"] < config.steps:
-        idx = torch.randint(len(shard), (min(config.batch_size, len(shard)),), generator=gen).tolist()
-        batch = [shard[i] for i in idx]
-        outputs, frames = model([load(e) for e in batch])
-        loss = learner.loss(outputs, frames, [e.target for e in batch])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state["step"] += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        step = state["step"]
-        if (step % config.eval_every == 0 or step == config.steps) and rank == 0:
-            metrics = evaluate_examples(
-                dev, lambda w: _predict(learner, w, backbone.seconds_per_frame), load, config.kind, config.batch_size
-            )
-            entry = {"step": step, "loss": float(loss.item()), "seconds": time.monotonic() - started, **metrics}
-            state["history"].append(entry)
-            log.info("step %d: %s", step, entry)
-            if is_better(config.kind, metrics, state["best"]):
-                state["best"], state["best_step"] = metrics, step
-                best_keep = {n: k.cpu() for n, k in learner.scores.keep_masks().items()}
-                best_head = {k: v.detach().cpu().clone() for k, v in learner.head.state_dict().items()}
-            torch.save(
-                {
-                    "step": step,
-                    "scores": learner.scores.state_dict(),
-                    "head": learner.head.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": gen.get_state(),
-                    "best": state["best"],
-                    "best_step": state["best_step"],
-                    "history": state["history"],
-                    "best_bits": {n: pack_bits(k) for n, k in best_keep.items()},
-                    "best_head": best_head,
-                    "config": asdict(config),
-                },
-                ckpt_path,
-            )
-        if distributed:
-            torch.distributed.barrier()
-    bar.close()
-    if rank != 0:
+    checkpoint = work / CHECKPOINT
+    if not (config.resume and checkpoint.is_file()):
+        checkpoint.unlink(missing_ok=True)  # a fresh run: never resume a stale one
+        if spec.kind == "classify" and initial_head is None:  # a resumed head comes from its checkpoint
+            _probe_head(learner, config, train, load)
+    task = _MaskTask(learner, backbone, config, load, distributed)
+    loop = LoopConfig(config.name, config.steps, config.batch_size, config.eval_every, seed=config.seed,
+                      progress=config.progress)
+    state = run_loop(task, train, dev, loop, checkpoint, distributed)
+    if distributed and torch.distributed.get_rank() != 0:
         return None
-    metrics = dict(state["best"] or {})
-    mask = build_mask(
-        backbone.spec(),
-        config.name,
-        spec,
-        *folded_projection(best_head),
-        best_keep,
-        {
-            **{f"dev_{k}": v for k, v in metrics.items()},
-            "best_step": state["best_step"],
-            "steps": config.steps,
-            "keep": config.keep,
-            "init": config.init,
-            "train_examples": len(train),
-        },
-        head_layer_weights=best_head.get("layer_weights"),
-    )
-    return TrainResult(mask, state["best_step"], metrics, state["history"])
+    metrics = dict(state.best or {})
+    info = {**{f"dev_{k}": v for k, v in metrics.items()}, "best_step": state.best_step, "steps": config.steps,
+            "keep": config.keep, "init": config.init, "train_examples": len(train)}
+    mask = build_mask(backbone.spec(), config.name, spec, *folded_projection(task.best_head), task.best_keep, info,
+                      head_layer_weights=task.best_head.get("layer_weights"))
+    return TrainResult(mask, state.best_step, metrics, state.history)
