@@ -15,7 +15,6 @@ import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from router_core import Backbone, DirectoryStore, MaskRegistry, Router
-from router_core.kernels import triton_masked
 from router_core.kernels.backend import select_backend
 
 
@@ -28,14 +27,15 @@ def main() -> None:
     backbone = Backbone.from_model(Wav2Vec2Model(Wav2Vec2Config()), device="cuda", dtype=getattr(torch, args.dtype))
     with tempfile.TemporaryDirectory() as folder:
         registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), device="cuda", budget_bytes=2**30)
-        router = Router(backbone, registry, select_backend("cuda", "triton"))
+        backend = select_backend("cuda", "triton")
+        router = Router(backbone, registry, backend)
         started = time.perf_counter()
         router.prepare_kernels(args.max_batch, args.max_seconds)  # what the service runs before /readyz
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - started
     print(f"dtype={args.dtype} max_batch={args.max_batch} max_seconds={args.max_seconds}")
-    print(f"tune: {elapsed:.1f} s for {len(triton_masked._tuned)} keys")
-    for key, tuned in sorted(triton_masked._tuned.items(), key=lambda kv: str(kv[0])):
+    print(f"tune: {elapsed:.1f} s for {len(backend.tuner.choices)} keys")
+    for key, tuned in sorted(backend.tuner.choices.items(), key=lambda kv: str(kv[0])):
         for kind, choice in sorted(tuned.paths.items()):
             path = "materialized + cuBLAS" if choice.materialize else "tiles"
             times = f"tiles {choice.tiled_ms:.4f} ms, materialized {choice.materialized_ms:.4f} ms"

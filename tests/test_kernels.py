@@ -237,13 +237,10 @@ def test_triton_large_half_on_gpu(dtype):
     w = torch.randn(3071, 768, device="cuda", dtype=dtype) * 0.05
     bits = pack_bits(_keep("random", 3071, 768)).cuda()
     expected = masked_linear_reference(x.float(), w.float(), None, bits)
-    from router_core.kernels import triton_masked
-
-    tuned_before = len(triton_masked._tuned)
     for _ in range(2):  # the autotuned first call, then the direct launch with the remembered config
         got = backend.masked_linear(x, w, None, bits).float()
         assert torch.allclose(got, expected, atol=5e-2, rtol=2e-2)
-    assert len(triton_masked._tuned) == tuned_before + 1  # one key for this shape and dtype, tuned once
+    assert len(backend.tuner.choices) == 1  # one key for this shape and dtype, tuned once, held by the backend
 
 
 def test_triton_multiplies_float32_as_f_linear_does():
@@ -292,19 +289,21 @@ def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatc
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     launched = []
     real = triton_masked.segmented_masked_linear_triton
+    tuner = triton_masked.TritonTuner()
 
-    def recording(x, weight, bias, stack, segments, *rest):
+    def recording(x, weight, bias, stack, segments, **kw):
+        assert kw["tuner"] is tuner
         launched.append((x.shape[0], *weight.shape, len(segments.mask_ids)))
-        return real(x, weight, bias, stack, segments, *rest)
+        return real(x, weight, bias, stack, segments, **kw)
 
     monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", recording)
-    tune_and_check([(45, 29), (29, 45), (45, 29)], torch.float32, device, 70)
+    tune_and_check([(45, 29), (29, 45), (45, 29)], torch.float32, device, 70, tuner)
     # each shape once, each bucket, a one-mask call (tunes the key) then a two-mask call (the segmented variant)
     assert launched == [(r, *shape, s) for shape in [(29, 45), (45, 29)] for r in (64, 70) for s in (1, 2)]
 
     def off_by_a_little(only_mixed):
-        def launch(x, weight, bias, stack, segments, *rest):
-            out = real(x, weight, bias, stack, segments, *rest)
+        def launch(x, weight, bias, stack, segments, **kw):
+            out = real(x, weight, bias, stack, segments, **kw)
             if len(segments.mask_ids) > 1 or not only_mixed:
                 out[-1, -1] += 0.5  # the last row tile's last column
             return out
@@ -314,7 +313,7 @@ def test_start_up_tuning_runs_every_bucket_and_refuses_a_wrong_kernel(monkeypatc
     for only_mixed, match in ((False, r"64x29->45, one mask"), (True, r"64x29->45, two masks")):
         monkeypatch.setattr(triton_masked, "segmented_masked_linear_triton", off_by_a_little(only_mixed))
         with pytest.raises(KernelUnavailableError, match=match):
-            tune_and_check([(45, 29)], torch.float32, device, 70)
+            tune_and_check([(45, 29)], torch.float32, device, 70, tuner)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (37, 45, 29), (19, 300, 521)], ids=lambda s: "x".join(map(str, s)))
@@ -364,10 +363,7 @@ def test_tuner_keeps_the_faster_path_per_kind_of_call(monkeypatch, one_faster, m
         return real_materialized(x, weight, bias, stack, segments)
 
     real_materialized = triton_masked.segmented_linear_materialized
-    monkeypatch.setattr(triton_masked, "_INTERPRET", False)
-    monkeypatch.setattr(triton_masked, "_tuned_kernel", Autotuner())
-    monkeypatch.setattr(triton_masked, "_time", lambda fn: next(timings))
-    monkeypatch.setattr(triton_masked, "_tuned", {})
+    tuner = triton_masked.TritonTuner(Autotuner(), timer=lambda fn: next(timings), interpret=False)
     monkeypatch.setattr(triton_masked, "segmented_linear_materialized", spy)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n, k = 45, 29
@@ -376,25 +372,26 @@ def test_tuner_keeps_the_faster_path_per_kind_of_call(monkeypatch, one_faster, m
     stack = [pack_bits(_keep("random", n, k, seed=i)) for i in range(2)]
     on = lambda *ts: [t.to(device) for t in ts]  # noqa: E731
     mixed = Segments((0, 20, 41), (1, 0))
+    linear = triton_masked.segmented_masked_linear_triton
     for _ in range(2):  # the first round chooses, the second follows the choices
-        one = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(stack[1]), Segments((0, 41), (0,))).cpu()
+        one = linear(*on(x, w, b), on(stack[1]), Segments((0, 41), (0,)), tuner=tuner).cpu()
         assert torch.allclose(one, masked_linear_reference(x, w, b, stack[1]), atol=1e-4, rtol=1e-4)
-        got = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), mixed).cpu()
+        got = linear(*on(x, w, b), on(*stack), mixed, tuner=tuner).cpu()
         assert torch.allclose(got, REFERENCE.segmented_masked_linear(x, w, b, stack, mixed), atol=1e-4, rtol=1e-4)
-    tuned = triton_masked.tuned_for(41, n, k, torch.float32)
-    assert tuned is not None and len(triton_masked._tuned) == 1  # one key: tuned once
+    tuned = tuner.tuned_for(41, n, k, torch.float32)
+    assert tuned is not None and len(tuner.choices) == 1  # one key: tuned once
     assert {kind: c.materialize for kind, c in tuned.paths.items()} == {
         "one": one_faster == "materialized",
         "mixed": mixed_faster == "materialized",
     }
     served = [1] * (one_faster == "materialized") + [2] * (mixed_faster == "materialized")
     assert materialized == served * 2  # both rounds took the chosen paths
-    dense = triton_masked.segmented_masked_linear_triton(*on(x, w, b), on(*stack), Segments((0, 41), (-1,))).cpu()
+    dense = linear(*on(x, w, b), on(*stack), Segments((0, 41), (-1,)), tuner=tuner).cpu()
     assert torch.allclose(dense, x @ w.T + b, atol=1e-4)
-    monkeypatch.setattr(triton_masked, "_tuned", {})  # start-up: both kinds chosen and checked per bucket
+    tuner.choices.clear()  # start-up: both kinds chosen and checked per bucket
     timings = iter(timed[one_faster] + timed[mixed_faster])
     del materialized[:]
-    tune_and_check([(n, k)], torch.float32, device, 41)
+    tune_and_check([(n, k)], torch.float32, device, 41, tuner)
     assert materialized == served
 
 
@@ -419,3 +416,26 @@ def test_materialized_mixed_batch_matches_reference(with_bias):
         torch.stack(stack).to(device), segments,
     ).cpu()
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("launcher", ["triton", "cpu", "materialized"])
+def test_launchers_refuse_bits_that_do_not_pack_the_weight(launcher):
+    """Each launcher entry checks the packed mask's dtype, shape and row contiguity before launching, so a
+    wrong mask fails with a message instead of reading out of bounds."""
+    from router_core.kernels import cpu, triton_apply_bits, triton_masked
+
+    n, k = 45, 29
+    weight = torch.randn(n, k)
+    good = pack_bits(_keep("random", n, k))  # [45, 4]
+    wrong = {"dtype": good.to(torch.int16), "shape": good[:, :3].contiguous(), "stride": good.t().contiguous().t()}
+    x = torch.randn(5, k)
+    call = {
+        "triton": lambda bits: triton_masked.masked_linear_triton(x, weight, None, bits),
+        "cpu": lambda bits: cpu.masked_linear_tiled(x, weight, None, bits, 16),
+        "materialized": lambda bits: triton_apply_bits.masked_weight_triton(weight, bits, torch.empty(n, k)),
+    }[launcher]
+    call(good)
+    for what, bits in wrong.items():
+        with pytest.raises(AssertionError):
+            call(bits)
+            pytest.fail(f"bits with the wrong {what} were accepted")

@@ -13,10 +13,12 @@ silently falling back.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -57,6 +59,7 @@ class KernelBackend:
     masked_linear: MaskedLinearFn
     segmented_masked_linear: SegmentedFn
     prepare: PrepareFn = _nothing_to_prepare
+    tuner: Any = None  # what ``prepare`` and later calls chose (Triton: a ``TritonTuner``), for reports
 
 
 REFERENCE = KernelBackend("reference", masked_linear_reference, segmented_masked_linear_reference)
@@ -80,11 +83,13 @@ def _triton_backend(device: torch.device) -> KernelBackend:
         raise KernelUnavailableError(
             f"the triton backend needs a CUDA device (got {device}); set TRITON_INTERPRET=1 only for tests"
         )
+    tuner = triton_masked.TritonTuner()  # this backend's tuning state: tiles and paths chosen per shape
     return KernelBackend(
         "triton",
-        triton_masked.masked_linear_triton,
-        triton_masked.segmented_masked_linear_triton,
-        triton_tuning.tune,
+        functools.partial(triton_masked.masked_linear_triton, tuner=tuner),
+        functools.partial(triton_masked.segmented_masked_linear_triton, tuner=tuner),
+        functools.partial(triton_tuning.tune, tuner=tuner),
+        tuner,
     )
 
 

@@ -54,3 +54,15 @@ def count_kept(bits: torch.Tensor) -> int:
     """Number of set bits (kept weights) in a packed mask; padding bits are 0 by construction."""
     table = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64, device=bits.device)
     return int(table[bits.long()].sum().item())
+
+
+def check_packed_for(weight: torch.Tensor, bits: torch.Tensor) -> None:
+    """The launchers' precondition on a mask: ``bits`` is uint8 ``[N, ceil(K/8)]`` (or ``[S, N, ceil(K/8)]``)
+    for ``weight [N, K]``, on the weight's device, each row of bytes contiguous."""
+    n_out, k = weight.shape
+    assert bits.dtype == torch.uint8, f"packed bits must be uint8, not {bits.dtype}"
+    assert tuple(bits.shape[-2:]) == (n_out, packed_row_bytes(k)), (
+        f"bits {tuple(bits.shape)} do not pack a {n_out} x {k} weight"
+    )
+    assert bits.stride(-1) == 1 and bits.stride(-2) == bits.shape[-1], "each row of packed bits must be contiguous"
+    assert bits.device == weight.device, f"bits on {bits.device}, weight on {weight.device}"

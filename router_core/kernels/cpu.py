@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from router_core.errors import KernelUnavailableError
+from router_core.kernels.bits import check_packed_for
 from router_core.kernels.reference import DENSE_SEGMENT, Segments
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
@@ -52,7 +53,9 @@ def load_extension() -> ModuleType:
 
 
 def masked_weight_cpu(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``W * M`` as a dense ``[N, K]`` tensor, built in one fused pass (into ``out`` when given)."""
+    """``W * M`` as a dense ``[N, K]`` tensor, built in one fused pass (into ``out`` when given):
+    ``weight [N, K]``, ``bits [N, ceil(K/8)]`` uint8, ``out [N, K]`` contiguous in the weight's dtype."""
+    check_packed_for(weight, bits)
     if out is None:
         out = torch.empty_like(weight, memory_format=torch.contiguous_format)
     return load_extension().apply_bits_out(weight, bits, out)
@@ -74,7 +77,10 @@ def block_rows_for(k: int, element_size: int) -> int:
 def masked_linear_tiled(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor, block_rows: int
 ) -> torch.Tensor:
-    """``x [M, K] @ (W * M)^T + b`` -> ``[M, N]``, ``W`` masked ``block_rows`` rows at a time (see module doc)."""
+    """``x [M, K] @ (W * M)^T + b`` -> ``[M, N]``, ``W`` masked ``block_rows`` rows at a time (see module doc);
+    ``weight [N, K]``, ``bias [N]`` or ``None``, ``bits [N, ceil(K/8)]`` uint8."""
+    check_packed_for(weight, bits)
+    assert x.dim() == 2 and x.shape[1] == weight.shape[1], f"x {tuple(x.shape)}, weight {tuple(weight.shape)}"
     return load_extension().masked_linear_tiled(x, weight, bias, bits, block_rows)
 
 

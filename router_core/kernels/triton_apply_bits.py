@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from router_core.kernels.bits import check_packed_for
 from router_core.kernels.reference import DENSE_SEGMENT, Segments
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
@@ -40,9 +41,14 @@ def _apply_bits_kernel(w_ptr, bits_ptr, out_ptr, N, K, KB, BLOCK_N: tl.constexpr
 
 
 def masked_weight_triton(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Write ``W * M`` (``[N, K]``, contiguous like ``weight``) into ``out`` and return it."""
+    """Write ``W * M`` into ``out`` and return it: ``weight [N, K]``, ``bits [N, ceil(K/8)]`` uint8,
+    ``out [N, K]`` contiguous in the weight's dtype (a non-contiguous weight is copied first)."""
     n_out, k = weight.shape
-    weight, bits = weight.contiguous(), bits.contiguous()
+    check_packed_for(weight, bits)
+    assert out.shape == weight.shape and out.dtype == weight.dtype and out.is_contiguous(), (
+        f"out {tuple(out.shape)} {out.dtype} must be a contiguous {tuple(weight.shape)} {weight.dtype}"
+    )
+    weight = weight.contiguous()  # [N, K]
     grid = (-(-n_out // BLOCK_N), -(-k // BLOCK_K))
     _apply_bits_kernel[grid](weight, bits, out, n_out, k, bits.shape[1], BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
     return out

@@ -22,7 +22,8 @@ Two ways to read the bits are compiled, and the autotuner keeps the faster on th
 loads each byte once (``[BK/8, BN]``) and expands it into its 8 bits in registers.
 
 Tiles are autotuned per (rows bucket, N, K, dtypes) on CUDA and the choice is cached on disk by
-Triton, so a restart does not retune. The first one-mask and the first mixed-mask call of a key then
+Triton, so a restart does not retune; what was chosen lives in a :class:`TritonTuner`, which the Triton
+backend owns. The first one-mask and the first mixed-mask call of a key then
 time the best tiles against the materialized path (:mod:`triton_apply_bits`: ``W * M`` built once per
 mask, then cuBLAS), and later calls of each kind take the faster. Tile space and buckets:
 :mod:`triton_configs`; start-up tuning: :mod:`triton_tuning`.
@@ -40,17 +41,22 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 import triton.testing
 
+from router_core.kernels.bits import check_packed_for
 from router_core.kernels.reference import DENSE_SEGMENT, Segments
 from router_core.kernels.triton_apply_bits import segmented_linear_materialized
 from router_core.kernels.triton_configs import CONFIGS, INTERPRETER_CONFIG, prune_configs, row_bucket
 
 log = logging.getLogger(__name__)
+
+_INTERPRET = triton.knobs.runtime.interpret
+"""Read once: the kernels were created in this mode at import (TRITON_INTERPRET=1: tests on the CPU)."""
 
 
 @triton.jit
@@ -166,29 +172,30 @@ def segmented_masked_linear_triton(
     bits_stack: Sequence[torch.Tensor] | torch.Tensor,
     segments: Segments,
     config: triton.Config | None = None,
+    tuner: TritonTuner | None = None,
 ) -> torch.Tensor:
-    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]`` in one launch (``bits_stack``: ``[S, N, KB]``).
+    """Mixed-mask linear in one launch: ``y[r] = x[r] @ (W * M_s)^T + b`` for row ``r`` of segment ``s``.
 
-    ``config`` pins the tiles (tests); by default they are tuned on CUDA (and the call may then take the
-    materialized path, when that was timed faster for calls of its kind), fixed in the interpreter."""
+    Shapes: ``x [R, K]`` (row stride free, ``K`` contiguous or strided), ``weight [N, K]``, ``bias [N]`` or
+    ``None``, ``bits_stack [S, N, ceil(K/8)]`` uint8 (or a list of ``[N, ceil(K/8)]``), ``segments`` over
+    ``R`` rows with ids into the stack (``-1``: dense); returns ``[R, N]`` in ``x``'s dtype.
+    ``config`` pins the tiles (tests); else ``tuner`` (default: the process's) picks tiles, or the
+    materialized path when it was timed faster for calls of this kind."""
     n_out, k = weight.shape
     rows = x.shape[0]
     stack = bits_stack if isinstance(bits_stack, torch.Tensor) else _stack(bits_stack, n_out, (k + 7) // 8, x.device)
+    assert x.dim() == 2 and x.shape[1] == k, f"x {tuple(x.shape)} does not match weight {tuple(weight.shape)}"
+    check_packed_for(weight, stack)
+    assert bias is None or bias.shape == (n_out,), f"bias {tuple(bias.shape)}"
+    assert segments.offsets[-1] == rows, f"segments cover {segments.offsets[-1]} rows, x has {rows}"
     if rows == 0:
         return torch.empty(0, n_out, dtype=x.dtype, device=x.device)
     precision = input_precision(x.dtype)
-    if config is not None:
-        launch = _launch_kwargs(config)
-    elif _INTERPRET:
-        launch = _INTERPRETER_LAUNCH
-    else:
-        key = (row_bucket(rows), n_out, k, x.dtype, weight.dtype, precision)
-        tuned = _tuned.get(key) or _tune(key, x, weight, bias, stack, segments)
-        kind = "one" if len(segments.mask_ids) == 1 else "mixed"
-        choice = tuned.paths.get(kind) or _choose(tuned, kind, x, weight, bias, stack, segments)
-        if choice.materialize:
-            return segmented_linear_materialized(x, weight, bias, stack, segments)
-        launch = tuned.launch
+    launch = _launch_kwargs(config) if config is not None else (tuner or TUNER).launch_for(
+        x, weight, bias, stack, segments
+    )
+    if launch is None:
+        return segmented_linear_materialized(x, weight, bias, stack, segments)
     out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
     args, flags = _kernel_args(x, weight, bias, stack, segments, out, precision)
     grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
@@ -238,64 +245,68 @@ class Tuned:
     paths: dict[str, PathChoice]
 
 
-_tuned: dict[tuple, Tuned] = {}
-"""Per key ``(row bucket, N, K, x dtype, W dtype, precision)``: later calls launch directly, without the
-autotuner's per-call bookkeeping (host time that a small GEMM cannot hide)."""
-
-
-def _tune(
-    key: tuple,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stack: torch.Tensor,
-    segments: Segments,
-) -> Tuned:
-    """First call of a key: the autotuner picks the tiles (or reads Triton's disk cache)."""
-    rows, n_out = x.shape[0], weight.shape[0]
-    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
-    args, flags = _kernel_args(x, weight, bias, stack, segments, out, key[-1])
-    _tuned_kernel[_grid(rows, n_out)](*args, **flags)
-    config = _tuned_kernel.best_config
-    tuned = _tuned[key] = Tuned(config, _launch_kwargs(config), {})
-    return tuned
-
-
-def _choose(
-    tuned: Tuned,
-    kind: str,
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    stack: torch.Tensor,
-    segments: Segments,
-) -> PathChoice:
-    """First call of a kind for a key: the tuned tiles and the materialized path are timed on this
-    call's data and segmentation, and the faster is kept for every later call of that kind."""
-    rows, n_out = x.shape[0], weight.shape[0]
-    out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
-    args, flags = _kernel_args(x, weight, bias, stack, segments, out, input_precision(x.dtype))
-    launch = tuned.launch
-    grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
-    tiled_ms = _time(lambda: _segmented_masked_matmul_kernel[grid](*args, **flags, **launch))
-    materialized_ms = _time(lambda: segmented_linear_materialized(x, weight, bias, stack, segments))
-    choice = tuned.paths[kind] = PathChoice(materialized_ms < tiled_ms, tiled_ms, materialized_ms)
-    log.debug("%s calls of %s x %s: %s", kind, rows, tuple(weight.shape), choice)
-    return choice
-
-
-def tuned_for(rows: int, n_out: int, k: int, dtype: torch.dtype) -> Tuned | None:
-    """What the tuner chose for ``rows`` rows of a ``[n_out, k]`` layer in ``dtype`` (``None``: not yet)."""
-    return _tuned.get((row_bucket(rows), n_out, k, dtype, dtype, input_precision(dtype)))
-
-
 def _time(fn: Callable[[], object]) -> float:
     """Milliseconds per call of ``fn`` on the GPU (the tuner's timing budget)."""
     return float(_time_config(fn, quantiles=None))
 
 
-_INTERPRET = triton.knobs.runtime.interpret
-"""Read once: the kernels were created in this mode at import (TRITON_INTERPRET=1: tests on the CPU)."""
+class TritonTuner:
+    """The Triton backend's tuning state: per key ``(row bucket, N, K, x dtype, W dtype, precision)`` the
+    tiles the autotuner picked, and per kind of call (one mask, mixed masks) whether the tiles or the
+    materialized path is faster. Later calls of a key launch directly, without the autotuner's per-call
+    bookkeeping (host time that a small GEMM cannot hide).
+
+    ``autotuner`` (Triton's, over :data:`CONFIGS`), ``timer`` (ms per call of a thunk) and ``interpret``
+    (fixed tiles, nothing timed) can be stood in for: tests run the GPU dispatch on the CPU that way."""
+
+    def __init__(self, autotuner: Any = None, timer: Callable[[Callable[[], object]], float] = _time,
+                 interpret: bool | None = None) -> None:
+        self.autotuner = _tuned_kernel if autotuner is None else autotuner
+        self.timer = timer
+        self.interpret = _INTERPRET if interpret is None else interpret
+        self.choices: dict[tuple, Tuned] = {}
+
+    def launch_for(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stack: torch.Tensor,
+                   segments: Segments) -> dict | None:
+        """Launch keywords for this call's tiles, or ``None`` when the materialized path serves it. The
+        first call of a key tunes its tiles; the first of each kind then times both paths on its data."""
+        if self.interpret:
+            return _INTERPRETER_LAUNCH
+        key = (row_bucket(x.shape[0]), *weight.shape, x.dtype, weight.dtype, input_precision(x.dtype))
+        tuned = self.choices.get(key) or self._tune(key, x, weight, bias, stack, segments)
+        kind = "one" if len(segments.mask_ids) == 1 else "mixed"
+        choice = tuned.paths.get(kind) or self._choose(tuned, kind, x, weight, bias, stack, segments)
+        return None if choice.materialize else tuned.launch
+
+    def tuned_for(self, rows: int, n_out: int, k: int, dtype: torch.dtype) -> Tuned | None:
+        """What was chosen for ``rows`` rows of a ``[n_out, k]`` layer in ``dtype`` (``None``: not yet)."""
+        return self.choices.get((row_bucket(rows), n_out, k, dtype, dtype, input_precision(dtype)))
+
+    def _tune(self, key: tuple, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+              stack: torch.Tensor, segments: Segments) -> Tuned:
+        """First call of a key: the autotuner picks the tiles (or reads Triton's disk cache)."""
+        rows, n_out = x.shape[0], weight.shape[0]
+        out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+        args, flags = _kernel_args(x, weight, bias, stack, segments, out, key[-1])
+        self.autotuner[_grid(rows, n_out)](*args, **flags)
+        config = self.autotuner.best_config
+        tuned = self.choices[key] = Tuned(config, _launch_kwargs(config), {})
+        return tuned
+
+    def _choose(self, tuned: Tuned, kind: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stack: torch.Tensor, segments: Segments) -> PathChoice:
+        """First call of a kind for a key: the tuned tiles and the materialized path are timed on this
+        call's data and segmentation, and the faster is kept for every later call of that kind."""
+        rows, n_out = x.shape[0], weight.shape[0]
+        out = torch.empty(rows, n_out, dtype=x.dtype, device=x.device)  # [R, N]
+        args, flags = _kernel_args(x, weight, bias, stack, segments, out, input_precision(x.dtype))
+        launch = tuned.launch
+        grid = (_cdiv(rows, launch["BLOCK_M"]), _cdiv(n_out, launch["BLOCK_N"]))
+        tiled_ms = self.timer(lambda: _segmented_masked_matmul_kernel[grid](*args, **flags, **launch))
+        materialized_ms = self.timer(lambda: segmented_linear_materialized(x, weight, bias, stack, segments))
+        choice = tuned.paths[kind] = PathChoice(materialized_ms < tiled_ms, tiled_ms, materialized_ms)
+        log.debug("%s calls of %s x %s: %s", kind, rows, tuple(weight.shape), choice)
+        return choice
 
 
 def _launch_kwargs(config: triton.Config) -> dict:
@@ -304,6 +315,8 @@ def _launch_kwargs(config: triton.Config) -> dict:
 
 
 _INTERPRETER_LAUNCH = _launch_kwargs(INTERPRETER_CONFIG)
+TUNER = TritonTuner()
+"""The process's tuner: what calls without one of their own use (the Triton backend passes its own)."""
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -333,11 +346,14 @@ def _stack(bits: Sequence[torch.Tensor], n_out: int, kb: int, device: torch.devi
 
 
 def masked_linear_triton(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor,
+    tuner: TritonTuner | None = None,
 ) -> torch.Tensor:
-    """``x @ (W * M)^T + b`` for ``x [..., K]``; returns ``[..., N]`` (one segment, one mask)."""
+    """``x @ (W * M)^T + b`` for ``x [..., K]``, ``weight [N, K]``, ``bits [N, ceil(K/8)]`` uint8; returns
+    ``[..., N]`` (one segment, one mask)."""
     rows = x.reshape(-1, x.shape[-1])  # [R, K]
-    out = segmented_masked_linear_triton(rows, weight, bias, bits.unsqueeze(0), single_segment(rows.shape[0]))
+    out = segmented_masked_linear_triton(rows, weight, bias, bits.unsqueeze(0), single_segment(rows.shape[0]),
+                                         tuner=tuner)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -346,4 +362,4 @@ def single_segment(rows: int) -> Segments:
     return Segments((0, rows), (0,))
 
 
-__all__ = ["DENSE_SEGMENT", "masked_linear_triton", "segmented_masked_linear_triton"]
+__all__ = ["DENSE_SEGMENT", "TritonTuner", "masked_linear_triton", "segmented_masked_linear_triton"]

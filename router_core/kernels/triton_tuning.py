@@ -16,13 +16,13 @@ import time
 from collections.abc import Iterable
 
 import torch
-import triton
 
 from router_core.errors import KernelUnavailableError
 from router_core.kernels import triton_masked
 from router_core.kernels.bits import pack_bits
 from router_core.kernels.reference import Segments, masked_linear_reference
 from router_core.kernels.triton_configs import LAST_BUCKET, ROW_BUCKETS
+from router_core.kernels.triton_masked import TritonTuner
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,15 @@ def tuning_rows(max_rows: int) -> list[int]:
     return counts
 
 
-def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int) -> None:
+def tune(
+    layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int,
+    tuner: TritonTuner,
+) -> None:
     """The Triton backend's ``prepare``: :func:`tune_and_check` on CUDA; nothing to tune in the interpreter."""
-    if triton.knobs.runtime.interpret:
+    if tuner.interpret:
         return
     started = time.perf_counter()
-    tune_and_check(layer_shapes, dtype, device, max_rows)
+    tune_and_check(layer_shapes, dtype, device, max_rows, tuner)
     MASKED_WEIGHTS.buffers.clear()  # this (start-up) thread's scratch: the model thread keeps its own
     log.info(
         "triton kernels tuned and checked for %d row buckets up to %d rows in %.1f s",
@@ -53,7 +56,8 @@ def tune(layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: to
 
 
 def tune_and_check(
-    layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int
+    layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device, max_rows: int,
+    tuner: TritonTuner,
 ) -> None:
     """Tune every (row bucket up to ``max_rows``, layer shape) key now and check what was chosen."""
     gen = torch.Generator(device=device).manual_seed(0)
@@ -67,20 +71,21 @@ def tune_and_check(
             what = f"{rows}x{k}->{n_out}"
             one = masked_linear_reference(x, weight, bias, two_masks[0])  # [R, N]
             got = triton_masked.segmented_masked_linear_triton(
-                x, weight, bias, two_masks[:1], triton_masked.single_segment(rows)
+                x, weight, bias, two_masks[:1], triton_masked.single_segment(rows), tuner=tuner
             )  # the first call of a key tunes it
-            check_close_to_reference(got, one, f"{what}, one mask, {_served(rows, n_out, k, dtype, 'one')}")
+            check_close_to_reference(got, one, f"{what}, one mask, {_served(tuner, rows, n_out, k, dtype, 'one')}")
             # a mixed-mask batch: its path is chosen now (and the tiles' segmented variant compiled), not on a request
             half = rows // 2
             mixed = Segments((0, half, rows), (0, 1))
-            got = triton_masked.segmented_masked_linear_triton(x, weight, bias, two_masks, mixed)
+            got = triton_masked.segmented_masked_linear_triton(x, weight, bias, two_masks, mixed, tuner=tuner)
             expected = torch.cat([one[:half], masked_linear_reference(x[half:], weight, bias, two_masks[1])])
-            check_close_to_reference(got, expected, f"{what}, two masks, {_served(rows, n_out, k, dtype, 'mixed')}")
+            served = _served(tuner, rows, n_out, k, dtype, "mixed")
+            check_close_to_reference(got, expected, f"{what}, two masks, {served}")
 
 
-def _served(rows: int, n_out: int, k: int, dtype: torch.dtype, kind: str) -> str:
+def _served(tuner: TritonTuner, rows: int, n_out: int, k: int, dtype: torch.dtype, kind: str) -> str:
     """What calls of ``kind`` take for this key, for error messages."""
-    tuned = triton_masked.tuned_for(rows, n_out, k, dtype)
+    tuned = tuner.tuned_for(rows, n_out, k, dtype)
     choice = tuned.paths.get(kind) if tuned is not None else None
     if tuned is None or choice is None:
         return "the interpreter's tiles"
