@@ -24,7 +24,7 @@ from router_core.kernels.backend import select_backend
 from router_core.maskable import routing
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--kernel", default=None, help="reference | cpu | triton (default: auto)")
@@ -33,7 +33,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--graph", action="store_true", help="also time (b)'s encoder from CUDA graphs (GPU)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     backbone = Backbone.from_model(Wav2Vec2Model(Wav2Vec2Config()), device=args.device, dtype=dtype)
@@ -74,39 +78,26 @@ def main() -> None:
         f"device={args.device} dtype={args.dtype} kernel={backend.name} params={params / 1e6:.1f}M "
         f"threads={torch.get_num_threads()}"
     )
-    print(
-        markdown_table(
-            ["benchmark", "baseline", "baseline s", "measured", "measured s", "ratio"],
-            [
-                [
-                    f"(b) 1 x {args.seconds:g}s forward",
-                    "dense (no mask)",
-                    f"{times_b['dense']:.3f}",
-                    "masked 0.9 FFN",
-                    f"{times_b['masked']:.3f}",
-                    f"{times_b['masked'] / times_b['dense']:.3f}",
-                ],
-                [
-                    f"(b') 1 x {args.seconds:g}s request",
-                    "dense (no mask)",
-                    f"{times_b['dense']:.3f}",
-                    "Router.forward (+ head, decoding)",
-                    f"{times_b['request']:.3f}",
-                    f"{times_b['request'] / times_b['dense']:.3f}",
-                ],
-                [
-                    f"(c) {len(names)} x {args.seconds:g}s batch",
-                    f"{len(names)} x one mask",
-                    f"{times_c['one mask']:.3f}",
-                    f"{len(names)} different masks",
-                    f"{times_c['all different']:.3f}",
-                    f"{times_c['all different'] / times_c['one mask']:.3f}",
-                ],
-            ],
-        )
-    )
+    print(_table(args, len(names), times_b, times_c))
     if graph_b is not None:
         print(graph_b)
+
+
+def _table(args: argparse.Namespace, n: int, times_b: dict[str, float], times_c: dict[str, float]) -> str:
+    """Rows (b), (b') and (c): baseline and measured seconds, and their ratio."""
+    seconds = f"{args.seconds:g}s"
+    rows = [
+        (f"(b) 1 x {seconds} forward", "dense (no mask)", times_b["dense"], "masked 0.9 FFN", times_b["masked"]),
+        (f"(b') 1 x {seconds} request", "dense (no mask)", times_b["dense"], "Router.forward (+ head, decoding)",
+         times_b["request"]),
+        (f"(c) {n} x {seconds} batch", f"{n} x one mask", times_c["one mask"], f"{n} different masks",
+         times_c["all different"]),
+    ]
+    return markdown_table(
+        ["benchmark", "baseline", "baseline s", "measured", "measured s", "ratio"],
+        [[what, base, f"{base_s:.3f}", got, f"{got_s:.3f}", f"{got_s / base_s:.3f}"]
+         for what, base, base_s, got, got_s in rows],
+    )
 
 
 def _masked_encode(router: Router, waves: list[torch.Tensor], name: str) -> object:

@@ -19,7 +19,7 @@ segment's mask through the selected kernel backend.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -170,8 +170,3 @@ def install_masked_linears(base_model: nn.Module, num_layers: int) -> dict[str, 
         setattr(parent, attr, wrapped)
         installed[name] = wrapped
     return installed
-
-
-def layer_shapes(layers: dict[str, MaskedLinear], names: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """``{name: (out_features, in_features)}`` for ``names``."""
-    return {n: (layers[n].out_features, layers[n].in_features) for n in names}

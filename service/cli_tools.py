@@ -281,6 +281,14 @@ def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: boo
 
 
 def add_tool_commands(sub: argparse._SubParsersAction) -> None:
+    """train, prune, finetune, eval, export, analyze, data synth and bundle pretrain."""
+    _add_training_commands(sub)
+    _add_evaluation_commands(sub)
+    _add_data_commands(sub)
+    _add_bundle_commands(sub)
+
+
+def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="learn a mask (and head) for a language or task")
     _common(train)
     train.add_argument("--name", required=True, help="mask name, e.g. fr or speaker")
@@ -299,6 +307,8 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     _training(finetune, keep=1.0, init="kaiming", attention=False)
     finetune.set_defaults(run=run_finetune, lr=1e-4)
 
+
+def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("eval", help="CER/WER or accuracy of a mask or a checkpoint over a manifest")
     evaluate.add_argument("--manifest", required=True)
     evaluate.add_argument("--mask")
@@ -325,6 +335,8 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     analyze.add_argument("--out", required=True)
     analyze.set_defaults(run=run_analyze)
 
+
+def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="corpora").add_subparsers(dest="data_command", required=True)
     synth = data.add_parser("synth", help="synthesize a multilingual corpus with espeak-ng")
     synth.add_argument("--out", help="corpus folder (required unless --write-plan)")
@@ -348,6 +360,8 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
     synth.add_argument("--quiet", action="store_true")
     synth.set_defaults(run=run_synth)
 
+
+def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     bundle = sub.add_parser("bundle", help="build the bundled default model").add_subparsers(
         dest="bundle_command", required=True
     )
