@@ -8,13 +8,14 @@ Outputs come back in the caller's order.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from router_core.backbone import SAMPLE_RATE, Backbone
-from router_core.ctc_beam import ctc_beam_decode
+from router_core.decode_pool import BeamJob
 from router_core.decoding import Classification, Transcript, classify, ctc_greedy_decode
 from router_core.errors import InvalidInputError, MaskKindError, S3RouterError
 from router_core.heads import MaskKind
@@ -32,9 +33,10 @@ class RoutedOutput:
     kind: MaskKind
     logits: torch.Tensor  # CTC: [T_i, V]; classification: [L]
     audio_seconds: float
-    transcript: Transcript | None = None
+    transcript: Transcript | None = None  # None while ``beam`` is pending
     classification: Classification | None = None
     decoder: str | None = None  # CTC: "beam+lm" or "greedy"
+    beam: BeamJob | None = None  # a beam search left to the caller (``forward(defer_beam=True)``)
 
 
 DECODERS = ("auto", "greedy")
@@ -107,11 +109,18 @@ class Router:
         return order, RoutingPlan(Segments(tuple(offsets), tuple(mask_ids)), layer_bits, self.backend)
 
     def forward(
-        self, waves: Sequence[torch.Tensor], mask_names: Sequence[str], expect_kind: MaskKind | None = None
+        self,
+        waves: Sequence[torch.Tensor],
+        mask_names: Sequence[str],
+        expect_kind: MaskKind | None = None,
+        defer_beam: bool = False,
     ) -> list[RoutedOutput]:
         """Run ``waves[i]`` (1-D, 16 kHz) through mask ``mask_names[i]``; outputs in input order.
 
         ``expect_kind`` (``ctc`` or ``classify``), when given, refuses masks of the other kind.
+        ``defer_beam``: a CTC item whose mask has a language model comes back with its log posteriors in
+        ``logits``, ``transcript=None`` and the search to run in ``beam`` (off this thread: a
+        :class:`~router_core.decode_pool.DecodePool`); greedy and classification items are decoded here.
         """
         if len(waves) != len(mask_names):
             raise InvalidInputError(f"{len(waves)} waveforms but {len(mask_names)} mask names")
@@ -128,28 +137,49 @@ class Router:
         with routing(plan):
             # [B, T, D] or, when a head mixes layers, [S + 1, B, T, D]; frames [B]
             hidden, frames = self.backbone.encode([checked[i] for i in order], all_layers)
+        logits = self._heads(hidden, frames, [masks[i] for i in order], plan.segments)
         results: list[RoutedOutput | None] = [None] * len(waves)
-        with torch.inference_mode():
-            for row, item in enumerate(order):
-                rows = hidden[..., row : row + 1, :, :]  # [1, T, D] or [S + 1, 1, T, D]
-                logits = masks[item].head(rows, frames[row : row + 1])[0]  # [T, V] or [L]
-                if masks[item].kind == "ctc":
-                    logits = logits[: int(frames[row])]
-                results[item] = self._decode(masks[item], logits.float().cpu(), checked[item])
+        for row, item in enumerate(order):
+            results[item] = self._decode(masks[item], logits[row], checked[item], defer_beam)
         done = [r for r in results if r is not None]
         if len(done) != len(waves):  # a routing bug must not hand callers someone else's answer
             raise S3RouterError(f"the router returned {len(done)} outputs, expected {len(waves)}")
         return done
 
-    def _decode(self, loaded: LoadedMask, logits: torch.Tensor, wave: torch.Tensor) -> RoutedOutput:
+    @staticmethod
+    def _heads(
+        hidden: torch.Tensor, frames: torch.Tensor, masks: Sequence[LoadedMask], segments: Segments
+    ) -> list[torch.Tensor]:
+        """Each row's head output on the host, float32: CTC ``[T_i, V]`` (its valid frames), classification
+        ``[L]``. The rows of one segment share a mask: its head runs once over them. Every output then
+        reaches the host in one copy (one device sync per batch, not one per item)."""
+        outputs = []
+        with torch.inference_mode():
+            for start, end in itertools.pairwise(segments.offsets):
+                rows = hidden[..., start:end, :, :]  # [n, T, D] or [S + 1, n, T, D]
+                outputs.append(masks[start].head(rows, frames[start:end]).float())  # [n, T, V] or [n, L]
+            host = torch.cat([o.reshape(-1) for o in outputs]).cpu()  # one transfer
+        per_row: list[torch.Tensor] = []
+        offset = 0
+        for out in outputs:
+            for row in host[offset : offset + out.numel()].view(out.shape):  # [T, V] or [L]
+                per_row.append(row[: int(frames[len(per_row)])] if row.dim() == 2 else row)
+            offset += out.numel()
+        return per_row
+
+    def _decode(self, loaded: LoadedMask, logits: torch.Tensor, wave: torch.Tensor, defer_beam: bool) -> RoutedOutput:
         out = RoutedOutput(loaded.name, loaded.kind, logits, wave.shape[0] / SAMPLE_RATE)
         lm = loaded.mask.lm
+        seconds = self.backbone.seconds_per_frame
         if loaded.kind == "ctc" and lm is not None and self.decoder == "auto":
-            seconds = self.backbone.seconds_per_frame
-            out.transcript = ctc_beam_decode(logits, loaded.mask.head, seconds, lm.model, lm.settings)
+            job = BeamJob(lm, loaded.mask.head, seconds)
             out.decoder = "beam+lm"
+            if defer_beam:
+                out.beam = job
+            else:
+                out.transcript = job.run(logits)
         elif loaded.kind == "ctc":
-            out.transcript = ctc_greedy_decode(logits, loaded.mask.head, self.backbone.seconds_per_frame)
+            out.transcript = ctc_greedy_decode(logits, loaded.mask.head, seconds)
             out.decoder = "greedy"
         else:
             out.classification = classify(logits, loaded.mask.head)

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,15 +99,22 @@ class BatchReport:
 
 
 RunBatch = Callable[[list[torch.Tensor], list[str]], list[RoutedOutput]]
+Finish = Callable[[RoutedOutput], Awaitable[RoutedOutput]]
 
 
 class Batcher:
-    """Collects requests into batches and runs them on one dedicated executor thread."""
+    """Collects requests into batches and runs them on one dedicated executor thread.
+
+    With ``finish``, an output that still has work pending (a beam search: ``out.beam``) is finished by
+    it while the next batch already runs on the model thread (a pipeline); at most ``max_finishing``
+    outputs wait for it, after which the next batch waits for room."""
 
     def __init__(
         self,
         run_batch: RunBatch,
         *,
+        finish: Finish | None = None,
+        max_finishing: int | None = None,
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
@@ -115,6 +122,9 @@ class Batcher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.run_batch = run_batch
+        self.finish = finish
+        self.max_finishing = max_finishing or 4 * max_batch
+        self._finishing: set[asyncio.Task[None]] = set()
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
@@ -137,6 +147,9 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._finishing):
+            task.cancel()
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         for item in self.queue:
             if item.future is not None and not item.future.done():
                 item.future.set_exception(DeadlineExceededError("the service is shutting down"))
@@ -185,6 +198,8 @@ class Batcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=delay)
                 continue
+            while len(self._finishing) >= self.max_finishing:  # the decode stage is the bottleneck: wait for it
+                await asyncio.wait(self._finishing, return_when=asyncio.FIRST_COMPLETED)
             batch, dead = take_batch(self.queue, self.max_batch, self.clock())
             for item in dead:
                 if item.future is not None and not item.future.done():
@@ -209,14 +224,12 @@ class Batcher:
         elapsed = finished - started
         for item, out in zip(batch, outputs, strict=True):
             item.started_at, item.finished_at = started, finished
-            if item.future is None or item.future.done():
-                continue
-            if not isinstance(out, BaseException):
-                out = kind_mismatch(item, out) or out
-            if isinstance(out, BaseException):
-                item.future.set_exception(out)
-            else:
-                item.future.set_result(out)
+            if isinstance(out, BaseException) or out.beam is None or self.finish is None:
+                _settle(item, out)
+            else:  # the model thread goes on with the next batch meanwhile
+                task = loop.create_task(self._finish(item, out), name=f"s3r-finish-{item.id}")
+                self._finishing.add(task)
+                task.add_done_callback(self._finishing.discard)
         if self.on_batch is not None:
             report = BatchReport(
                 size=len(batch),
@@ -230,6 +243,20 @@ class Batcher:
             except Exception:  # noqa: BLE001 - metrics can never fail a request
                 log.exception("batch metrics failed")
 
+    async def _finish(self, item: Pending, out: RoutedOutput) -> None:
+        assert self.finish is not None
+        result: RoutedOutput | BaseException
+        try:
+            result = await self.finish(out)
+        except asyncio.CancelledError:
+            _settle(item, DeadlineExceededError("the service is shutting down"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - this item's decoding failed; its neighbours are unaffected
+            log.exception("finishing request %d failed", item.id)
+            result = exc
+        item.finished_at = self.clock()
+        _settle(item, result)
+
     async def _isolate(
         self, loop: asyncio.AbstractEventLoop, batch: list[Pending]
     ) -> list[RoutedOutput | BaseException]:
@@ -241,3 +268,15 @@ class Batcher:
             except Exception as exc:  # noqa: BLE001
                 results.append(exc)
         return results
+
+
+def _settle(item: Pending, out: RoutedOutput | BaseException) -> None:
+    """Hand ``out`` to ``item``'s caller (unless it is gone): a result of the requested kind, or an error."""
+    if item.future is None or item.future.done():
+        return
+    if not isinstance(out, BaseException):
+        out = kind_mismatch(item, out) or out
+    if isinstance(out, BaseException):
+        item.future.set_exception(out)
+    else:
+        item.future.set_result(out)

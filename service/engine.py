@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from router_core.backbone import Backbone, load_backbone
+from router_core.decode_pool import DecodePool
 from router_core.errors import BackboneError
 from router_core.heads import HeadSpec
 from router_core.kernels.backend import select_backend
@@ -18,7 +20,7 @@ from router_core.mask_builder import random_mask
 from router_core.mask_file import encode_mask
 from router_core.redis_store import RedisStore, RegistryWatcher
 from router_core.registry import DirectoryStore, MaskRegistry
-from router_core.router import Router
+from router_core.router import RoutedOutput, Router
 from router_core.stores import open_store
 from service.settings import ServiceSettings
 
@@ -42,14 +44,28 @@ class Engine:
     description: str
     is_demo: bool = False
     watcher: RegistryWatcher | None = None  # set for a Redis registry: hot reload across replicas
+    decode_pool: DecodePool = field(default_factory=lambda: DecodePool(0))  # beam searches off the model thread
 
     @property
     def registry_degraded(self) -> bool:
         return self.watcher is not None and self.watcher.degraded
 
+    def run_batch(self, waves: list[torch.Tensor], mask_names: list[str]) -> list[RoutedOutput]:
+        """The model thread's part of a batch: beam searches are left to :meth:`finish` when the pool has
+        workers."""
+        return self.router.forward(waves, mask_names, defer_beam=self.decode_pool.workers > 0)
+
+    async def finish(self, out: RoutedOutput) -> RoutedOutput:
+        """Run ``out``'s pending beam search in the decode pool (awaiting it, off the event loop)."""
+        if out.beam is not None:
+            out.transcript = await asyncio.wrap_future(self.decode_pool.submit(out.beam, out.logits))
+            out.beam = None
+        return out
+
     def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        self.decode_pool.close()
 
 
 def demo_backbone(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Backbone:
@@ -101,4 +117,4 @@ def build_engine(settings: ServiceSettings) -> Engine:
     backend = select_backend(backbone.device, settings.kernel)  # "auto" included: the settings are the only source
     watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None
     router = Router(backbone, registry, backend, settings.decoder)
-    return Engine(backbone, registry, router, description, is_demo, watcher)
+    return Engine(backbone, registry, router, description, is_demo, watcher, DecodePool(settings.decode_workers))

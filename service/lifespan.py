@@ -53,7 +53,8 @@ async def _start(state: AppState, engine_factory: EngineFactory) -> None:
         state.speech_detector = await run_in_threadpool(SpeechDetector, settings.vad_threshold)
     await run_in_threadpool(warm_up, engine, settings)
     batcher = Batcher(
-        engine.router.forward,
+        engine.run_batch,
+        finish=engine.finish,
         max_batch=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
         max_queue=settings.max_queue,
@@ -89,4 +90,16 @@ def warm_up(engine: Engine, settings: ServiceSettings) -> list[str]:
             log.warning("warm-up skipped mask %s: %s", name, exc)
         if len(warmed) == 2:  # ctc and classify
             break
+    _start_decode_workers(engine, warmed.get("ctc"), wave)
     return list(warmed.values())
+
+
+def _start_decode_workers(engine: Engine, ctc_mask: str | None, wave: torch.Tensor) -> None:
+    """One beam search per decode worker at once, so every worker process is started (and has imported
+    torch) before the first request, not on it."""
+    if ctc_mask is None or engine.decode_pool.workers == 0:
+        return
+    outs = [engine.router.forward([wave], [ctc_mask], defer_beam=True)[0] for _ in range(engine.decode_pool.workers)]
+    jobs = [engine.decode_pool.submit(out.beam, out.logits) for out in outs if out.beam is not None]
+    for job in jobs:
+        job.result()

@@ -36,6 +36,10 @@ class ServiceSettings(BaseSettings):
     decoder: Literal["auto", "greedy"] = Field(
         default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"
     )
+    decode_workers: int = Field(
+        default=1, ge=0, le=256,
+        description="processes running beam searches while the model thread runs the next batch; 0: none",
+    )
     vad: bool = Field(
         default=True, description="silero-vad speech gate: audio without speech gets an empty transcript"
     )

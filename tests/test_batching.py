@@ -168,3 +168,78 @@ def test_a_cancelled_item_frees_its_queue_slot_at_once():
 
     _run(scenario())
     assert model.batches == [["fr"], ["es"]]
+
+
+def test_the_next_batch_runs_while_the_last_one_finishes_and_a_failed_finish_stays_its_own():
+    """With a finish stage (beam search in the decode pool), the model thread does not wait for it: the
+    second batch runs while the first batch's outputs are still being finished. A finish that fails
+    fails only its own request."""
+    model = RecordingModel()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    def deferring(waves, masks):
+        outs = model(waves, masks)
+        for out in outs:
+            out.beam = object()  # a pending beam search
+        return outs
+
+    async def finish(out):
+        if out.mask_name == "bad":
+            raise RuntimeError("decoder crashed")
+        await release.wait()
+        out.beam = None
+        finished.append(out.mask_name)
+        return out
+
+    async def scenario():
+        batcher = Batcher(deferring, finish=finish, max_batch=2, max_wait_s=0.0, max_queue=8)
+        batcher.start()
+        first = [batcher.submit(torch.zeros(100), m, "ctc", 5.0) for m in ("fr", "bad")]
+        while len(model.batches) < 1:
+            await asyncio.sleep(0.01)
+        second = batcher.submit(torch.zeros(100), "de", "ctc", 5.0)
+        while len(model.batches) < 2:  # runs although the first batch's finish is still blocked
+            await asyncio.sleep(0.01)
+        assert finished == []
+        with pytest.raises(RuntimeError, match="decoder crashed"):
+            await batcher.result(first[1])
+        release.set()
+        outs = [await batcher.result(first[0]), await batcher.result(second)]
+        await batcher.stop()
+        return outs
+
+    outs = _run(scenario())
+    assert model.batches == [["fr", "bad"], ["de"]]
+    assert [o.mask_name for o in outs] == ["fr", "de"] and all(o.beam is None for o in outs)
+    assert sorted(finished) == ["de", "fr"]
+
+
+def test_a_full_finish_stage_holds_the_next_batch_back():
+    """At most ``max_finishing`` outputs wait for the finish stage; the next batch waits for room."""
+    model = RecordingModel()
+    release = asyncio.Event()
+
+    def deferring(waves, masks):
+        outs = model(waves, masks)
+        for out in outs:
+            out.beam = object()
+        return outs
+
+    async def finish(out):
+        await release.wait()
+        return out
+
+    async def scenario():
+        batcher = Batcher(deferring, finish=finish, max_finishing=1, max_batch=1, max_wait_s=0.0, max_queue=8)
+        batcher.start()
+        items = [batcher.submit(torch.zeros(100), m, "ctc", 5.0) for m in ("a", "b")]
+        await asyncio.sleep(0.2)
+        held = list(model.batches)
+        release.set()
+        await asyncio.gather(*(batcher.result(i) for i in items))
+        await batcher.stop()
+        return held
+
+    assert _run(scenario()) == [["a"]]
+    assert model.batches == [["a"], ["b"]]
