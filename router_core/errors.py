@@ -22,13 +22,18 @@ class InvalidMaskNameError(InvalidInputError):
 
 
 # --- masks and the registry -----------------------------------------------------------------------
+LISTED_NAMES = 20  # mask names an error message lists at most
+
+
 class MaskNotFoundError(S3RouterError):
     """No mask of that name exists in the registry's store."""
 
     def __init__(self, name: str, available: list[str] | None = None) -> None:
         self.name = name
         self.available = sorted(available or [])
-        listing = ", ".join(self.available) if self.available else "none"
+        listing = ", ".join(self.available[:LISTED_NAMES]) if self.available else "none"
+        if len(self.available) > LISTED_NAMES:
+            listing += f" and {len(self.available) - LISTED_NAMES} more (GET /masks lists them)"
         super().__init__(f"no mask named {name!r}; available: {listing}")
 
 

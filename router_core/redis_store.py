@@ -120,7 +120,7 @@ class RegistryWatcher:
         try:
             if op == "delete":
                 self.registry.evict(name)
-            elif any(m.name == name for m in self.registry.resident()):
+            elif self.registry.is_resident(name):
                 self.registry.reload(name)  # validates first; a bad change leaves the old mask serving
         except S3RouterError as exc:
             log.warning("change to mask %s not applied: %s", name, exc)

@@ -137,6 +137,7 @@ class MaskRegistry:
         self.budget_bytes = int(budget_bytes)
         self.stats = RegistryStats()
         self._resident: OrderedDict[str, LoadedMask] = OrderedDict()
+        self._resident_bytes = 0  # sum of the resident masks' nbytes, kept as they come and go
         self._lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
 
@@ -148,10 +149,12 @@ class MaskRegistry:
         with self._lock:
             return list(self._resident.values())
 
+    def is_resident(self, name: str) -> bool:
+        return name in self._resident
+
     @property
     def resident_bytes(self) -> int:
-        with self._lock:
-            return sum(m.nbytes for m in self._resident.values())
+        return self._resident_bytes
 
     # --- loading ---------------------------------------------------------------------------------
     def prepare(self, data: bytes, expected_name: str | None = None) -> LoadedMask:
@@ -220,15 +223,22 @@ class MaskRegistry:
         """Insert a validated mask, evicting least-recently-used ones to stay within the budget."""
         self._check_fits(loaded)
         with self._lock:
-            self._resident.pop(loaded.name, None)
-            used = sum(m.nbytes for m in self._resident.values())
-            while self._resident and used + loaded.nbytes > self.budget_bytes:
-                victim_name, victim = self._resident.popitem(last=False)
-                used -= victim.nbytes
+            self._drop(loaded.name)
+            while self._resident and self._resident_bytes + loaded.nbytes > self.budget_bytes:
+                victim_name = next(iter(self._resident))  # least recently used
+                self._drop(victim_name)
                 self.stats.evictions += 1
                 self.stats.evicted = [*self.stats.evicted[-31:], victim_name]
             self._resident[loaded.name] = loaded
+            self._resident_bytes += loaded.nbytes
             self.stats.loads += 1
+
+    def _drop(self, name: str) -> bool:
+        """Remove ``name``'s resident copy, if any (under the lock); O(1) whatever is resident."""
+        gone = self._resident.pop(name, None)
+        if gone is not None:
+            self._resident_bytes -= gone.nbytes
+        return gone is not None
 
     # --- changes ---------------------------------------------------------------------------------
     def put(self, data: bytes, name: str | None = None) -> LoadedMask:
@@ -248,11 +258,11 @@ class MaskRegistry:
     def delete(self, name: str) -> None:
         validate_mask_name(name)
         with self._lock:
-            self._resident.pop(name, None)
+            self._drop(name)
         if not self.store.delete(name):
             raise MaskNotFoundError(name, self.available())
 
     def evict(self, name: str) -> bool:
         """Drop the resident copy only (the store keeps the file)."""
         with self._lock:
-            return self._resident.pop(name, None) is not None
+            return self._drop(name)

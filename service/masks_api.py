@@ -51,7 +51,7 @@ def _read_described(registry: MaskRegistry, name: str) -> dict[str, Any]:
     data = registry.store.read(validate_mask_name(name))
     mask = decode_mask(data)
     check_compatible(mask, registry.spec)
-    resident = any(m.name == name for m in registry.resident())
+    resident = registry.is_resident(name)
     return describe(mask, resident, len(data))
 
 

@@ -117,3 +117,30 @@ def test_lookups_of_unknown_names_leave_nothing_behind(make_registry, bb):
         with pytest.raises(MaskNotFoundError):
             registry.get(f"nope{i}")
     assert registry._load_locks == {} and registry.resident() == []
+
+
+def test_resident_bytes_follow_loads_evictions_replacements_and_deletes(bb, make_registry):
+    """The byte count is kept as masks come and go (no sum over every resident mask per miss); it must
+    equal the sum of what is resident after any mix of changes."""
+    names = [f"m{i}" for i in range(6)]
+    probe = encode_mask(random_mask(bb.spec(), "m0", ctc_spec(), bb.default_layer_names(), 0.9, seed=1))
+    one = make_registry(bb, sub="probe").prepare(probe).nbytes  # every mask of this backbone has this size
+    registry = make_registry(bb, budget_bytes=3 * one)
+    add_masks(registry, bb, names)  # 6 puts into room for 3: evictions
+    for name in ["m0", "m5", "m2", "m5"]:  # misses load, hits reorder
+        registry.get(name)
+    add_masks(registry, bb, ["m5"])  # a replacement
+    registry.evict("m2")
+    registry.delete("m0")
+
+    def counted() -> int:
+        return sum(m.nbytes for m in registry.resident())
+
+    assert registry.resident_bytes == counted() <= 3 * one
+    assert registry.is_resident("m5") and not registry.is_resident("m0")
+    assert registry.stats.evictions >= 3
+
+
+def test_a_missing_mask_names_at_most_twenty_of_the_others():
+    err = MaskNotFoundError("xx", [f"lang{i:03d}" for i in range(1000)])
+    assert "lang019" in str(err) and "lang020" not in str(err) and "980 more (GET /masks" in str(err)
