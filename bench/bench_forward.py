@@ -18,7 +18,7 @@ import tempfile
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from bench.timing import cuda_graph_medians, interleaved_medians, markdown_table
+from bench.timing import cuda_graph_medians, interleaved_medians, machine_name, markdown_table
 from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
 from router_core.kernels.backend import select_backend
 from router_core.maskable import routing
@@ -75,8 +75,8 @@ def main() -> None:
         )
         graph_b = _encoder_from_graphs(router, one, args.repeats) if args.graph else None  # last: may fail
     print(
-        f"device={args.device} dtype={args.dtype} kernel={backend.name} params={params / 1e6:.1f}M "
-        f"threads={torch.get_num_threads()}"
+        f"device={args.device} ({machine_name()}) dtype={args.dtype} kernel={backend.name} "
+        f"params={params / 1e6:.1f}M threads={torch.get_num_threads()}"
     )
     print(_table(args, len(names), times_b, times_c))
     if graph_b is not None:

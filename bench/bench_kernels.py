@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from bench.timing import cuda_graph_medians, interleaved_medians, markdown_table
+from bench.timing import cuda_graph_medians, interleaved_medians, machine_name, markdown_table
 from router_core.errors import KernelUnavailableError
 from router_core.kernels.backend import select_backend
 from router_core.kernels.bits import pack_bits
@@ -52,6 +52,8 @@ def main() -> None:
             backends[name] = select_backend(args.device, name)
         except KernelUnavailableError as exc:
             print(f"skip {name}: {exc}")
+    for backend in backends.values():  # as the service does at start-up: Triton tiles, CPU schedules
+        backend.prepare([(n, k) for k, n in SHAPES], dtype, torch.device(args.device), max(FRAMES))
     rows = []
     gen = torch.Generator().manual_seed(0)
     for k, n in SHAPES:
@@ -72,8 +74,8 @@ def main() -> None:
                 for name in backends:
                     ms = [f"{t * 1e3:.4f}" for t in (base, times[name])]
                     rows.append([f"{k}->{n}", frames, mode, name, *ms, f"{times[name] / base:.3f}"])
-    print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} layers={args.layers} "
-          f"inner={inner}")
+    print(f"device={args.device} ({machine_name()}) dtype={args.dtype} threads={torch.get_num_threads()} "
+          f"layers={args.layers} inner={inner}")
     print(markdown_table(["layer", "T", "timing", "backend", "dense ms", "masked ms", "ratio"], rows))
 
 

@@ -114,7 +114,8 @@ def build_engine(settings: ServiceSettings) -> Engine:
         description = ("bundled default: tiny wav2vec2 (character-CTC pretrained on espeak-ng speech) + masks"
                        if bundled else f"{backbone.config.model_type} from {backbone_source}")
         is_demo = False
-    backend = select_backend(backbone.device, settings.kernel)  # "auto" included: the settings are the only source
+    # "auto" included: the settings are the only source
+    backend = select_backend(backbone.device, settings.kernel, settings.kernel_cache_dir)
     watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None
     router = Router(backbone, registry, backend, settings.decoder)
     return Engine(backbone, registry, router, description, is_demo, watcher, DecodePool(settings.decode_workers))

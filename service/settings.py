@@ -33,6 +33,10 @@ class ServiceSettings(BaseSettings):
     kernel: Literal["auto", "reference", "cpu", "triton"] = Field(
         default="auto", description="masked-matmul backend; auto: triton on CUDA, the C++ kernel on the CPU"
     )
+    kernel_cache_dir: str | None = Field(
+        default="~/.cache/s3router",
+        description="where kernel choices timed on this machine are kept across restarts; unset: not kept",
+    )
     decoder: Literal["auto", "greedy"] = Field(
         default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"
     )

@@ -11,6 +11,14 @@ from router_core.backbone import Backbone
 from router_core.registry import DirectoryStore, MaskRegistry
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_choices_kept_in_a_temporary_folder(tmp_path_factory):
+    """Services built by the tests keep their timed kernel choices out of the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("S3R_KERNEL_CACHE_DIR", str(tmp_path_factory.mktemp("kernel-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _two_tile_configs_on_gpu(monkeypatch):
     """On a GPU the autotuner chooses among two tile configs in tests (every config is checked by its own

@@ -122,22 +122,59 @@ def test_both_cpu_schedules_match_reference(shape, mask_kind):
         assert torch.allclose(cpu_kernels.masked_linear_tiled(x, w, b, bits, 2), expected_b, atol=1e-4, rtol=1e-4)
 
 
-def test_cpu_backend_picks_the_schedule_by_the_size_of_x(monkeypatch):
-    backend = select_backend("cpu", "cpu")
-    gen = torch.Generator().manual_seed(6)
-    x, w = torch.randn(2, 3, 40, generator=gen), torch.randn(21, 40, generator=gen)  # x [B, T, K]
-    bits = pack_bits(_keep("random", 21, 40))
+def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tmp_path, monkeypatch):
+    """Start-up times the three schedules per layer shape and row bucket (a stand-in timer here decides
+    which is "fastest"), each call then runs the chosen one, every choice gives the reference's answer,
+    and a second start on the same machine reads the choices instead of timing again."""
+    from router_core.kernels.cpu_schedule import CpuSchedule
+
+    fastest = {64: "reference", 256: "full_pass", 1024: "tiled"}  # by row bucket
+    timed = []
+
+    def timer(thunk):  # the stand-in: the chosen schedule of the thunk's bucket is "fast"
+        schedule, x = thunk.args[0], thunk.args[1]
+        timed.append((schedule, x.shape[0]))
+        bucket = next(b for b in fastest if x.shape[0] <= b)
+        return 1.0 if schedule == fastest[bucket] else 2.0
+
     calls = []
-    for name in ("masked_linear_tiled", "masked_linear_full_pass"):
+    for name in ("masked_linear_tiled", "masked_linear_full_pass", "masked_linear_reference"):
         real = getattr(cpu_kernels, name)
         monkeypatch.setattr(cpu_kernels, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
-    expected = masked_linear_reference(x, w, None, bits)
-    assert torch.allclose(backend.masked_linear(x, w, None, bits), expected, atol=1e-5)
-    monkeypatch.setattr(cpu_kernels, "TILED_MAX_X_BYTES", x.numel() * x.element_size() - 1)
-    assert torch.allclose(backend.masked_linear(x, w, None, bits), expected, atol=1e-5)
-    assert calls == ["masked_linear_tiled", "masked_linear_full_pass"]
+    backend = select_backend("cpu", "cpu", cache_dir=tmp_path)
+    backend.tuner.timer = timer
+    backend.prepare([(21, 40), (40, 21)], torch.float32, torch.device("cpu"), 300)
+    assert sorted(set(timed)) == sorted((s, r) for s in ("tiled", "full_pass", "reference") for r in (64, 256, 300))
+    gen = torch.Generator().manual_seed(6)
+    w, bits = torch.randn(21, 40, generator=gen), pack_bits(_keep("random", 21, 40))
+    for rows in (10, 200, 300):
+        x = torch.randn(rows, 40, generator=gen)
+        calls.clear()
+        assert torch.allclose(backend.masked_linear(x, w, None, bits), masked_linear_reference(x, w, None, bits),
+                              atol=1e-5)
+        assert calls[0] == "masked_linear_" + fastest[next(b for b in fastest if rows <= b)]
+    again = CpuSchedule(tmp_path / "cpu-schedules.json", timer=lambda thunk: pytest.fail("timed again"))
+    again.tune([(21, 40), (40, 21)], torch.float32, torch.device("cpu"), 300, cpu_kernels.run_schedule)
+    assert again.choices == backend.tuner.choices
+
+
+def test_untimed_cpu_schedule_follows_the_size_of_x_and_blocks_stay_near_two_megabytes():
+    from router_core.kernels.cpu_schedule import TILED_MAX_X_BYTES, CpuSchedule
+
+    untimed = CpuSchedule()
+    assert untimed.choose(TILED_MAX_X_BYTES // (4 * 768), 3072, 768, torch.float32) == "tiled"
+    assert untimed.choose(TILED_MAX_X_BYTES // (4 * 768) + 1, 3072, 768, torch.float32) == "full_pass"
     assert cpu_kernels.block_rows_for(768, 4) == 256 and cpu_kernels.block_rows_for(3072, 4) == 128
     assert cpu_kernels.block_rows_for(3072, 2) == 256 and cpu_kernels.block_rows_for(1 << 20, 4) == 16
+
+
+def test_a_damaged_schedule_cache_is_timed_again(tmp_path):
+    from router_core.kernels.cpu_schedule import CpuSchedule
+
+    (tmp_path / "cache.json").write_text("{not json")
+    schedule = CpuSchedule(tmp_path / "cache.json", timer=lambda thunk: 1.0)
+    schedule.tune([(8, 16)], torch.float32, torch.device("cpu"), 64, cpu_kernels.run_schedule)
+    assert schedule.choices and CpuSchedule(tmp_path / "cache.json").choices == schedule.choices
 
 
 def _triton_configs():
@@ -193,11 +230,11 @@ def test_every_tuned_triton_config_matches_reference(config):
 
 
 def test_triton_tuning_buckets_and_pruning():
+    from router_core.kernels.buckets import row_bucket
     from router_core.kernels.triton_configs import (
         CONFIGS,
         SHARED_MEMORY_FALLBACK,
         prune_configs,
-        row_bucket,
         shared_memory_estimate,
     )
 
@@ -215,7 +252,7 @@ def test_triton_tuning_buckets_and_pruning():
 
 
 def test_start_up_tuning_covers_every_bucket_up_to_the_largest_batch():
-    from router_core.kernels.triton_configs import row_bucket
+    from router_core.kernels.buckets import row_bucket
     from router_core.kernels.triton_tuning import tuning_rows
 
     assert tuning_rows(10) == [10]

@@ -18,6 +18,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BACKEND_NAMES = ("reference", "cpu", "triton")
 KERNEL_ENV_VAR = "S3R_KERNEL"
+CPU_SCHEDULE_FILE = "cpu-schedules.json"
 
 MaskedLinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 SegmentedFn = Callable[
@@ -65,11 +67,19 @@ class KernelBackend:
 REFERENCE = KernelBackend("reference", masked_linear_reference, segmented_masked_linear_reference)
 
 
-def _cpu_backend() -> KernelBackend:
+def _cpu_backend(cache_dir: Path | None) -> KernelBackend:
     from router_core.kernels import cpu
+    from router_core.kernels.cpu_schedule import CpuSchedule
 
     cpu.load_extension()  # raises KernelUnavailableError when it cannot be built
-    return KernelBackend("cpu", cpu.masked_linear_cpu, cpu.segmented_masked_linear_cpu)
+    schedule = CpuSchedule(cache_dir / CPU_SCHEDULE_FILE if cache_dir is not None else None)
+    return KernelBackend(
+        "cpu",
+        functools.partial(cpu.masked_linear_cpu, schedule=schedule),
+        functools.partial(cpu.segmented_masked_linear_cpu, schedule=schedule),
+        functools.partial(cpu.tune_schedule, schedule),
+        schedule,
+    )
 
 
 def _triton_backend(device: torch.device) -> KernelBackend:
@@ -93,8 +103,12 @@ def _triton_backend(device: torch.device) -> KernelBackend:
     )
 
 
-def select_backend(device: torch.device | str, requested: str | None = None) -> KernelBackend:
-    """Resolve the backend for ``device`` once; see the module docstring for the rules."""
+def select_backend(
+    device: torch.device | str, requested: str | None = None, cache_dir: str | Path | None = None
+) -> KernelBackend:
+    """Resolve the backend for ``device`` once; see the module docstring for the rules. ``cache_dir``
+    keeps what a backend timed on this machine (the CPU schedules) across restarts."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     device = torch.device(device)
     choice = (requested or os.environ.get(KERNEL_ENV_VAR) or "auto").strip().lower()
     if choice not in (*BACKEND_NAMES, "auto"):
@@ -106,12 +120,12 @@ def select_backend(device: torch.device | str, requested: str | None = None) -> 
     if choice == "cpu":
         if device.type != "cpu":
             raise KernelUnavailableError(f"the cpu kernel backend runs on CPU tensors only, not {device}")
-        return _cpu_backend()
+        return _cpu_backend(cache)
     if choice == "triton":
         return _triton_backend(device)
     # auto
     try:
-        return _triton_backend(device) if device.type == "cuda" else _cpu_backend()
+        return _triton_backend(device) if device.type == "cuda" else _cpu_backend(cache)
     except KernelUnavailableError as exc:
         log.warning("falling back to the reference masked-linear kernel: %s", exc)
         return REFERENCE

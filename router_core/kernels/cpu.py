@@ -1,7 +1,8 @@
 """Fast CPU masked linear ``y = x (W * M)^T + b``: the C++ extension in ``csrc/apply_bits.cpp`` unpacks the
 bits and applies them to ``W`` in one fused pass (8 weights per bit byte), then MKL/oneDNN's GEMM runs.
 
-Two ways to schedule it, picked per call by the size of ``x`` (:func:`masked_linear_cpu`):
+Two ways to schedule it (and the plain-torch reference as a third), timed per machine, layer shape and
+row bucket at start-up by :mod:`router_core.kernels.cpu_schedule`:
 
 * **tiled** (small ``x``: a few hundred frames): ``W`` is masked block by block (``block_rows`` rows,
   about 2 MB) into a per-thread buffer that stays in L2, and each block's GEMM runs there, one
@@ -20,7 +21,7 @@ The extension is compiled on first use with ``torch.utils.cpp_extension`` (needs
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 
 from router_core.errors import KernelUnavailableError
 from router_core.kernels.bits import check_packed_for
-from router_core.kernels.reference import DENSE_SEGMENT, Segments
+from router_core.kernels.cpu_schedule import CpuSchedule
+from router_core.kernels.reference import DENSE_SEGMENT, Segments, masked_linear_reference
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
 _SOURCE = Path(__file__).parent / "csrc" / "apply_bits.cpp"
@@ -61,10 +63,7 @@ def masked_weight_cpu(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tenso
     return load_extension().apply_bits_out(weight, bits, out)
 
 
-# Measured on 2 cores (bench/bench_kernels.py, wav2vec2-base FFN shapes): tiled beats the full pass while
-# x is at most a few MB (768->3072 up to T=1000, 3072->768 up to T=250); beyond that, re-reading x once per
-# block costs more than the weight copy it saves. Blocks of ~2 MB: 256 rows at K=768, 128 at K=3072 (fp32).
-TILED_MAX_X_BYTES = 4 << 20
+# Blocks of ~2 MB: 256 rows at K=768, 128 at K=3072 (fp32). Which schedule runs is :mod:`cpu_schedule`'s.
 _BLOCK_BYTES = 2 << 20
 
 
@@ -94,15 +93,39 @@ def masked_linear_full_pass(
     return F.linear(x, masked_weight_cpu(weight, bits, MASKED_WEIGHTS.get(weight)), bias)
 
 
-def masked_linear_cpu(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor
+def run_schedule(
+    schedule: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor
 ) -> torch.Tensor:
-    """``x @ (W * M)^T + b`` for ``x [..., K]``; returns ``[..., N]`` (tiled or full pass by the size of x)."""
-    if x.numel() * x.element_size() > TILED_MAX_X_BYTES:
+    """``x [..., K] @ (W * M)^T + b`` -> ``[..., N]`` by the named schedule (see :mod:`cpu_schedule`)."""
+    if schedule == "full_pass":
         return masked_linear_full_pass(x, weight, bias, bits)
+    if schedule == "reference":
+        return masked_linear_reference(x, weight, bias, bits)
     n, k = weight.shape
     rows = masked_linear_tiled(x.reshape(-1, k), weight, bias, bits, block_rows_for(k, weight.element_size()))
     return rows.reshape(*x.shape[:-1], n)  # [..., N]
+
+
+_UNTIMED = CpuSchedule()  # the size rule, for calls without a schedule of their own
+
+
+def masked_linear_cpu(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor,
+    schedule: CpuSchedule | None = None,
+) -> torch.Tensor:
+    """``x @ (W * M)^T + b`` for ``x [..., K]``, ``weight [N, K]``, ``bits [N, ceil(K/8)]``; returns
+    ``[..., N]`` by the schedule ``schedule`` chose for this shape and row count on this machine."""
+    n, k = weight.shape
+    choice = (schedule or _UNTIMED).choose(x.numel() // k, n, k, x.dtype)
+    return run_schedule(choice, x, weight, bias, bits)
+
+
+def tune_schedule(
+    schedule: CpuSchedule, layer_shapes: Iterable[tuple[int, int]], dtype: torch.dtype, device: torch.device,
+    max_rows: int,
+) -> None:
+    """The CPU backend's ``prepare``: time the schedules for every layer shape and row bucket."""
+    schedule.tune(layer_shapes, dtype, device, max_rows, run_schedule)
 
 
 def segmented_masked_linear_cpu(
@@ -111,6 +134,7 @@ def segmented_masked_linear_cpu(
     bias: torch.Tensor | None,
     bits_stack: Sequence[torch.Tensor],
     segments: Segments,
+    schedule: CpuSchedule | None = None,
 ) -> torch.Tensor:
     """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: one masked linear per distinct mask, over all
     of its rows (the router sorts rows by mask, so that is usually one contiguous segment)."""
@@ -118,7 +142,7 @@ def segmented_masked_linear_cpu(
     def apply(rows: torch.Tensor, mask_id: int) -> torch.Tensor:
         if mask_id == DENSE_SEGMENT:
             return F.linear(rows, weight, bias)
-        return masked_linear_cpu(rows, weight, bias, bits_stack[mask_id])
+        return masked_linear_cpu(rows, weight, bias, bits_stack[mask_id], schedule)
 
     spans = segments.spans()
     if len(spans) == 1 and spans[0][:2] == (0, x.shape[0]):

@@ -29,17 +29,6 @@ CONFIGS = [
 INTERPRETER_CONFIG = _config(16, 32, 16, 4, 1, 1)
 """Used under ``TRITON_INTERPRET=1``, where there is nothing to tune (small tiles keep it fast)."""
 
-ROW_BUCKETS = (64, 256, 1024, 4096, 16384)
-"""Tuning is keyed on the smallest bucket holding the row count (larger counts share one key)."""
-LAST_BUCKET = 65536
-"""The key of every row count above the last of :data:`ROW_BUCKETS`."""
-
-
-def row_bucket(rows: int) -> int:
-    """The tuning bucket of ``rows``: the first of :data:`ROW_BUCKETS` at least ``rows``, else the last."""
-    return next((b for b in ROW_BUCKETS if rows <= b), LAST_BUCKET)
-
-
 SHARED_MEMORY_FALLBACK = 232_448
 """Shared memory per block (bytes) assumed when the device cannot be asked: an H100's opt-in limit."""
 

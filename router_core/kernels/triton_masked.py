@@ -49,9 +49,10 @@ import triton.language as tl
 import triton.testing
 
 from router_core.kernels.bits import check_packed_for
+from router_core.kernels.buckets import row_bucket
 from router_core.kernels.reference import DENSE_SEGMENT, Segments
 from router_core.kernels.triton_apply_bits import segmented_linear_materialized
-from router_core.kernels.triton_configs import CONFIGS, INTERPRETER_CONFIG, prune_configs, row_bucket
+from router_core.kernels.triton_configs import CONFIGS, INTERPRETER_CONFIG, prune_configs
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import torch
 from router_core.errors import KernelUnavailableError
 from router_core.kernels import triton_masked
 from router_core.kernels.bits import pack_bits
+from router_core.kernels.buckets import LAST_BUCKET, ROW_BUCKETS
 from router_core.kernels.reference import Segments, masked_linear_reference
-from router_core.kernels.triton_configs import LAST_BUCKET, ROW_BUCKETS
 from router_core.kernels.triton_masked import TritonTuner
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
