@@ -126,9 +126,9 @@ def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tm
     """Start-up times the three schedules per layer shape and row bucket (a stand-in timer here decides
     which is "fastest"), each call then runs the chosen one, every choice gives the reference's answer,
     and a second start on the same machine reads the choices instead of timing again."""
-    from router_core.kernels.cpu_schedule import CpuSchedule
+    from router_core.kernels.cpu_schedule import SCHEDULES, CpuSchedule
 
-    fastest = {64: "reference", 256: "full_pass", 1024: "tiled"}  # by row bucket
+    fastest = {64: "reference", 256: "full_pass", 1024: "tiled:64"}  # by row bucket
     timed = []
 
     def timer(thunk):  # the stand-in: the chosen schedule of the thunk's bucket is "fast"
@@ -144,7 +144,7 @@ def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tm
     backend = select_backend("cpu", "cpu", cache_dir=tmp_path)
     backend.tuner.timer = timer
     backend.prepare([(21, 40), (40, 21)], torch.float32, torch.device("cpu"), 300)
-    assert sorted(set(timed)) == sorted((s, r) for s in ("tiled", "full_pass", "reference") for r in (64, 256, 300))
+    assert sorted(set(timed)) == sorted((s, r) for s in SCHEDULES for r in (64, 256, 300))
     gen = torch.Generator().manual_seed(6)
     w, bits = torch.randn(21, 40, generator=gen), pack_bits(_keep("random", 21, 40))
     for rows in (10, 200, 300):
@@ -152,7 +152,7 @@ def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tm
         calls.clear()
         assert torch.allclose(backend.masked_linear(x, w, None, bits), masked_linear_reference(x, w, None, bits),
                               atol=1e-5)
-        assert calls[0] == "masked_linear_" + fastest[next(b for b in fastest if rows <= b)]
+        assert calls[0] == "masked_linear_" + fastest[next(b for b in fastest if rows <= b)].partition(":")[0]
     again = CpuSchedule(tmp_path / "cpu-schedules.json", timer=lambda thunk: pytest.fail("timed again"))
     again.tune([(21, 40), (40, 21)], torch.float32, torch.device("cpu"), 300, cpu_kernels.run_schedule)
     assert again.choices == backend.tuner.choices

@@ -2,14 +2,16 @@
 
 Three schedules compute the same ``y = x (W * M)^T + b`` (:mod:`router_core.kernels.cpu`):
 
-* ``tiled`` — ``W * M`` block by block in L2, one GEMM per block (re-reads ``x`` per block);
+* ``tiled:R`` — ``W * M`` block by block (``R`` rows of ``W`` per block, in L2), one GEMM per block
+  (re-reads ``x`` per block: smaller blocks stay in cache, larger ones re-read ``x`` less);
 * ``full_pass`` — the whole ``W * M`` into a reused buffer by the fused C++ pass, then one GEMM;
 * ``reference`` — ``W * M`` by plain torch ops (unpack, ``where``), then one GEMM.
 
 Which is fastest depends on the CPU (cache sizes, memory bandwidth, the BLAS), the layer shape and the
 row count: fixed thresholds tuned on one AMD EPYC missed by 10–90% on an Intel Xeon. So the start-up
-times all three on random data for every ``(N, K)`` layer shape and every row bucket up to the largest
-batch (buckets above :data:`TIMED_ROWS` take the choice of the largest timed one: there the GEMM dwarfs
+times them on random data for every ``(N, K)`` layer shape and every row bucket up to the largest
+batch, cycling through enough copies of the weights to leave the last-level cache as a model's many
+layers do (buckets above :data:`TIMED_ROWS` take the choice of the largest timed one: there the GEMM dwarfs
 the masking and the schedules converge), keeps the fastest, and writes the choices to a JSON file keyed by
 the machine (CPU model, cores, torch version, threads), so a restart on the same machine times nothing.
 """
@@ -33,16 +35,18 @@ from router_core.kernels.buckets import LAST_BUCKET, ROW_BUCKETS, row_bucket
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("tiled", "full_pass", "reference")
-TIMED_ROWS = 4096  # the largest row bucket timed at start-up
+SCHEDULES = ("tiled:64", "tiled:128", "tiled:256", "full_pass", "reference")
+TIMED_ROWS = 1024  # the largest row bucket timed at start-up
 TILED_MAX_X_BYTES = 4 << 20  # the untimed rule: tiled while x is at most this many bytes, else full pass
+COLD_BYTES = 32 << 20  # weight copies cycled through while timing: more than a last-level cache holds
+MAX_COPIES = 8
 
 Timer = Callable[[Callable[[], object]], float]
 RunSchedule = Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 Key = tuple[int, int, str, int]  # (N, K, dtype, row bucket)
 
 
-def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls after one warm-up call."""
     fn()
     samples = []
@@ -86,7 +90,7 @@ class CpuSchedule:
         if timed is not None:
             return timed
         element = torch.empty((), dtype=dtype).element_size()
-        return "tiled" if rows * k * element <= TILED_MAX_X_BYTES else "full_pass"
+        return "tiled" if rows * k * element <= TILED_MAX_X_BYTES else "full_pass"  # tiled: default blocks
 
     def tune(
         self,
@@ -101,15 +105,19 @@ class CpuSchedule:
         gen = torch.Generator().manual_seed(0)
         new = 0
         for n_out, k in sorted(set(layer_shapes)):
-            weight = (torch.randn(n_out, k, generator=gen) / k**0.5).to(dtype)  # [N, K]
+            copies = max(1, min(MAX_COPIES, COLD_BYTES // (n_out * k * torch.empty((), dtype=dtype).element_size())))
+            layers = [
+                ((torch.randn(n_out, k, generator=gen) / k**0.5).to(dtype),  # [N, K]
+                 pack_bits(torch.rand(n_out, k, generator=gen) < 0.9))  # [N, ceil(K/8)]
+                for _ in range(copies)
+            ]
             bias = torch.zeros(n_out, dtype=dtype)  # [N]
-            bits = pack_bits(torch.rand(n_out, k, generator=gen) < 0.9)  # [N, ceil(K/8)]
             for bucket in (*ROW_BUCKETS, LAST_BUCKET):
                 rows = min(bucket, max_rows)
                 key = (n_out, k, str(dtype), bucket)
                 if key not in self.choices:
                     x = torch.randn(rows, k, generator=gen).to(dtype)  # [R, K]
-                    times = self.timings[key] = self._time(run, x, weight, bias, bits)
+                    times = self.timings[key] = self._time(run, x, layers, bias)
                     self.choices[key] = min(times, key=lambda s: times[s])
                     new += 1
                 if bucket >= max_rows or bucket >= TIMED_ROWS:
@@ -118,17 +126,17 @@ class CpuSchedule:
             log.info("cpu kernel schedules timed for %d keys on %s: %s", new, self._machine, self.choices)
             self._save()
 
-    def _time(self, run: RunSchedule, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-              bits: torch.Tensor) -> dict[str, float]:
-        """Seconds per call of each schedule on these operands."""
-        return {s: self.timer(functools.partial(run, s, x, weight, bias, bits)) for s in SCHEDULES}
+    def _time(self, run: RunSchedule, x: torch.Tensor, layers: list[tuple[torch.Tensor, torch.Tensor]],
+              bias: torch.Tensor) -> dict[str, float]:
+        """Seconds per pass of each schedule over the weight copies ``layers`` (``(W, bits)`` each)."""
+        return {s: self.timer(functools.partial(_each_layer, s, x, run, layers, bias)) for s in SCHEDULES}
 
     def _load(self) -> None:
         if self.cache_file is None or not self.cache_file.is_file():
             return
         try:
             saved = json.loads(self.cache_file.read_text(encoding="utf-8")).get(self._machine, {})
-            self.choices.update({_key(k): v for k, v in saved.items() if v in SCHEDULES})
+            self.choices.update({_key(k): v for k, v in saved.items() if v in SCHEDULES})  # others: timed again
         except (OSError, ValueError, AttributeError) as exc:  # a damaged cache is timed again, never fatal
             log.warning("ignoring the cpu schedule cache %s: %s", self.cache_file, exc)
 
@@ -147,6 +155,12 @@ class CpuSchedule:
             tmp.replace(self.cache_file)
         except OSError as exc:  # a read-only home: the choices hold for this process only
             log.warning("cannot write the cpu schedule cache %s: %s", self.cache_file, exc)
+
+
+def _each_layer(schedule: str, x: torch.Tensor, run: RunSchedule, layers: list[tuple[torch.Tensor, torch.Tensor]],
+                bias: torch.Tensor) -> None:
+    for weight, bits in layers:
+        run(schedule, x, weight, bias, bits)
 
 
 def _key(text: str) -> Key:
