@@ -5,6 +5,7 @@ kept for ``/readyz`` instead of killing the process."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import metadata
@@ -48,10 +49,15 @@ def make_lifespan(state: AppState, engine_factory: EngineFactory) -> Lifespan:
 
 async def _start(state: AppState, engine_factory: EngineFactory) -> None:
     settings, metrics = state.settings, state.metrics
+    started = time.perf_counter()
     engine = state.engine = await run_in_threadpool(engine_factory, settings)
+    built = time.perf_counter()
     if settings.vad:
         state.speech_detector = await run_in_threadpool(SpeechDetector, settings.vad_threshold)
+    gated = time.perf_counter()
     await run_in_threadpool(warm_up, engine, settings)
+    log.info("start-up: engine %.1f s, speech gate %.1f s, kernels and warm-up %.1f s", built - started,
+             gated - built, time.perf_counter() - gated)
     batcher = Batcher(
         engine.run_batch,
         finish=engine.finish,
@@ -77,7 +83,9 @@ def warm_up(engine: Engine, settings: ServiceSettings) -> list[str]:
     """Kernel tuning for every batch size the settings allow, then one forward pass with one mask of each
     kind among the first ``WARM_UP_TRIES`` in the store, so that the first request pays no tuning, compile or
     allocation cost. Returns the masks it ran."""
+    started = time.perf_counter()
     engine.router.prepare_kernels(settings.max_batch_size, settings.max_audio_seconds)
+    log.info("kernels prepared in %.1f s", time.perf_counter() - started)
     wave = torch.zeros(SAMPLE_RATE)  # [16000]: one second
     warmed: dict[str, str] = {}
     for name in engine.registry.available()[:WARM_UP_TRIES]:  # a store of 1,000 CTC masks loads 16, not all

@@ -49,3 +49,14 @@ def test_a_language_model_file_lives_as_long_as_its_model():
     finally:
         pool.close()
     assert not pool._folder.exists()
+
+
+def test_a_decode_worker_imports_no_model_code():
+    """A worker process imports what the search needs, not transformers (seconds per worker start)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, router_core.decode_pool; "
+            "print(sorted(m for m in ('transformers', 'router_core.backbone') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
