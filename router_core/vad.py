@@ -5,6 +5,13 @@ Maths: the model gives a speech probability ``p_w`` per 32 ms window ``w`` (512 
 holds speech when at least ``min_speech_windows`` consecutive windows have ``p_w >= threshold``; its
 ``no_speech_prob = 1 - max_w p_w``. Silence and noise give no such run, and the service answers them
 with an empty transcript instead of whatever the CTC head makes of them.
+
+Segmentation of long audio (:func:`speech_segments`, a pure function of the window probabilities): runs
+of speech windows (``p_w >= threshold``) separated by less than ``min_silence_s`` of non-speech are one
+segment; segments shorter than ``min_speech_s`` are dropped; a segment longer than ``max_segment_s`` is
+split at its least speech-like window (lowest ``p_w``) between ``max_segment_s / 2`` and ``max_segment_s``
+from its start, repeatedly; each segment is then widened by ``pad_s`` on both sides (never past its
+neighbours' midpoints or the audio's ends).
 """
 
 from __future__ import annotations
@@ -18,6 +25,64 @@ from router_core.backbone import SAMPLE_RATE
 
 WINDOW_SAMPLES = 512
 WINDOW_SECONDS = WINDOW_SAMPLES / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """How long audio is cut into speech segments (seconds)."""
+
+    min_silence_s: float = 0.3  # a pause at least this long ends a segment
+    max_segment_s: float = 25.0  # longer speech is split at its least speech-like window
+    pad_s: float = 0.2  # audio kept on each side of a segment's speech
+    min_speech_s: float = 0.25  # shorter speech is dropped (clicks, breaths)
+
+
+@dataclass(frozen=True)
+class SpeechSegment:
+    start: int  # first sample, at 16 kHz
+    end: int  # one past the last sample
+    speech_prob: float  # the highest window probability inside: 1 - its no-speech probability
+
+
+def speech_segments(
+    probs: torch.Tensor, samples: int, threshold: float, settings: SegmentSettings
+) -> list[SpeechSegment]:
+    """Speech segments of ``samples`` samples of audio from its window probabilities ``probs [W]`` (window
+    ``w`` covers samples ``[512 w, 512 (w + 1))``); see the module docstring for the rules."""
+    per_s = 1.0 / WINDOW_SECONDS
+    runs = _speech_runs((probs >= threshold).tolist(), max(1, round(settings.min_silence_s * per_s)))
+    runs = [r for r in runs if r[1] - r[0] >= max(1, round(settings.min_speech_s * per_s))]
+    split: list[tuple[int, int]] = []
+    longest = max(2, round(settings.max_segment_s * per_s))
+    for start, end in runs:
+        while end - start > longest:
+            window = probs[start + longest // 2 : start + longest]  # [longest / 2]
+            cut = start + longest // 2 + int(window.argmin())
+            split.append((start, cut))
+            start = cut
+        split.append((start, end))
+    pad = round(settings.pad_s * SAMPLE_RATE)
+    bounds = [(s * WINDOW_SAMPLES, min(samples, e * WINDOW_SAMPLES)) for s, e in split]
+    segments = []
+    for i, (start, end) in enumerate(bounds):
+        low = 0 if i == 0 else max((bounds[i - 1][1] + start) // 2, bounds[i - 1][1])
+        high = samples if i == len(bounds) - 1 else min((end + bounds[i + 1][0]) // 2, bounds[i + 1][0])
+        first, last = split[i]
+        segments.append(SpeechSegment(max(low, start - pad), min(high, end + pad), float(probs[first:last].max())))
+    return segments
+
+
+def _speech_runs(speech: list[bool], bridge: int) -> list[tuple[int, int]]:
+    """``[start, end)`` window runs of speech, joining runs separated by fewer than ``bridge`` windows."""
+    runs: list[tuple[int, int]] = []
+    for w, flag in enumerate(speech):
+        if not flag:
+            continue
+        if runs and w - runs[-1][1] < bridge:
+            runs[-1] = (runs[-1][0], w + 1)
+        else:
+            runs.append((w, w + 1))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -46,6 +111,10 @@ class SpeechDetector:
             wave = torch.nn.functional.pad(wave, (0, WINDOW_SAMPLES - wave.shape[0]))  # [512]
         with self._lock, torch.no_grad():
             return self._model.audio_forward(wave, SAMPLE_RATE)[0]  # [1, W] -> [W]
+
+    def segments(self, wave: torch.Tensor, settings: SegmentSettings) -> list[SpeechSegment]:
+        """Speech segments of ``wave [T]`` (16 kHz), in order."""
+        return speech_segments(self.probabilities(wave), wave.shape[0], self.threshold, settings)
 
     def check(self, wave: torch.Tensor) -> SpeechCheck:
         probs = self.probabilities(wave)  # [W]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from typing import Any
@@ -14,20 +13,14 @@ from starlette.concurrency import run_in_threadpool
 
 from router_core.audio import decode_audio
 from router_core.backbone import SAMPLE_RATE
-from router_core.decoding import Classification, Transcript
+from router_core.decoding import Transcript
 from router_core.errors import (
-    ClientClosedRequestError,
-    DeadlineExceededError,
     EmptyAudioError,
     InvalidInputError,
     InvalidMaskNameError,
-    MaskKindError,
     MaskNotFoundError,
     StoreUnavailableError,
 )
-from router_core.heads import MaskKind
-from router_core.router import RoutedOutput
-from router_core.vad import SpeechCheck
 from service.api_docs import (
     AUDIO_BODY,
     OPENAI_BODY,
@@ -36,72 +29,23 @@ from service.api_docs import (
     LanguageQuery,
     TaskQuery,
 )
+from service.inference import (
+    AUTO,
+    check_mask,
+    classification_of,
+    no_speech_body,
+    resolve_language,
+    run_request,
+    speech_check,
+    transcript_of,
+    words_of,
+)
 from service.openai_format import check_format_options, render_transcription
 from service.state import AppState, state_of
 from service.uploads import read_upload
 
 api = APIRouter(tags=["speech"])
 DISCONNECT_POLL_S = 0.1
-
-
-async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKind) -> None:
-    """404 for an unknown mask (listing what exists), 422 for a mask of the other kind."""
-    engine, _ = state.ready_engine()
-    key = getattr(request.state, "api_key", None)
-    if key is not None and state.api_keys is not None:
-        state.api_keys.allow_mask(key, mask)
-    loaded = await run_in_threadpool(engine.registry.get, mask)
-    request.state.mask = loaded.name
-    if loaded.kind != kind:
-        want = "transcription (ctc)" if kind == "ctc" else "classification"
-        raise MaskKindError(f"mask {mask!r} is a {loaded.kind} mask, not a {want} mask")
-
-
-async def speech_check(state: AppState, wave: torch.Tensor) -> SpeechCheck | None:
-    """The VAD's verdict on ``wave`` (``None`` with ``S3R_VAD=false``)."""
-    detector = state.speech_detector
-    return None if detector is None else await run_in_threadpool(detector.check, wave)
-
-
-def _no_speech_body(lang: str, wave: torch.Tensor, check: SpeechCheck) -> dict:
-    """The answer to audio without speech: an empty transcript, no inference."""
-    return {
-        "text": "",
-        "language": None if lang == AUTO else lang,
-        "mask": None if lang == AUTO else lang,
-        "decoder": "none (no speech)",
-        "duration": round(wave.shape[0] / SAMPLE_RATE, 3),
-        "words": [],
-        "no_speech_prob": round(check.no_speech_prob, 6),
-        "timing": {"queue_ms": 0.0, "inference_ms": 0.0},
-    }
-
-
-async def run_request(
-    request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: MaskKind
-) -> RoutedOutput:
-    """Check the mask, enqueue, and wait for the result — dropping the work if the client goes away."""
-    engine, batcher = state.ready_engine()
-    await check_mask(request, state, mask, kind)
-    remaining = request.state.deadline - time.monotonic()  # one deadline for decoding and every pass
-    if remaining <= 0:
-        raise DeadlineExceededError("the request was not served before its deadline")
-    item = batcher.submit(wave, mask, kind, remaining)
-    waiter = asyncio.ensure_future(batcher.result(item))
-    while True:
-        done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
-        if done:
-            out = waiter.result()
-            break
-        if await request.is_disconnected():
-            batcher.cancel(item)
-            waiter.cancel()
-            raise ClientClosedRequestError("the client closed the request before its answer was ready")
-    request.state.timing = {
-        "queue_ms": round(1000 * ((item.started_at or item.enqueued_at) - item.enqueued_at), 2),
-        "inference_ms": round(1000 * ((item.finished_at or 0.0) - (item.started_at or 0.0)), 2),
-    }
-    return out
 
 
 async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -122,35 +66,6 @@ async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dic
     return wave, fields
 
 
-def _words(out: RoutedOutput) -> list[dict[str, Any]]:
-    return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in _transcript(out).words]
-
-
-def _transcript(out: RoutedOutput) -> Transcript:
-    if out.transcript is None:  # the batcher refuses outputs of the other kind; never a bare assert here
-        raise MaskKindError(f"mask {out.mask_name!r} did not produce a transcript")
-    return out.transcript
-
-
-def _classification(out: RoutedOutput) -> Classification:
-    if out.classification is None:
-        raise MaskKindError(f"mask {out.mask_name!r} did not produce a classification")
-    return out.classification
-
-
-AUTO = "auto"
-
-
-async def resolve_language(
-    request: Request, state: AppState, wave: torch.Tensor, lang: str
-) -> tuple[str, float | None]:
-    """``lang`` itself, or for ``auto`` the language-ID mask's best label and its probability."""
-    if lang != AUTO:
-        return lang, None
-    lid = _classification(await run_request(request, state, wave, state.settings.language_mask, "classify"))
-    return lid.label, lid.probabilities[lid.label]
-
-
 @api.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)",
           responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)
 async def transcribe(request: Request, lang: LanguageQuery) -> dict:
@@ -160,16 +75,16 @@ async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     if speech is not None and not speech.has_speech:
         await check_mask(request, state, state.settings.language_mask if lang == AUTO else lang,
                          "classify" if lang == AUTO else "ctc")
-        return _no_speech_body(lang, wave, speech)
+        return no_speech_body(lang, wave, speech)
     language, probability = await resolve_language(request, state, wave, lang)
     out = await run_request(request, state, wave, language, "ctc")
     body = {
-        "text": _transcript(out).text,
+        "text": transcript_of(out).text,
         "language": language,
         "mask": out.mask_name,
         "decoder": out.decoder,
         "duration": round(out.audio_seconds, 3),
-        "words": _words(out),
+        "words": words_of(out),
         "timing": request.state.timing,
     }
     if probability is not None:
@@ -189,7 +104,7 @@ async def classify(
     state = state_of(request)
     wave, _ = await _decoded(request, state)
     out = await run_request(request, state, wave, task, "classify")
-    result = _classification(out)
+    result = classification_of(out)
     top = result.top(top_k)
     return {
         "task": task,
@@ -219,7 +134,7 @@ async def openai_transcriptions(request: Request) -> Response:
     else:
         mask = await _openai_mask(request, state, wave, fields)
         out = await run_request(request, state, wave, mask, "ctc")
-        body, media_type = render_transcription(_transcript(out), mask, out.audio_seconds, fmt, list(granularities))
+        body, media_type = render_transcription(transcript_of(out), mask, out.audio_seconds, fmt, list(granularities))
     if media_type == "application/json":
         return Response(body, media_type=media_type)
     return PlainTextResponse(body, media_type=media_type)

@@ -35,3 +35,38 @@ def test_clips_shorter_than_a_window_are_checked_not_refused(detector, samples):
 def test_longest_run():
     assert _longest_run(torch.tensor([], dtype=torch.bool)) == 0
     assert _longest_run(torch.tensor([True, False, True, True, True, False, True])) == 3
+
+
+def _probs(*spans, seconds=60.0, low=0.05):
+    """Window probabilities: ``low`` everywhere, 0.9 in each ``(start_s, end_s)`` span."""
+    from router_core.vad import WINDOW_SECONDS
+
+    probs = torch.full((int(seconds / WINDOW_SECONDS),), low)
+    for start, end in spans:
+        probs[int(start / WINDOW_SECONDS) : int(end / WINDOW_SECONDS)] = 0.9
+    return probs
+
+
+def test_segments_follow_pauses_bridge_short_gaps_and_drop_clicks():
+    from router_core.vad import SegmentSettings, speech_segments
+
+    settings = SegmentSettings(min_silence_s=0.3, max_segment_s=25.0, pad_s=0.2, min_speech_s=0.25)
+    probs = _probs((1.0, 3.0), (3.1, 5.0), (8.0, 9.5), (12.0, 12.1), seconds=20.0)
+    got = [(s.start / 16000, s.end / 16000) for s in speech_segments(probs, 20 * 16000, 0.5, settings)]
+    assert len(got) == 2  # 3.0-3.1 is bridged; the 0.1 s click at 12 s is dropped
+    (a0, a1), (b0, b1) = got
+    assert abs(a0 - 0.8) < 0.05 and abs(a1 - 5.2) < 0.05 and abs(b0 - 7.8) < 0.05 and abs(b1 - 9.7) < 0.05
+
+
+def test_long_speech_is_split_at_its_least_speech_like_window_and_padding_never_overlaps():
+    from router_core.vad import WINDOW_SECONDS, SegmentSettings, speech_segments
+
+    probs = _probs((0.0, 60.0))
+    dip = int(20.0 / WINDOW_SECONDS)
+    probs[dip] = 0.55  # still speech, but the least speech-like point between 12.5 and 25 s
+    segments = speech_segments(probs, 60 * 16000, 0.5, SegmentSettings(max_segment_s=25.0, pad_s=0.5))
+    assert all(s.end - s.start <= 25 * 16000 + 16000 for s in segments)
+    assert abs(segments[0].end / 16000 - 20.0) < 0.05  # cut at the dip (padding stops at the neighbour)
+    assert all(a.end <= b.start for a, b in zip(segments, segments[1:], strict=False))
+    assert segments[0].start == 0 and segments[-1].end == 60 * 16000
+    assert speech_segments(_probs(seconds=5.0), 5 * 16000, 0.5, SegmentSettings()) == []

@@ -1,0 +1,129 @@
+"""Running one request's items through the batcher: mask checks, the queue, waiting (and giving up when
+the client goes away), language detection. Shared by the short-clip and long-form paths."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import torch
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from router_core.backbone import SAMPLE_RATE
+from router_core.decoding import Classification, Transcript
+from router_core.errors import (
+    ClientClosedRequestError,
+    DeadlineExceededError,
+    MaskKindError,
+    OverloadedError,
+)
+from router_core.heads import MaskKind
+from router_core.router import RoutedOutput
+from router_core.vad import SpeechCheck
+from service.state import AppState
+
+DISCONNECT_POLL_S = 0.1
+ROOM_POLL_S = 0.05  # how often a long recording's next segment looks for room in a full queue
+
+
+async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKind) -> None:
+    """404 for an unknown mask (listing what exists), 422 for a mask of the other kind."""
+    engine, _ = state.ready_engine()
+    key = getattr(request.state, "api_key", None)
+    if key is not None and state.api_keys is not None:
+        state.api_keys.allow_mask(key, mask)
+    loaded = await run_in_threadpool(engine.registry.get, mask)
+    request.state.mask = loaded.name
+    if loaded.kind != kind:
+        want = "transcription (ctc)" if kind == "ctc" else "classification"
+        raise MaskKindError(f"mask {mask!r} is a {loaded.kind} mask, not a {want} mask")
+
+
+async def speech_check(state: AppState, wave: torch.Tensor) -> SpeechCheck | None:
+    """The VAD's verdict on ``wave`` (``None`` with ``S3R_VAD=false``)."""
+    detector = state.speech_detector
+    return None if detector is None else await run_in_threadpool(detector.check, wave)
+
+
+def no_speech_body(lang: str, wave: torch.Tensor, check: SpeechCheck) -> dict:
+    """The answer to audio without speech: an empty transcript, no inference."""
+    return {
+        "text": "",
+        "language": None if lang == AUTO else lang,
+        "mask": None if lang == AUTO else lang,
+        "decoder": "none (no speech)",
+        "duration": round(wave.shape[0] / SAMPLE_RATE, 3),
+        "words": [],
+        "no_speech_prob": round(check.no_speech_prob, 6),
+        "timing": {"queue_ms": 0.0, "inference_ms": 0.0},
+    }
+
+
+async def run_request(
+    request: Request, state: AppState, wave: torch.Tensor, mask: str, kind: MaskKind, wait_for_room: bool = False
+) -> RoutedOutput:
+    """Check the mask, enqueue, and wait for the result — dropping the work if the client goes away.
+    ``wait_for_room``: a full queue delays the item (a segment of a long recording) instead of refusing it."""
+    engine, batcher = state.ready_engine()
+    await check_mask(request, state, mask, kind)
+    while True:
+        remaining = request.state.deadline - time.monotonic()  # one deadline for decoding and every pass
+        if remaining <= 0:
+            raise DeadlineExceededError("the request was not served before its deadline")
+        try:
+            item = batcher.submit(wave, mask, kind, remaining)
+            break
+        except OverloadedError:
+            if not wait_for_room:
+                raise
+            if await request.is_disconnected():
+                raise ClientClosedRequestError("the client closed the request before its answer was ready") from None
+            await asyncio.sleep(ROOM_POLL_S)
+    waiter = asyncio.ensure_future(batcher.result(item))
+    while True:
+        done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
+        if done:
+            out = waiter.result()
+            break
+        if await request.is_disconnected():
+            batcher.cancel(item)
+            waiter.cancel()
+            raise ClientClosedRequestError("the client closed the request before its answer was ready")
+    request.state.timing = {
+        "queue_ms": round(1000 * ((item.started_at or item.enqueued_at) - item.enqueued_at), 2),
+        "inference_ms": round(1000 * ((item.finished_at or 0.0) - (item.started_at or 0.0)), 2),
+    }
+    return out
+
+
+def words_of(out: RoutedOutput) -> list[dict[str, Any]]:
+    return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript_of(out).words]
+
+
+def transcript_of(out: RoutedOutput) -> Transcript:
+    if out.transcript is None:  # the batcher refuses outputs of the other kind; never a bare assert here
+        raise MaskKindError(f"mask {out.mask_name!r} did not produce a transcript")
+    return out.transcript
+
+
+def classification_of(out: RoutedOutput) -> Classification:
+    if out.classification is None:
+        raise MaskKindError(f"mask {out.mask_name!r} did not produce a classification")
+    return out.classification
+
+
+AUTO = "auto"
+
+
+async def resolve_language(
+    request: Request, state: AppState, wave: torch.Tensor, lang: str
+) -> tuple[str, float | None]:
+    """``lang`` itself, or for ``auto`` the language-ID mask's best label and its probability."""
+    if lang != AUTO:
+        return lang, None
+    lid = classification_of(await run_request(request, state, wave, state.settings.language_mask, "classify"))
+    return lid.label, lid.probabilities[lid.label]
+
+
