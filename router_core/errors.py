@@ -143,6 +143,10 @@ class AdminDisabledError(S3RouterError):
     """Admin endpoints are off because no admin token is configured."""
 
 
+class NotImplementedFeatureError(S3RouterError):
+    """A part of a compatible API that this service does not provide (OpenAI translations)."""
+
+
 def all_error_classes() -> list[type[S3RouterError]]:
     """Every error class of the hierarchy, the base included (used by the mapping test)."""
     found: list[type[S3RouterError]] = []

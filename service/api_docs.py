@@ -35,6 +35,7 @@ _STATUS_TEXT = {
     415: "not decodable audio, or an unsupported rate or channel count",
     422: "invalid parameter, or a mask of the other kind",
     503: "queue full, starting up, or the mask store unreachable (with Retry-After)",
+    501: "not provided by this service (the message says what to use instead)",
     504: "not served before S3R_REQUEST_TIMEOUT_S",
 }
 

@@ -49,6 +49,7 @@ HTTP_STATUS: dict[type[E.S3RouterError], int] = {
     E.AuthenticationError: 401,
     E.AdminDisabledError: 403,
     E.MaskForbiddenError: 403,
+    E.NotImplementedFeatureError: 501,
 }
 
 

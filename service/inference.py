@@ -118,12 +118,13 @@ AUTO = "auto"
 
 
 async def resolve_language(
-    request: Request, state: AppState, wave: torch.Tensor, lang: str
+    request: Request, state: AppState, wave: torch.Tensor, lang: str, wait_for_room: bool = False
 ) -> tuple[str, float | None]:
     """``lang`` itself, or for ``auto`` the language-ID mask's best label and its probability."""
     if lang != AUTO:
         return lang, None
-    lid = classification_of(await run_request(request, state, wave, state.settings.language_mask, "classify"))
+    out = await run_request(request, state, wave, state.settings.language_mask, "classify", wait_for_room)
+    lid = classification_of(out)
     return lid.label, lid.probabilities[lid.label]
 
 

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128, 256)
+SEGMENT_BUCKETS = (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+RATIO_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
@@ -110,6 +112,10 @@ class ServiceMetrics:
             "s3router_inference_busy_seconds", "Seconds the model executor was busy", registry=r
         )
         self.queue_length = Gauge("s3router_queue_length", "Requests waiting for a batch", registry=r)
+        self.segments = Histogram("s3router_segments_per_request", "Speech segments a transcription was cut into",
+                                  buckets=SEGMENT_BUCKETS, registry=r)
+        self.speech_ratio = Histogram("s3router_vad_speech_ratio", "Share of a recording inside speech segments",
+                                      buckets=RATIO_BUCKETS, registry=r)
         self.info = Info("s3router_model", "Backbone and build information", registry=r)
         r.register(_RegistryCollector(get_registry))
         ProcessCollector(namespace="s3router", registry=r)
@@ -121,6 +127,11 @@ class ServiceMetrics:
         if key_id is not None:  # the key's configured ID, never the key
             self.requests_by_key.labels(key_id, str(status)).inc()
         self.latency.labels(endpoint, mask or "-").observe(seconds)
+
+    @_guarded
+    def observe_segments(self, segments: int, speech_ratio: float) -> None:
+        self.segments.observe(segments)
+        self.speech_ratio.observe(speech_ratio)
 
     @_guarded
     def observe_batch(self, report: BatchReport) -> None:

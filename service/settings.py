@@ -74,7 +74,26 @@ class ServiceSettings(BaseSettings):
     mask_budget_mb: float = Field(default=512.0, gt=0.0, description="memory for resident masks (LRU beyond it)")
 
     max_upload_bytes: int = Field(default=25 * 2**20, ge=1024, description="largest request body; larger is a 413")
-    max_audio_seconds: float = Field(default=120.0, gt=0.0, description="longest audio accepted; longer is a 413")
+    max_audio_seconds: float = Field(
+        default=120.0, gt=0.0, description="longest clip to classify; longer: 413 (transcription: max_longform_seconds)"
+    )
+    @property
+    def segment_seconds(self) -> float:
+        """The longest segment actually used: never over ``max_audio_seconds`` (what kernels are prepared for)."""
+        return min(self.segment_max_s, self.max_audio_seconds)
+
+    max_longform_seconds: float = Field(
+        default=10_800.0, gt=0.0, description="longest recording to transcribe (cut into speech segments); longer: 413"
+    )
+    segment_max_s: float = Field(
+        default=25.0, ge=2.0, le=120.0, description="longest speech segment; longer speech is cut where it is quietest"
+    )
+    segment_min_silence_s: float = Field(default=0.3, gt=0.0, le=10.0, description="a pause this long ends a segment")
+    segment_pad_s: float = Field(default=0.2, ge=0.0, le=2.0, description="audio kept on each side of a segment")
+    longform_seconds_per_audio_second: float = Field(
+        default=0.5, gt=0.0, le=100.0,
+        description="extra time a long recording may take, per second of audio, beyond request_timeout_s",
+    )
 
     admin_token: SecretStr | None = Field(
         default=None, description="bearer token for PUT/DELETE /masks (8+ characters); unset = admin off (403)"

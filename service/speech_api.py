@@ -8,17 +8,17 @@ from typing import Any
 
 import torch
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from router_core.audio import decode_audio
 from router_core.backbone import SAMPLE_RATE
-from router_core.decoding import Transcript
 from router_core.errors import (
     EmptyAudioError,
     InvalidInputError,
     InvalidMaskNameError,
     MaskNotFoundError,
+    NotImplementedFeatureError,
     StoreUnavailableError,
 )
 from service.api_docs import (
@@ -28,19 +28,16 @@ from service.api_docs import (
     SPEECH_ERRORS,
     LanguageQuery,
     TaskQuery,
+    error_responses,
 )
 from service.inference import (
     AUTO,
     check_mask,
     classification_of,
-    no_speech_body,
-    resolve_language,
     run_request,
-    speech_check,
-    transcript_of,
-    words_of,
 )
-from service.openai_format import check_format_options, render_transcription
+from service.longform import Plan, SegmentResult, joined, main_language, plan_segments, transcribe_segments
+from service.openai_format import SegmentView, check_format_options, render_transcription, stream_events
 from service.state import AppState, state_of
 from service.uploads import read_upload
 
@@ -48,9 +45,11 @@ api = APIRouter(tags=["speech"])
 DISCONNECT_POLL_S = 0.1
 
 
-async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dict[str, Any]]:
+async def _decoded(request: Request, state: AppState, longform: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
     """The upload as a 16 kHz wave, and the form's other fields. A full queue refuses it before it is read
-    or decoded; decoding counts against the request's deadline."""
+    or decoded; decoding counts against the request's deadline. ``longform`` (transcription): recordings up
+    to ``max_longform_seconds``; one longer than a segment gets ``longform_seconds_per_audio_second`` more
+    time per second of audio."""
     deadline = request.state.deadline = time.monotonic() + state.settings.request_timeout_s
     if state.api_keys is not None:  # before anything is read
         key = request.state.api_key = state.api_keys.authenticate(request.headers.get("authorization"))
@@ -59,39 +58,65 @@ async def _decoded(request: Request, state: AppState) -> tuple[torch.Tensor, dic
     engine, batcher = state.ready_engine()
     batcher.check_room()
     data, fields = await read_upload(request, state.settings.max_upload_bytes)
-    wave = await run_in_threadpool(decode_audio, data, state.settings.max_audio_seconds, deadline)
+    settings = state.settings
+    limit = settings.max_longform_seconds if longform else settings.max_audio_seconds
+    wave = await run_in_threadpool(decode_audio, data, limit, deadline)
+    seconds = wave.shape[0] / SAMPLE_RATE
+    if longform and seconds > settings.segment_seconds:  # a recording cut into segments: more time
+        request.state.deadline += seconds * settings.longform_seconds_per_audio_second
     if wave.shape[0] < engine.backbone.min_samples:
         raise EmptyAudioError(f"audio is too short: {wave.shape[0]} samples at 16 kHz, at least "
                               f"{engine.backbone.min_samples} needed")
     return wave, fields
 
 
-@api.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto)",
+@api.post("/transcribe", summary="Transcribe audio with a language's mask (or lang=auto), long recordings included",
           responses=SPEECH_ERRORS, openapi_extra=AUDIO_BODY)
 async def transcribe(request: Request, lang: LanguageQuery) -> dict:
     state = state_of(request)
-    wave, _ = await _decoded(request, state)
-    speech = await speech_check(state, wave)
-    if speech is not None and not speech.has_speech:
-        await check_mask(request, state, state.settings.language_mask if lang == AUTO else lang,
-                         "classify" if lang == AUTO else "ctc")
-        return no_speech_body(lang, wave, speech)
-    language, probability = await resolve_language(request, state, wave, lang)
-    out = await run_request(request, state, wave, language, "ctc")
-    body = {
-        "text": transcript_of(out).text,
+    started = time.monotonic()
+    wave, _ = await _decoded(request, state, longform=True)
+    await check_mask(request, state, state.settings.language_mask if lang == AUTO else lang,
+                     "classify" if lang == AUTO else "ctc")
+    plan = await plan_segments(state, wave)
+    results = [r async for r in transcribe_segments(request, state, wave, lang, plan.segments)]
+    transcript = joined(results)
+    language = main_language(results) or (None if lang == AUTO else lang)
+    body: dict[str, Any] = {
+        "text": transcript.text,
         "language": language,
-        "mask": out.mask_name,
-        "decoder": out.decoder,
-        "duration": round(out.audio_seconds, 3),
-        "words": words_of(out),
-        "timing": request.state.timing,
+        "mask": language,
+        "decoder": results[0].decoder if results else "none (no speech)",
+        "duration": round(wave.shape[0] / SAMPLE_RATE, 3),
+        "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript.words],
+        "segments": [_segment_body(i, r) for i, r in enumerate(results)],
+        "timing": request.state.timing if len(results) == 1 else {"total_ms": _ms_since(started)},
     }
-    if probability is not None:
-        body["language_probability"] = round(probability, 6)
-    if speech is not None:
-        body["no_speech_prob"] = round(speech.no_speech_prob, 6)
+    if len(results) == 1 and results[0].language_probability is not None:
+        body["language_probability"] = round(results[0].language_probability, 6)
+    if plan.no_speech_prob is not None:
+        body["no_speech_prob"] = round(plan.no_speech_prob, 6)
+    state.metrics.observe_segments(len(plan.segments), _speech_ratio(plan, wave))
     return body
+
+
+def _segment_body(index: int, result: SegmentResult) -> dict[str, Any]:
+    body: dict[str, Any] = {"id": index, "start": round(result.start, 3), "end": round(result.end, 3),
+                            "text": result.transcript.text, "language": result.language}
+    if result.language_probability is not None:
+        body["language_probability"] = round(result.language_probability, 6)
+    if result.no_speech_prob is not None:
+        body["no_speech_prob"] = round(result.no_speech_prob, 6)
+    return body
+
+
+def _ms_since(started: float) -> float:
+    return round(1000 * (time.monotonic() - started), 2)
+
+
+def _speech_ratio(plan: Plan, wave: torch.Tensor) -> float:
+    """The share of the recording inside speech segments."""
+    return sum(s.end - s.start for s in plan.segments) / max(1, wave.shape[0])
 
 
 @api.post("/classify", summary="Classify audio with a task's mask", responses=SPEECH_ERRORS,
@@ -116,34 +141,46 @@ async def classify(
     }
 
 
-@api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription", response_class=Response,
-          responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)
+@api.post("/v1/audio/transcriptions", summary="OpenAI-compatible transcription (stream=true: server-sent events)",
+          response_class=Response, responses=OPENAI_RESPONSES, openapi_extra=OPENAI_BODY)
 async def openai_transcriptions(request: Request) -> Response:
     state = state_of(request)
-    wave, fields = await _decoded(request, state)
+    wave, fields = await _decoded(request, state, longform=True)
     fmt = str(fields.get("response_format") or "json")
     granularities = fields.get("timestamp_granularities[]") or fields.get("timestamp_granularities") or ["segment"]
     if isinstance(granularities, str):
         granularities = [granularities]
     check_format_options(fmt, list(granularities))  # a bad option is a 400 before any inference
-    speech = await speech_check(state, wave)
-    if speech is not None and not speech.has_speech:
-        language = str(fields.get("language") or "")
-        seconds = wave.shape[0] / SAMPLE_RATE
-        body, media_type = render_transcription(Transcript(""), language, seconds, fmt, list(granularities))
-    else:
-        mask = await _openai_mask(request, state, wave, fields)
-        out = await run_request(request, state, wave, mask, "ctc")
-        body, media_type = render_transcription(transcript_of(out), mask, out.audio_seconds, fmt, list(granularities))
+    stream = str(fields.get("stream") or "false").lower() in ("true", "1")
+    plan = await plan_segments(state, wave)
+    mask = await _openai_mask(request, state, wave, fields) if plan.segments else str(fields.get("language") or "")
+    if stream:
+        events = stream_events(transcribe_segments(request, state, wave, mask, plan.segments))
+        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    results = [r async for r in transcribe_segments(request, state, wave, mask, plan.segments)]
+    views = [SegmentView(r.start, r.end, r.transcript, r.no_speech_prob) for r in results]
+    body, media_type = render_transcription(joined(results), main_language(results) or mask,
+                                            wave.shape[0] / SAMPLE_RATE, fmt, list(granularities),
+                                            views if len(plan.segments) > 1 else None)
+    state.metrics.observe_segments(len(plan.segments), _speech_ratio(plan, wave))
     if media_type == "application/json":
         return Response(body, media_type=media_type)
     return PlainTextResponse(body, media_type=media_type)
 
 
+@api.post("/v1/audio/translations", summary="OpenAI-compatible translation: not supported (501)",
+          responses=error_responses(501))
+async def openai_translations(request: Request) -> Response:
+    raise NotImplementedFeatureError(
+        "translation is not supported: s3router transcribes in the spoken language "
+        "(POST /v1/audio/transcriptions); no mask translates"
+    )
+
+
 async def _openai_mask(request: Request, state: AppState, wave: torch.Tensor, fields: dict[str, Any]) -> str:
-    """The mask an OpenAI request names: ``model`` when it is a mask, else ``language``, else the language
-    detected by the language-ID mask. Resident masks are found without asking the store, so a Redis
-    outage does not stop requests for the masks a replica holds."""
+    """The mask an OpenAI request names: ``model`` when it is a mask, else ``language``, else ``auto`` (each
+    segment language-identified). Resident masks are found without asking the store, so a Redis outage
+    does not stop requests for the masks a replica holds."""
     engine, _ = state.ready_engine()
     model = str(fields.get("model") or state.settings.model_id)
     language = fields.get("language")
@@ -155,9 +192,10 @@ async def _openai_mask(request: Request, state: AppState, wave: torch.Tensor, fi
         except (MaskNotFoundError, InvalidMaskNameError, StoreUnavailableError):
             pass  # e.g. "whisper-1": fall back to the language
     if language:
+        await check_mask(request, state, str(language), "ctc")
         return str(language)
     try:
-        mask, _ = await resolve_language(request, state, wave, AUTO)
+        await check_mask(request, state, state.settings.language_mask, "classify")
     except MaskNotFoundError:
         names = {m.name for m in engine.registry.resident()}
         with contextlib.suppress(StoreUnavailableError):
@@ -166,4 +204,4 @@ async def _openai_mask(request: Request, state: AppState, wave: torch.Tensor, fi
             f"say which language to transcribe: set 'language' (one of {', '.join(sorted(names))}) "
             f"or use a mask name as 'model' (no {state.settings.language_mask!r} mask for auto-detection)"
         ) from None
-    return mask
+    return AUTO

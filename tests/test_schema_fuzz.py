@@ -18,7 +18,7 @@ EXAMPLES_PER_OPERATION = 100
 @pytest.fixture
 def live_url(tmp_path):
     settings = ServiceSettings(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=1,
-                               max_audio_seconds=10, request_timeout_s=10)
+                               max_audio_seconds=10, max_longform_seconds=30, request_timeout_s=10)
     with serve_in_thread(create_app(settings, tiny_engine_factory()), log_level="error") as url:
         yield url
 

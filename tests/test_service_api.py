@@ -22,7 +22,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 def _settings(tmp_path, **kw):
     # vad=False: these tests send a synthetic tone, which the speech gate (tested on its own) would stop
     base = dict(registry=str(tmp_path / "registry"), admin_token=ADMIN_TOKEN, max_wait_ms=5, max_audio_seconds=10,
-                vad=False)
+                max_longform_seconds=30, vad=False)
     return ServiceSettings(**{**base, **kw})
 
 
@@ -76,7 +76,8 @@ def test_bad_input_gets_clear_4xx(client, tmp_path):
         (client.post("/transcribe?lang=xx", content=wav), 404, "available: cls_speaker, de, fr"),
         (client.post("/transcribe?lang=cls_speaker", content=wav), 422, "classify mask"),
         (client.post("/classify?task=fr", content=wav), 422, "ctc mask"),
-        (client.post("/transcribe?lang=fr", content=audio_bytes(11.0)), 413, "limit is 10"),
+        (client.post("/transcribe?lang=fr", content=audio_bytes(31.0)), 413, "limit is 30"),
+        (client.post("/classify?task=cls_speaker", content=audio_bytes(11.0)), 413, "limit is 10"),
         (client.post("/transcribe?lang=fr", content=audio_bytes(0.002)), 400, "too short"),
         (client.post("/transcribe?lang=../x", content=wav), 422, "should match pattern"),
         (client.post("/transcribe?lang=fr", files={"other": ("a", wav)}), 400, "no 'file' field"),
