@@ -209,6 +209,19 @@ def _fused(
 
 
 def _transcript(trie: _Prefixes, node: int, spec: HeadSpec, seconds_per_frame: float) -> Transcript:
-    """The prefix ``node`` as words: each token spans its emitting frame through the last frame it held."""
-    emissions = [(trie.token[n], trie.frame[n], trie.until[n] + 1) for n in trie.path(node)]
-    return transcript_from_emissions(emissions, spec, seconds_per_frame)
+    """The prefix ``node`` as words: each token spans its emitting frame through the last frame it held.
+
+    A token's emitting frame can move later after its successors were emitted (a later path to the same
+    prefix won), so times are made consistent from the end backwards: a token starts no later than the
+    next one, and ends after it starts and no later than the next one starts (never a word ending before
+    it begins)."""
+    emissions: list[tuple[int, int, int]] = []
+    next_start = None
+    for n in reversed(trie.path(node)):
+        first, end = trie.frame[n], trie.until[n] + 1
+        if next_start is not None:
+            first, end = min(first, next_start), min(end, max(next_start, first + 1))
+        end = max(end, first + 1)
+        emissions.append((trie.token[n], first, end))
+        next_start = first
+    return transcript_from_emissions(emissions[::-1], spec, seconds_per_frame)

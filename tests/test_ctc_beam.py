@@ -102,3 +102,21 @@ def test_bad_settings_are_refused():
     for bad in ({"beam_width": 0}, {"max_candidates": 0}, {"token_prune": 0.0}):
         with pytest.raises(InvalidInputError, match="positive"):
             BeamSettings(**bad)
+
+
+def test_word_times_are_ordered_and_never_end_before_they_start():
+    """A token's emitting frame can move later after its successors were emitted (a later path to the
+    same prefix won); the words must still start before they end, and start and end in order. Random,
+    flat posteriors with a language model make such paths common (seen on real speech: a word 0.14 s
+    long that ended before it started)."""
+    lm = train_char_lm(["the bet", "the hat", "a tab", "bet the hat"], 4, alphabet=SPEC.vocab[2:])
+    checked = 0
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        logits = (0.8 * torch.randn(60, len(SPEC.vocab), generator=gen)).log_softmax(-1)  # [T, V]
+        words = ctc_beam_decode(logits, SPEC, 0.02, lm, BeamSettings(alpha=1.0, beta=1.5)).words
+        assert all(w.start < w.end for w in words), words
+        pairs = list(zip(words, words[1:], strict=False))
+        assert all(a.start <= b.start and a.end <= b.end for a, b in pairs), words
+        checked += len(words)
+    assert checked > 40
