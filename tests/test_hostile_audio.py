@@ -162,7 +162,8 @@ def malformed_corpus() -> list[tuple[str, bytes]]:
 def test_every_malformed_upload_gets_a_4xx_or_a_200_quickly(tmp_path):
     corpus = malformed_corpus()
     assert len(corpus) >= 300
-    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, max_audio_seconds=10, max_longform_seconds=30)
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, max_audio_seconds=10,
+                               max_longform_seconds=30)
     statuses: dict[int, int] = {}
     with TestClient(create_app(settings, tiny_engine_factory())) as client:
         for name, data in corpus:

@@ -6,17 +6,15 @@ segment's language, the long-form transcript is as good as the same segments sen
 0.02), and the official `openai` client reads the stream, verbose_json segments and srt of a recording.
 """
 
-import io
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import jiwer
-import numpy as np
 import pytest
-import soundfile as sf
 
+from bench.speech_corpus import RATE, VOICES, Truth, flac, recording
 from helpers import free_port, wait_until_ready
 from router_core.training.text_sources import normalize
 
@@ -25,81 +23,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (BUNDLE / "registry" / "language.s3mask").is_file(), reason="bundle not built"),
 ]
-
-RATE = 16_000
-SENTENCES = {
-    "en": ["The train leaves at nine every morning", "My sister bought a new blue bicycle",
-           "We had soup and bread for dinner tonight", "Please close the window before you go out",
-           "The children are playing in the garden", "I will call you again after the meeting",
-           "This road goes straight to the old bridge", "He reads the newspaper in the kitchen",
-           "The shop on the corner sells fresh fruit", "Our neighbours have a very friendly dog"],
-    "fr": ["Le train part tous les matins à neuf heures", "Ma soeur a acheté un nouveau vélo bleu",
-           "Nous avons mangé de la soupe ce soir", "Ferme la fenêtre avant de sortir",
-           "Les enfants jouent dans le jardin", "Je te rappelle après la réunion",
-           "Cette route mène au vieux pont", "Il lit le journal dans la cuisine",
-           "Le magasin du coin vend des fruits frais", "Nos voisins ont un chien très gentil"],
-    "de": ["Der Zug fährt jeden Morgen um neun Uhr", "Meine Schwester hat ein neues blaues Fahrrad",
-           "Wir haben heute Abend Suppe gegessen", "Bitte schließ das Fenster bevor du gehst",
-           "Die Kinder spielen im Garten", "Ich rufe dich nach dem Treffen wieder an",
-           "Diese Straße führt zur alten Brücke", "Er liest die Zeitung in der Küche",
-           "Der Laden an der Ecke verkauft frisches Obst", "Unsere Nachbarn haben einen freundlichen Hund"],
-    "es": ["El tren sale todas las mañanas a las nueve", "Mi hermana compró una bicicleta azul",
-           "Esta noche comimos sopa y pan", "Cierra la ventana antes de salir",
-           "Los niños juegan en el jardín", "Te llamo otra vez después de la reunión",
-           "Este camino lleva al puente viejo", "Él lee el periódico en la cocina",
-           "La tienda de la esquina vende fruta fresca", "Nuestros vecinos tienen un perro muy simpático"],
-    "it": ["Il treno parte ogni mattina alle nove", "Mia sorella ha comprato una bicicletta blu",
-           "Stasera abbiamo mangiato zuppa e pane", "Chiudi la finestra prima di uscire",
-           "I bambini giocano in giardino", "Ti richiamo dopo la riunione",
-           "Questa strada porta al vecchio ponte", "Lui legge il giornale in cucina",
-           "Il negozio all'angolo vende frutta fresca", "I nostri vicini hanno un cane molto simpatico"],
-}
-VOICES = [("m1", 160), ("f2", 150), ("m4", 175), ("f4", 140)]
-
-
-def _speak(text: str, lang: str, voice: str, speed: int) -> np.ndarray:
-    wav = subprocess.run(["espeak-ng", "-v", f"{lang}+{voice}", "-s", str(speed), "--stdout", text],
-                         capture_output=True, check=True).stdout
-    audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
-    assert rate == 22050
-    import torch
-    import torchaudio
-
-    return torchaudio.functional.resample(torch.from_numpy(audio), rate, RATE).numpy()
-
-
-def _trimmed(audio: np.ndarray) -> np.ndarray:
-    """Without espeak's leading and trailing near-silence (so the true pauses are known)."""
-    loud = np.flatnonzero(np.abs(audio) > 0.01)
-    return audio[loud[0] : loud[-1] + 1]
-
-
-Truth = list[tuple[float, float, str, str]]  # (start s, end s, language, text) per sentence
-
-
-def _recording(voices: list[tuple[str, int]], per_language: int) -> tuple[np.ndarray, Truth]:
-    """Sentences round-robin over the languages, 0.8-1.6 s pauses of faint noise between them, 3 s of
-    silence and 2 s of louder noise in the middle. Returns the audio and (start s, end s, language, text)."""
-    rng = np.random.default_rng(0)
-    pieces, truth, at = [], [], 0
-    order = [(lang, i, v) for v in voices for i in range(per_language) for lang in SENTENCES]
-    for n, (lang, i, (voice, speed)) in enumerate(order):
-        speech = _trimmed(_speak(SENTENCES[lang][i], lang, voice, speed))
-        pause = rng.normal(0, 0.002, int(rng.uniform(0.8, 1.6) * RATE)).astype("float32")
-        if n == len(order) // 2:
-            pause = np.concatenate([pause, np.zeros(3 * RATE, "float32"),
-                                    rng.normal(0, 0.05, 2 * RATE).astype("float32"), pause])
-        truth.append((at / RATE, (at + len(speech)) / RATE, lang, SENTENCES[lang][i]))
-        pieces += [speech, pause]
-        at += len(speech) + len(pause)
-    return np.concatenate(pieces), truth
-
-
-def _flac(audio: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, audio, RATE, format="FLAC")
-    return buf.getvalue()
-
 
 @pytest.fixture(scope="module")
 def server():
@@ -118,8 +41,8 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def long_recording():
-    audio, truth = _recording(VOICES, per_language=10)
+def longrecording():
+    audio, truth = recording(VOICES, per_language=10)
     assert len(audio) / RATE >= 600  # at least 10 minutes
     return audio, truth
 
@@ -134,7 +57,7 @@ def _in_a_pause(t: float, truth: Truth, total: float, slack: float = 0.3) -> boo
 def test_a_ten_minute_recording_is_cut_at_its_pauses_and_transcribed_like_its_segments_alone(server, long_recording):
     audio, truth = long_recording
     total = len(audio) / RATE
-    body = httpx.post(f"{server}/transcribe?lang=auto", content=_flac(audio), timeout=900).json()
+    body = httpx.post(f"{server}/transcribe?lang=auto", content=flac(audio), timeout=900).json()
     segments = body["segments"]
     assert len(segments) >= len(truth) * 0.9, len(segments)
     bad = [s for s in segments if not (_in_a_pause(s["start"], truth, total) and _in_a_pause(s["end"], truth, total))]
@@ -151,7 +74,7 @@ def test_a_ten_minute_recording_is_cut_at_its_pauses_and_transcribed_like_its_se
     alone = []
     for s in segments:  # the same segments, each sent as its own clip
         clip = audio[int(s["start"] * RATE) : int(s["end"] * RATE)]
-        alone.append(httpx.post(f"{server}/transcribe?lang=auto", content=_flac(clip), timeout=60).json())
+        alone.append(httpx.post(f"{server}/transcribe?lang=auto", content=flac(clip), timeout=60).json())
     same = [a["language"] == s["language"] for a, s in zip(alone, segments, strict=True)]
     assert sum(same) >= len(same) - 2, sum(same)  # each segment got its own language's mask in the long pass
     long_cer = jiwer.cer(reference, body["text"])
@@ -163,9 +86,9 @@ def test_a_ten_minute_recording_is_cut_at_its_pauses_and_transcribed_like_its_se
 def test_the_openai_client_streams_and_reads_segments_and_srt(server):
     from openai import OpenAI
 
-    audio, truth = _recording(VOICES[:1], per_language=2)  # ten sentences, about 40 s
+    audio, truth = recording(VOICES[:1], per_language=2)  # ten sentences, about 40 s
     client = OpenAI(base_url=f"{server}/v1", api_key="unused")
-    data = ("long.flac", _flac(audio), "audio/flac")
+    data = ("long.flac", flac(audio), "audio/flac")
     verbose = client.audio.transcriptions.create(model="s3router", file=data, response_format="verbose_json",
                                                  timestamp_granularities=["segment", "word"])
     assert len(verbose.segments) >= 8 and verbose.duration == pytest.approx(len(audio) / RATE, abs=0.01)
