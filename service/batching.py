@@ -139,6 +139,11 @@ class Batcher:
     def queue_length(self) -> int:
         return len(self.queue)
 
+    @property
+    def finishing(self) -> int:
+        """Outputs of earlier batches still in the finish stage (beam searches in the decode pool)."""
+        return len(self._finishing)
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="s3r-batcher")
 

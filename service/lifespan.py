@@ -69,6 +69,7 @@ async def _start(state: AppState, engine_factory: EngineFactory) -> None:
     batcher.start()
     state.batcher = batcher
     metrics.queue_length.set_function(lambda: batcher.queue_length)
+    metrics.decoding_pending.set_function(lambda: batcher.finishing)
     metrics.set_info(
         version=VERSION,
         backbone=engine.description,

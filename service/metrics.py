@@ -112,6 +112,8 @@ class ServiceMetrics:
             "s3router_inference_busy_seconds", "Seconds the model executor was busy", registry=r
         )
         self.queue_length = Gauge("s3router_queue_length", "Requests waiting for a batch", registry=r)
+        self.decoding_pending = Gauge("s3router_decoding_pending", "Outputs waiting for a beam search (decode pool)",
+                                      registry=r)
         self.segments = Histogram("s3router_segments_per_request", "Speech segments a transcription was cut into",
                                   buckets=SEGMENT_BUCKETS, registry=r)
         self.speech_ratio = Histogram("s3router_vad_speech_ratio", "Share of a recording inside speech segments",
