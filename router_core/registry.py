@@ -138,6 +138,7 @@ class MaskRegistry:
         self.stats = RegistryStats()
         self._resident: OrderedDict[str, LoadedMask] = OrderedDict()
         self._resident_bytes = 0  # sum of the resident masks' nbytes, kept as they come and go
+        self.kinds: dict[str, MaskKind] = {}  # every mask loaded since start, resident or not: its kind
         self._lock = threading.RLock()
         self._load_locks: dict[str, threading.Lock] = {}
 
@@ -231,6 +232,7 @@ class MaskRegistry:
                 self.stats.evicted = [*self.stats.evicted[-31:], victim_name]
             self._resident[loaded.name] = loaded
             self._resident_bytes += loaded.nbytes
+            self.kinds[loaded.name] = loaded.kind
             self.stats.loads += 1
 
     def _drop(self, name: str) -> bool:
@@ -259,6 +261,7 @@ class MaskRegistry:
         validate_mask_name(name)
         with self._lock:
             self._drop(name)
+            self.kinds.pop(name, None)
         if not self.store.delete(name):
             raise MaskNotFoundError(name, self.available())
 

@@ -81,8 +81,9 @@ OPENAI_BODY = {
                     "properties": {
                         "file": _BINARY,
                         "model": {"type": "string", "description": "a mask name, or the service's model id"},
-                        "language": {"type": "string"},
-                        "prompt": {"type": "string", "description": "accepted and ignored"},
+                        "language": {"type": "string", "description": "a transcription mask; unset: per segment"},
+                        "prompt": {"type": "string", "description": "accepted and ignored (no contextual biasing)"},
+                        "stream": {"type": "boolean", "description": "server-sent transcript.text.delta/done events"},
                         "response_format": {"type": "string", "enum": ["json", "text", "verbose_json", "srt", "vtt"]},
                         "temperature": {"type": "number", "description": "accepted and ignored"},
                         "timestamp_granularities[]": {

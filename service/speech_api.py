@@ -177,6 +177,25 @@ async def openai_translations(request: Request) -> Response:
     )
 
 
+@api.get("/v1/models", summary="OpenAI-compatible model list: the service model and its transcription masks",
+         responses=error_responses(503))
+async def openai_models(request: Request) -> dict:
+    """The service model (``model_id``, rooted in the backbone) and every mask that is not known to be a
+    classification mask, each with ``parent`` the service model, as vLLM lists LoRA adapters. A mask's kind
+    is known once it has been loaded; the store is listed (resident masks only when it is unreachable)."""
+    state = state_of(request)
+    engine, _ = state.ready_engine()
+    names = {m.name for m in engine.registry.resident()}
+    with contextlib.suppress(StoreUnavailableError):
+        names.update(await run_in_threadpool(engine.registry.available))
+    model_id, created = state.settings.model_id, int(state.started_at)
+    entry = {"object": "model", "created": created, "owned_by": "s3router"}
+    models = [{"id": model_id, **entry, "root": engine.description, "parent": None}]
+    kinds = engine.registry.kinds
+    models += [{"id": n, **entry, "root": n, "parent": model_id} for n in sorted(names) if kinds.get(n) != "classify"]
+    return {"object": "list", "data": models}
+
+
 async def _openai_mask(request: Request, state: AppState, wave: torch.Tensor, fields: dict[str, Any]) -> str:
     """The mask an OpenAI request names: ``model`` when it is a mask, else ``language``, else ``auto`` (each
     segment language-identified). Resident masks are found without asking the store, so a Redis outage

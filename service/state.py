@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -29,6 +30,7 @@ class AppState:
     speech_detector: SpeechDetector | None = None  # settings.vad, loaded at start-up
     warmed_up: bool = False
     startup_error: str | None = None
+    started_at: float = field(default_factory=time.time)  # Unix seconds (OpenAI's model "created")
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.mask_registry)

@@ -55,6 +55,27 @@ def test_openai_subtitles_and_errors(client):
         client.audio.transcriptions.create(model="cls_speaker", file=audio)
 
 
+def test_models_list_the_service_model_and_its_transcription_masks(client):
+    client.audio.transcriptions.create(model="fr", file=("a.wav", audio_bytes(1.0), "audio/wav"))
+    with pytest.raises(openai.UnprocessableEntityError):  # loads cls_speaker: now known to classify
+        client.audio.transcriptions.create(model="cls_speaker", file=("a.wav", audio_bytes(1.0), "audio/wav"))
+    models = {m.id: m for m in client.models.list()}
+    assert {"s3router", "fr", "de"} <= set(models) and "cls_speaker" not in models
+    assert models["fr"].owned_by == "s3router" and models["fr"].model_extra["parent"] == "s3router"
+    assert models["s3router"].model_extra["parent"] is None
+
+
+def test_translations_are_refused_with_501_and_a_stream_answers_with_events(client, live_url):
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.audio.translations.create(model="s3router", file=("a.wav", audio_bytes(1.0), "audio/wav"))
+    assert refused.value.status_code == 501 and "not supported" in refused.value.message
+    plain = client.audio.transcriptions.create(model="fr", file=("a.wav", audio_bytes(2.0), "audio/wav"))
+    events = list(client.audio.transcriptions.create(model="fr", file=("a.wav", audio_bytes(2.0), "audio/wav"),
+                                                     stream=True))
+    assert [e.type for e in events][-1] == "transcript.text.done" and events[-1].text == plain.text
+    assert "".join(e.delta for e in events if e.type == "transcript.text.delta") == plain.text
+
+
 def test_invalid_settings_fail_clearly(monkeypatch):
     with pytest.raises(ValidationError, match="max_batch_size"):
         ServiceSettings(max_batch_size=0)
