@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--inner", type=int, default=None,
                         help="calls per timed sample (default: 20 on a GPU, 1 on the CPU)")
     parser.add_argument("--graph", action="store_true", help="also time CUDA-graph replays (GPU only)")
+    parser.add_argument("--materialized-mb", type=float, default=0.0,
+                        help="CPU: also time the cpu backend keeping masked weights dense within this budget")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     inner = args.inner or (20 if args.device.startswith("cuda") else 1)
@@ -52,6 +54,8 @@ def main() -> None:
             backends[name] = select_backend(args.device, name)
         except KernelUnavailableError as exc:
             print(f"skip {name}: {exc}")
+    if args.materialized_mb > 0 and "cpu" in backends:
+        backends["cpu+dense"] = select_backend(args.device, "cpu", materialized_bytes=int(args.materialized_mb * 2**20))
     for backend in backends.values():  # as the service does at start-up: Triton tiles, CPU schedules
         backend.prepare([(n, k) for k, n in SHAPES], dtype, torch.device(args.device), max(FRAMES))
     rows = []

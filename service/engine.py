@@ -115,7 +115,8 @@ def build_engine(settings: ServiceSettings) -> Engine:
                        if bundled else f"{backbone.config.model_type} from {backbone_source}")
         is_demo = False
     # "auto" included: the settings are the only source
-    backend = select_backend(backbone.device, settings.kernel, settings.kernel_cache_dir)
+    backend = select_backend(backbone.device, settings.kernel, settings.kernel_cache_dir,
+                             int(settings.materialized_mask_mb * 2**20))
     watcher = RegistryWatcher(registry, registry.store).start() if isinstance(registry.store, RedisStore) else None
     router = Router(backbone, registry, backend, settings.decoder)
     return Engine(backbone, registry, router, description, is_demo, watcher, DecodePool(settings.decode_workers))

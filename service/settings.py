@@ -37,6 +37,10 @@ class ServiceSettings(BaseSettings):
         default="~/.cache/s3router",
         description="where kernel choices timed on this machine are kept across restarts; unset: not kept",
     )
+    materialized_mask_mb: float = Field(
+        default=0.0, ge=0.0,
+        description="CPU: memory for masked weights kept dense (dense speed for the masks in use); 0: none",
+    )
     decoder: Literal["auto", "greedy"] = Field(
         default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"
     )

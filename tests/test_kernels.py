@@ -476,3 +476,34 @@ def test_launchers_refuse_bits_that_do_not_pack_the_weight(launcher):
         with pytest.raises(AssertionError):
             call(bits)
             pytest.fail(f"bits with the wrong {what} were accepted")
+
+
+def test_masked_weights_kept_dense_give_the_reference_answer_build_once_and_leave_with_their_mask():
+    import gc
+
+    from router_core.kernels.materialized import MaterializedWeights
+
+    n, k = 21, 40
+    gen = torch.Generator().manual_seed(7)
+    weights = [torch.randn(n, k, generator=gen) for _ in range(3)]
+    bits = [pack_bits(_keep("random", n, k, seed=i)) for i in range(3)]
+    x = torch.randn(5, k, generator=gen)
+    kept = MaterializedWeights(budget_bytes=2 * n * k * 4)  # room for two layers' copies
+    built = []
+
+    def build(w, b):
+        built.append(id(b))
+        return masked_weight_reference(w, b)
+
+    for _ in range(2):
+        for w, b in zip(weights[:2], bits[:2], strict=True):
+            got = cpu_kernels.masked_linear_cpu(x, w, None, b, materialized=kept)
+            assert torch.allclose(got, masked_linear_reference(x, w, None, b), atol=1e-5)
+            assert torch.equal(kept.get(w, b, build), masked_weight_reference(w, b))
+    assert built == [] and kept.bytes == 2 * n * k * 4  # both built by the kernel's own pass, once
+    kept.get(weights[2], bits[2], build)  # a third evicts the least recently used
+    assert built == [id(bits[2])] and kept.bytes == 2 * n * k * 4
+    del bits[2]
+    gc.collect()
+    assert kept.bytes == n * k * 4  # a mask's copy leaves with its bits
+    assert MaterializedWeights(budget_bytes=10).get(weights[0], bits[0], build) is None  # over budget

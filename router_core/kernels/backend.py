@@ -67,16 +67,18 @@ class KernelBackend:
 REFERENCE = KernelBackend("reference", masked_linear_reference, segmented_masked_linear_reference)
 
 
-def _cpu_backend(cache_dir: Path | None) -> KernelBackend:
+def _cpu_backend(cache_dir: Path | None, materialized_bytes: int) -> KernelBackend:
     from router_core.kernels import cpu
     from router_core.kernels.cpu_schedule import CpuSchedule
+    from router_core.kernels.materialized import MaterializedWeights
 
     cpu.load_extension()  # raises KernelUnavailableError when it cannot be built
     schedule = CpuSchedule(cache_dir / CPU_SCHEDULE_FILE if cache_dir is not None else None)
+    kept = MaterializedWeights(materialized_bytes) if materialized_bytes > 0 else None
     return KernelBackend(
         "cpu",
-        functools.partial(cpu.masked_linear_cpu, schedule=schedule),
-        functools.partial(cpu.segmented_masked_linear_cpu, schedule=schedule),
+        functools.partial(cpu.masked_linear_cpu, schedule=schedule, materialized=kept),
+        functools.partial(cpu.segmented_masked_linear_cpu, schedule=schedule, materialized=kept),
         functools.partial(cpu.tune_schedule, schedule),
         schedule,
     )
@@ -104,10 +106,14 @@ def _triton_backend(device: torch.device) -> KernelBackend:
 
 
 def select_backend(
-    device: torch.device | str, requested: str | None = None, cache_dir: str | Path | None = None
+    device: torch.device | str,
+    requested: str | None = None,
+    cache_dir: str | Path | None = None,
+    materialized_bytes: int = 0,
 ) -> KernelBackend:
     """Resolve the backend for ``device`` once; see the module docstring for the rules. ``cache_dir``
-    keeps what a backend timed on this machine (the CPU schedules) across restarts."""
+    keeps what a backend timed on this machine (the CPU schedules) across restarts; ``materialized_bytes``
+    lets the CPU backend keep masked weights dense for the masks in use (:mod:`materialized`)."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else None
     device = torch.device(device)
     choice = (requested or os.environ.get(KERNEL_ENV_VAR) or "auto").strip().lower()
@@ -120,12 +126,12 @@ def select_backend(
     if choice == "cpu":
         if device.type != "cpu":
             raise KernelUnavailableError(f"the cpu kernel backend runs on CPU tensors only, not {device}")
-        return _cpu_backend(cache)
+        return _cpu_backend(cache, materialized_bytes)
     if choice == "triton":
         return _triton_backend(device)
     # auto
     try:
-        return _triton_backend(device) if device.type == "cuda" else _cpu_backend(cache)
+        return _triton_backend(device) if device.type == "cuda" else _cpu_backend(cache, materialized_bytes)
     except KernelUnavailableError as exc:
         log.warning("falling back to the reference masked-linear kernel: %s", exc)
         return REFERENCE

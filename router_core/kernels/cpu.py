@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from router_core.errors import KernelUnavailableError
 from router_core.kernels.bits import check_packed_for
 from router_core.kernels.cpu_schedule import CpuSchedule
+from router_core.kernels.materialized import MaterializedWeights
 from router_core.kernels.reference import DENSE_SEGMENT, Segments, masked_linear_reference
 from router_core.kernels.workspace import MASKED_WEIGHTS
 
@@ -114,13 +115,22 @@ _UNTIMED = CpuSchedule()  # the size rule, for calls without a schedule of their
 
 def masked_linear_cpu(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor,
-    schedule: CpuSchedule | None = None,
+    schedule: CpuSchedule | None = None, materialized: MaterializedWeights | None = None,
 ) -> torch.Tensor:
     """``x @ (W * M)^T + b`` for ``x [..., K]``, ``weight [N, K]``, ``bits [N, ceil(K/8)]``; returns
-    ``[..., N]`` by the schedule ``schedule`` chose for this shape and row count on this machine."""
+    ``[..., N]``: a dense GEMM on ``W * M`` kept in ``materialized`` when it holds (or can take) this
+    mask's copy, else the schedule ``schedule`` chose for this shape and row count on this machine."""
+    if materialized is not None:
+        dense = materialized.get(weight, bits, _masked_copy)  # [N, K]
+        if dense is not None:
+            return F.linear(x, dense, bias)
     n, k = weight.shape
     choice = (schedule or _UNTIMED).choose(x.numel() // k, n, k, x.dtype)
     return run_schedule(choice, x, weight, bias, bits)
+
+
+def _masked_copy(weight: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+    return masked_weight_cpu(weight, bits)  # a new [N, K] tensor, never the shared scratch buffer
 
 
 def tune_schedule(
@@ -138,6 +148,7 @@ def segmented_masked_linear_cpu(
     bits_stack: Sequence[torch.Tensor],
     segments: Segments,
     schedule: CpuSchedule | None = None,
+    materialized: MaterializedWeights | None = None,
 ) -> torch.Tensor:
     """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: one masked linear per distinct mask, over all
     of its rows (the router sorts rows by mask, so that is usually one contiguous segment)."""
@@ -145,7 +156,7 @@ def segmented_masked_linear_cpu(
     def apply(rows: torch.Tensor, mask_id: int) -> torch.Tensor:
         if mask_id == DENSE_SEGMENT:
             return F.linear(rows, weight, bias)
-        return masked_linear_cpu(rows, weight, bias, bits_stack[mask_id], schedule)
+        return masked_linear_cpu(rows, weight, bias, bits_stack[mask_id], schedule, materialized)
 
     spans = segments.spans()
     if len(spans) == 1 and spans[0][:2] == (0, x.shape[0]):
