@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import masks_api, speech_api
+from service import masks_api, speech_api, stream_api
 from service.api_docs import METRICS_RESPONSES
 from service.engine import build_engine
 from service.errors import install_error_handlers
@@ -105,5 +105,6 @@ def create_app(settings: ServiceSettings, engine_factory: EngineFactory = build_
         return Response(generate_latest(state.metrics.prom_registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(speech_api.api)
+    app.include_router(stream_api.api)
     app.include_router(masks_api.api)
     return app

@@ -120,11 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.set_defaults(run=_inspect)
     from service.cli_lm import add_lm_command
     from service.cli_masks import add_masks_commands
+    from service.cli_stream import add_stream_command
     from service.cli_tools import add_tool_commands
 
     add_tool_commands(sub)
     add_lm_command(sub)
     add_masks_commands(sub)
+    add_stream_command(sub)
     serve = sub.add_parser("serve", help="run the HTTP service")
     _add_setting_flags(serve)
     serve.set_defaults(run=_serve)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from router_core.errors import (
 from router_core.heads import MaskKind
 from router_core.router import RoutedOutput
 from router_core.vad import SpeechCheck
+from service.batching import Pending
 from service.state import AppState
 
 DISCONNECT_POLL_S = 0.1
@@ -66,10 +68,25 @@ async def run_request(
 ) -> RoutedOutput:
     """Check the mask, enqueue, and wait for the result — dropping the work if the client goes away.
     ``wait_for_room``: a full queue delays the item (a segment of a long recording) instead of refusing it."""
-    engine, batcher = state.ready_engine()
     await check_mask(request, state, mask, kind)
+    out, item = await serve_item(state, wave, mask, kind, request.state.deadline, request.is_disconnected,
+                                 wait_for_room)
+    request.state.timing = {
+        "queue_ms": round(1000 * ((item.started_at or item.enqueued_at) - item.enqueued_at), 2),
+        "inference_ms": round(1000 * ((item.finished_at or 0.0) - (item.started_at or 0.0)), 2),
+    }
+    return out
+
+
+async def serve_item(
+    state: AppState, wave: torch.Tensor, mask: str, kind: MaskKind, deadline: float,
+    gone: Callable[[], Awaitable[bool]], wait_for_room: bool = False,
+) -> tuple[RoutedOutput, Pending]:
+    """Enqueue one item and wait for its output until ``deadline`` (``time.monotonic()``); ``gone()`` says
+    whether the client went away (its work is then dropped)."""
+    _, batcher = state.ready_engine()
     while True:
-        remaining = request.state.deadline - time.monotonic()  # one deadline for decoding and every pass
+        remaining = deadline - time.monotonic()  # one deadline for decoding and every pass
         if remaining <= 0:
             raise DeadlineExceededError("the request was not served before its deadline")
         try:
@@ -78,24 +95,18 @@ async def run_request(
         except OverloadedError:
             if not wait_for_room:
                 raise
-            if await request.is_disconnected():
+            if await gone():
                 raise ClientClosedRequestError("the client closed the request before its answer was ready") from None
             await asyncio.sleep(ROOM_POLL_S)
     waiter = asyncio.ensure_future(batcher.result(item))
     while True:
         done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
         if done:
-            out = waiter.result()
-            break
-        if await request.is_disconnected():
+            return waiter.result(), item
+        if await gone():
             batcher.cancel(item)
             waiter.cancel()
             raise ClientClosedRequestError("the client closed the request before its answer was ready")
-    request.state.timing = {
-        "queue_ms": round(1000 * ((item.started_at or item.enqueued_at) - item.enqueued_at), 2),
-        "inference_ms": round(1000 * ((item.finished_at or 0.0) - (item.started_at or 0.0)), 2),
-    }
-    return out
 
 
 def words_of(out: RoutedOutput) -> list[dict[str, Any]]:

@@ -114,6 +114,9 @@ class ServiceMetrics:
         self.queue_length = Gauge("s3router_queue_length", "Requests waiting for a batch", registry=r)
         self.decoding_pending = Gauge("s3router_decoding_pending", "Outputs waiting for a beam search (decode pool)",
                                       registry=r)
+        self.streams_open = Gauge("s3router_streams_open", "Open WebSocket streams", registry=r)
+        self.stream_audio = Counter("s3router_stream_audio_seconds", "Audio seconds received over streams",
+                                    registry=r)
         self.segments = Histogram("s3router_segments_per_request", "Speech segments a transcription was cut into",
                                   buckets=SEGMENT_BUCKETS, registry=r)
         self.speech_ratio = Histogram("s3router_vad_speech_ratio", "Share of a recording inside speech segments",

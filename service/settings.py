@@ -94,6 +94,14 @@ class ServiceSettings(BaseSettings):
     )
     segment_min_silence_s: float = Field(default=0.3, gt=0.0, le=10.0, description="a pause this long ends a segment")
     segment_pad_s: float = Field(default=0.2, ge=0.0, le=2.0, description="audio kept on each side of a segment")
+    max_streams: int = Field(default=32, ge=1, le=10_000, description="open WebSocket streams at most; more: 1013")
+    stream_idle_s: float = Field(default=30.0, gt=0.0, le=3600.0, description="a stream silent this long is closed")
+    stream_partial_interval_s: float = Field(
+        default=1.0, gt=0.0, le=60.0, description="audio between two partial results of a stream's open segment"
+    )
+    stream_max_speed: float = Field(
+        default=20.0, gt=0.0, description="a stream sending audio faster than this many times real time is closed"
+    )
     longform_seconds_per_audio_second: float = Field(
         default=0.5, gt=0.0, le=100.0,
         description="extra time a long recording may take, per second of audio, beyond request_timeout_s",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from fastapi import Request
+from starlette.requests import HTTPConnection
 
 from router_core.errors import NotReadyError
 from router_core.registry import MaskRegistry
@@ -31,9 +31,11 @@ class AppState:
     warmed_up: bool = False
     startup_error: str | None = None
     started_at: float = field(default_factory=time.time)  # Unix seconds (OpenAI's model "created")
+    open_streams: int = 0  # WebSocket streams being served
 
     def __post_init__(self) -> None:
         self.metrics = ServiceMetrics(self.mask_registry)
+        self.metrics.streams_open.set_function(lambda: self.open_streams)
         keys = self.settings.api_keys
         self.api_keys = ApiKeyChecker(parse_api_keys(keys.get_secret_value())) if keys is not None else None
 
@@ -55,5 +57,5 @@ class AppState:
         return None
 
 
-def state_of(request: Request) -> AppState:
+def state_of(request: HTTPConnection) -> AppState:
     return request.app.state.s3r

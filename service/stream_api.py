@@ -1,0 +1,217 @@
+"""Live audio over a WebSocket: ``WS /v1/stream?lang=fr&rate=16000`` (``lang=auto``: language per segment).
+
+Protocol. The client sends binary messages of 16-bit little-endian mono PCM at ``rate`` Hz and ends with
+the text message ``{"type": "end"}``. The server answers with JSON text messages
+``{"type": "partial" | "final", "text", "start", "end", "language", "words": [{word, start, end}]}``
+(seconds from the stream's start), and after the end ``{"type": "done"}`` and a normal close (1000).
+
+Segments. The open segment is the audio since the last final result. Every ``stream_partial_interval_s``
+of new audio the VAD reads it: speech followed by ``segment_min_silence_s`` of non-speech is a finished
+segment (endpointing), transcribed and sent as ``final``; speech longer than ``segment_max_s`` is cut
+where it is quietest; the rest of the open speech is transcribed again and sent as ``partial``. Every
+transcription is an item of the batcher that serves HTTP requests, so many streams share mixed-mask
+batches. The server reads the socket only between its own steps, so a client that sends faster than it
+transcribes is slowed by TCP.
+
+Close codes: 1000 done; 1008 a bad message, a stream idle for ``stream_idle_s``, or audio arriving faster
+than ``stream_max_speed`` times real time; 1009 a stream longer than ``max_longform_seconds``, or one
+message of more than a segment of audio; 1011 a server error; 1013 not ready, or ``max_streams`` streams
+open (try again later). The close reason says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio
+from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from router_core.audio import MAX_RATE, MIN_RATE
+from router_core.backbone import SAMPLE_RATE
+from router_core.errors import NotReadyError, OverloadedError, S3RouterError
+from router_core.mask_file import MASK_NAME_PATTERN
+from router_core.vad import SegmentSettings, speech_segments
+from service.inference import AUTO, classification_of, serve_item, transcript_of
+from service.longform import shifted
+from service.state import AppState, state_of
+
+api = APIRouter(tags=["speech"])
+CLOSE_DONE, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_RETRY = 1000, 1008, 1009, 1011, 1013
+
+
+class StreamClosed(Exception):
+    """Ends a stream with a WebSocket close code and a reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+@api.websocket("/v1/stream")
+async def stream(
+    ws: WebSocket,
+    lang: str = Query(AUTO, pattern=MASK_NAME_PATTERN, description="a transcription mask, or auto"),
+    rate: int = Query(SAMPLE_RATE, ge=MIN_RATE, le=MAX_RATE, description="sample rate of the PCM sent"),
+) -> None:
+    state = state_of(ws)
+    try:
+        await _admit(ws, state, lang)
+    except StreamClosed as closed:
+        await ws.close(closed.code, closed.reason[:120])
+        return
+    await ws.accept()
+    state.open_streams += 1
+    try:
+        await StreamSession(state, ws, lang, rate).run()
+    except StreamClosed as closed:
+        await ws.close(closed.code, closed.reason[:120])
+    except WebSocketDisconnect:
+        pass
+    except S3RouterError as exc:
+        await ws.close(CLOSE_RETRY if isinstance(exc, OverloadedError | NotReadyError) else CLOSE_POLICY,
+                       str(exc)[:120])
+    finally:
+        state.open_streams -= 1
+
+
+async def _admit(ws: WebSocket, state: AppState, lang: str) -> None:
+    """API key, readiness, the bound on open streams and the mask, before the handshake completes."""
+    try:
+        if state.api_keys is not None:
+            key = state.api_keys.authenticate(ws.headers.get("authorization"))
+            state.api_keys.admit(key)
+            state.api_keys.allow_mask(key, state.settings.language_mask if lang == AUTO else lang)
+        engine, _ = state.ready_engine()
+        if state.open_streams >= state.settings.max_streams:
+            raise StreamClosed(CLOSE_RETRY, f"{state.settings.max_streams} streams are open; try again later")
+        mask, kind = (state.settings.language_mask, "classify") if lang == AUTO else (lang, "ctc")
+        loaded = await run_in_threadpool(engine.registry.get, mask)
+        if loaded.kind != kind:
+            raise StreamClosed(CLOSE_POLICY, f"mask {mask!r} is a {loaded.kind} mask, not a {kind} mask")
+    except NotReadyError as exc:
+        raise StreamClosed(CLOSE_RETRY, str(exc)) from exc
+    except S3RouterError as exc:
+        raise StreamClosed(CLOSE_POLICY, str(exc)) from exc
+
+
+class StreamSession:
+    """One stream: the open segment's 16 kHz audio, where it starts, and what was received."""
+
+    def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int) -> None:
+        self.state, self.ws, self.lang, self.rate = state, ws, lang, rate
+        settings = state.settings
+        self.cut = SegmentSettings(settings.segment_min_silence_s, settings.segment_seconds, settings.segment_pad_s)
+        self.open = torch.zeros(0)  # [S] the open segment, 16 kHz
+        self.offset = 0  # samples of the stream before the open segment
+        self.received = 0.0  # seconds of audio received
+        self.since_step = 0  # samples received since the last step
+        self.started = time.monotonic()
+
+    async def run(self) -> None:
+        settings = self.state.settings
+        while True:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), timeout=settings.stream_idle_s)
+            except TimeoutError:
+                raise StreamClosed(CLOSE_POLICY, f"idle: no audio for {settings.stream_idle_s:g} s") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                self._append(message["bytes"])
+                if self.since_step >= settings.stream_partial_interval_s * SAMPLE_RATE:
+                    await self._step(final=False)
+            elif _is_end(message.get("text")):
+                await self._step(final=True)
+                await self.ws.send_json({"type": "done"})
+                await self.ws.close(CLOSE_DONE)
+                return
+            else:
+                raise StreamClosed(CLOSE_POLICY, 'send binary 16-bit PCM, then the text {"type": "end"}')
+
+    def _append(self, data: bytes) -> None:
+        settings = self.state.settings
+        if len(data) % 2:
+            raise StreamClosed(CLOSE_POLICY, "16-bit PCM needs an even number of bytes per message")
+        seconds = len(data) / 2 / self.rate
+        if seconds > settings.segment_seconds:
+            raise StreamClosed(CLOSE_TOO_BIG, f"a message holds {seconds:.1f} s of audio; send shorter chunks")
+        self.received += seconds
+        if self.received > settings.max_longform_seconds:
+            raise StreamClosed(CLOSE_TOO_BIG, f"the stream passed {settings.max_longform_seconds:g} s of audio")
+        elapsed = time.monotonic() - self.started
+        if self.received > settings.stream_max_speed * elapsed + settings.segment_seconds:
+            raise StreamClosed(CLOSE_POLICY, f"audio arrives faster than {settings.stream_max_speed:g}x real time")
+        pcm = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)  # [n]
+        if self.rate != SAMPLE_RATE:
+            pcm = torchaudio.functional.resample(pcm, self.rate, SAMPLE_RATE)  # [n * 16000 / rate]
+        self.open = torch.cat([self.open, pcm])
+        self.since_step += pcm.shape[0]
+        self.state.metrics.stream_audio.inc(seconds)
+
+    async def _step(self, final: bool) -> None:
+        """Send the finished segments of the open audio as finals (all of it when ``final``), then the
+        open speech as a partial."""
+        self.since_step = 0
+        segments = await self._segments()
+        done = 0
+        for i, (start, end) in enumerate(segments):
+            last = i == len(segments) - 1
+            finished = final or not last or self.open.shape[0] - end >= self.cut.min_silence_s * SAMPLE_RATE
+            if not finished:
+                await self._send("partial", start, self.open.shape[0])
+                break
+            await self._send("final", start, end)
+            done = end
+        if final or not segments:  # nothing open: keep only the tail that may start the next speech
+            keep = 0 if final else int(self.cut.min_silence_s * SAMPLE_RATE)
+            done = max(done, self.open.shape[0] - keep)
+        self.offset += done
+        self.open = self.open[done:]
+
+    async def _segments(self) -> list[tuple[int, int]]:
+        """Speech segments of the open audio, in samples from its start."""
+        detector, total = self.state.speech_detector, self.open.shape[0]
+        if total < self.state.ready_engine()[0].backbone.min_samples:
+            return []
+        if detector is None:  # no VAD: fixed windows
+            step = int(self.cut.max_segment_s * SAMPLE_RATE)
+            return [(s, min(total, s + step)) for s in range(0, total, step)]
+        probs = await run_in_threadpool(detector.probabilities, self.open)
+        return [(s.start, s.end) for s in speech_segments(probs, total, detector.threshold, self.cut)]
+
+    async def _send(self, kind: str, start: int, end: int) -> None:
+        piece = self.open[start:end]  # [S]
+        if piece.shape[0] < self.state.ready_engine()[0].backbone.min_samples:
+            return
+        deadline = time.monotonic() + self.state.settings.request_timeout_s
+        language = self.lang
+        if language == AUTO:
+            out, _ = await serve_item(self.state, piece, self.state.settings.language_mask, "classify", deadline,
+                                      _never, wait_for_room=True)
+            language = classification_of(out).label
+        out, _ = await serve_item(self.state, piece, language, "ctc", deadline, _never, wait_for_room=True)
+        seconds = (self.offset + start) / SAMPLE_RATE
+        transcript = shifted(transcript_of(out), seconds)
+        body: dict[str, Any] = {
+            "type": kind, "text": transcript.text, "language": language,
+            "start": round(seconds, 3), "end": round((self.offset + end) / SAMPLE_RATE, 3),
+            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript.words],
+        }
+        await self.ws.send_json(body)
+
+
+async def _never() -> bool:
+    return False  # a closed socket shows in the receive loop
+
+
+def _is_end(text: str | None) -> bool:
+    try:
+        return text is not None and json.loads(text).get("type") == "end"
+    except (ValueError, AttributeError):
+        return False

@@ -1,0 +1,116 @@
+"""The WebSocket stream on a tiny model (VAD off: fixed windows; a tone): protocol, results, limits."""
+
+import io
+import re
+
+import pytest
+import soundfile as sf
+from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
+
+from helpers import audio_bytes, tiny_engine_factory
+from service.app import create_app
+from service.settings import ServiceSettings
+
+
+def _settings(tmp_path, **kw):
+    base = dict(registry=str(tmp_path / "registry"), max_wait_ms=2, max_audio_seconds=10, max_longform_seconds=30,
+                vad=False, segment_max_s=4.0, stream_partial_interval_s=0.5)
+    return ServiceSettings(**{**base, **kw})
+
+
+def _pcm(seconds: float, rate: int = 16_000) -> bytes:
+    audio, _ = sf.read(io.BytesIO(audio_bytes(seconds, rate)), dtype="int16")
+    return audio.astype("<i2").tobytes()
+
+
+def _stream(ws, pcm: bytes, chunk_s: float = 0.1, rate: int = 16_000) -> list[dict]:
+    step = int(chunk_s * rate) * 2
+    for i in range(0, len(pcm), step):
+        ws.send_bytes(pcm[i : i + step])
+    ws.send_text('{"type": "end"}')
+    messages = []
+    while True:
+        message = ws.receive_json()
+        messages.append(message)
+        if message["type"] == "done":
+            return messages
+
+
+def test_a_stream_sends_partials_then_finals_that_match_the_whole_file(tmp_path):
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory())) as client:
+        with client.websocket_connect("/v1/stream?lang=fr") as ws:
+            messages = _stream(ws, _pcm(6.0))
+        whole = client.post("/transcribe?lang=fr", content=audio_bytes(6.0)).json()
+        metric = re.search(r"^s3router_stream_audio_seconds_total (\S+)$", client.get("/metrics").text, re.M)
+        assert metric and float(metric.group(1)) == pytest.approx(6.0)
+    finals = [m for m in messages if m["type"] == "final"]
+    assert [m["type"] for m in messages][-1] == "done" and any(m["type"] == "partial" for m in messages)
+    assert [(f["start"], f["end"]) for f in finals] == [(0.0, 4.0), (4.0, 6.0)]  # 4 s windows without a VAD
+    assert " ".join(f["text"] for f in finals) == whole["text"]  # the same windows as /transcribe cuts
+    words = [w for f in finals for w in f["words"]]
+    assert words == whole["words"] and all(f["language"] == "fr" for f in finals)
+
+
+def test_a_stream_at_another_rate_is_resampled(tmp_path):
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory())) as client, \
+            client.websocket_connect("/v1/stream?lang=de&rate=8000") as ws:
+        finals = [m for m in _stream(ws, _pcm(3.0, 8000), rate=8000) if m["type"] == "final"]
+    assert len(finals) == 1 and finals[0]["end"] == pytest.approx(3.0, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "query,settings,send,code,reason",
+    [
+        ("lang=xx", {}, None, 1008, "no mask named 'xx'"),
+        ("lang=cls_speaker", {}, None, 1008, "not a ctc mask"),
+        ("lang=fr", {}, "text:hello", 1008, "send binary"),
+        ("lang=fr", {}, "bytes:odd", 1008, "even number"),
+        ("lang=fr", {}, "bytes:long", 1009, "shorter chunks"),
+        ("lang=fr", {"stream_idle_s": 0.2}, "wait", 1008, "idle"),
+        ("lang=fr", {"max_longform_seconds": 5.0}, "bytes:many", 1009, "passed 5 s"),
+        ("lang=fr", {"stream_max_speed": 0.5}, "bytes:many", 1008, "faster than 0.5x"),
+    ],
+)
+def test_bad_streams_are_closed_with_a_code_and_a_reason(tmp_path, query, settings, send, code, reason):
+    app = create_app(_settings(tmp_path, **settings), tiny_engine_factory())
+    with TestClient(app) as client, pytest.raises(WebSocketDisconnect) as closed, \
+            client.websocket_connect(f"/v1/stream?{query}") as ws:
+        if send == "text:hello":
+            ws.send_text("hello")
+        elif send == "bytes:odd":
+            ws.send_bytes(b"\x00\x01\x02")
+        elif send == "bytes:long":
+            ws.send_bytes(_pcm(5.0))
+        elif send == "bytes:many":
+            for _ in range(3):
+                ws.send_bytes(_pcm(2.0))
+        while True:
+            ws.receive_json()
+    assert closed.value.code == code and reason in closed.value.reason, closed.value.reason
+
+
+def test_streams_over_the_bound_are_refused_until_one_closes(tmp_path):
+    with TestClient(create_app(_settings(tmp_path, max_streams=1), tiny_engine_factory())) as client:
+        with client.websocket_connect("/v1/stream?lang=fr") as first:
+            url = "/v1/stream?lang=fr"
+            with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect(url) as second:
+                second.receive_json()
+            assert refused.value.code == 1013 and "try again" in refused.value.reason
+            assert "s3router_streams_open 1.0" in client.get("/metrics").text
+            _stream(first, _pcm(1.0))
+        with client.websocket_connect("/v1/stream?lang=fr") as again:
+            assert _stream(again, _pcm(1.0))[-1] == {"type": "done"}
+
+
+def test_the_stream_command_prints_each_final_result(tmp_path, capsys):
+    """``s3router stream FILE`` against a live server (uvicorn's WebSocket stack, not the test client)."""
+    from helpers import serve_in_thread
+    from service.cli import main
+
+    (tmp_path / "a.flac").write_bytes(audio_bytes(6.0, 44_100, 2, "FLAC"))
+    with serve_in_thread(create_app(_settings(tmp_path), tiny_engine_factory()), log_level="error") as url:
+        code = main(["stream", str(tmp_path / "a.flac"), "--url", url.replace("http", "ws"), "--lang", "fr",
+                     "--speed", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(lines) == 2 and lines[0].startswith("[    0.00     4.00] fr:"), lines
