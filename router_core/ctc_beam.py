@@ -170,7 +170,7 @@ def ctc_beam_decode(
         return _logaddexp(*beams[node]) + trie.fusion[node] + end
 
     best = max(beams, key=final)
-    return _transcript(trie, best, spec, seconds_per_frame)
+    return _transcript(trie, best, spec, seconds_per_frame, log_probs)
 
 
 def _lm_ids(spec: HeadSpec, lm: CharNgramLM | None) -> list[int | None]:
@@ -208,7 +208,9 @@ def _fused(
     return state, fusion
 
 
-def _transcript(trie: _Prefixes, node: int, spec: HeadSpec, seconds_per_frame: float) -> Transcript:
+def _transcript(
+    trie: _Prefixes, node: int, spec: HeadSpec, seconds_per_frame: float, log_probs: torch.Tensor
+) -> Transcript:
     """The prefix ``node`` as words: each token spans its emitting frame through the last frame it held.
 
     A token's emitting frame can move later after its successors were emitted (a later path to the same
@@ -224,4 +226,4 @@ def _transcript(trie: _Prefixes, node: int, spec: HeadSpec, seconds_per_frame: f
         end = max(end, first + 1)
         emissions.append((trie.token[n], first, end))
         next_start = first
-    return transcript_from_emissions(emissions[::-1], spec, seconds_per_frame)
+    return transcript_from_emissions(emissions[::-1], spec, seconds_per_frame, log_probs)

@@ -9,6 +9,7 @@ beam-search decoder (with a mask's character language model); it returns the sam
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -22,12 +23,14 @@ class Word:
     text: str
     start: float  # seconds
     end: float  # seconds
+    probability: float | None = None  # exp(mean log posterior of its characters); None: not computed
 
 
 @dataclass
 class Transcript:
     text: str
     words: list[Word] = field(default_factory=list)
+    avg_logprob: float | None = None  # mean log posterior of its characters (natural log)
 
 
 @dataclass
@@ -37,6 +40,12 @@ class Classification:
 
     def top(self, k: int) -> list[tuple[str, float]]:
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
+
+
+def mean_logprob(words: list[Word]) -> float | None:
+    """Mean log probability of the characters of ``words`` (each word weighted by its length), when known."""
+    known = [(math.log(w.probability), len(w.text)) for w in words if w.probability]
+    return sum(lp * n for lp, n in known) / sum(n for _, n in known) if known else None
 
 
 def is_special_token(token: str) -> bool:
@@ -53,24 +62,36 @@ def ctc_greedy_decode(logits: torch.Tensor, spec: HeadSpec, seconds_per_frame: f
         if token_id != spec.blank_id:
             emissions.append((token_id, frame, frame + length))
         frame += length
-    return transcript_from_emissions(emissions, spec, seconds_per_frame)
+    return transcript_from_emissions(emissions, spec, seconds_per_frame, torch.log_softmax(logits.float(), dim=-1))
 
 
 def transcript_from_emissions(
-    emissions: Iterable[tuple[int, int, int]], spec: HeadSpec, seconds_per_frame: float
+    emissions: Iterable[tuple[int, int, int]], spec: HeadSpec, seconds_per_frame: float,
+    log_probs: torch.Tensor | None = None,
 ) -> Transcript:
     """The words of decoded tokens ``(token id, first frame, end frame)`` (end exclusive), in order; greedy
     and beam search both end here. A word is a maximal run of characters between delimiters; special
-    tokens are skipped; a word spans its first character's first frame to its last character's end frame."""
+    tokens are skipped; a word spans its first character's first frame to its last character's end frame.
+
+    With the log posteriors ``log_probs [T, V]``: a character's confidence is ``c = max_t log p_t(token)``
+    over its frames; a word's probability is ``exp(mean c)`` over its characters, and the transcript's
+    ``avg_logprob`` the mean ``c`` over all of them."""
     words: list[Word] = []
     chars: list[str] = []
+    confidences: list[float] = []  # of the current word's characters
+    every: list[float] = []
     start = end = 0
+
+    def close() -> None:
+        probability = math.exp(sum(confidences) / len(confidences)) if confidences else None
+        words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame, probability))
+
     for token_id, first, until in emissions:
         token = spec.vocab[token_id]
         if token in (spec.word_delimiter, " "):
             if chars:
-                words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
-                chars = []
+                close()
+                chars, confidences = [], []
             continue
         if is_special_token(token):
             continue
@@ -78,9 +99,13 @@ def transcript_from_emissions(
             start = first
         chars.append(token)
         end = until
+        if log_probs is not None:
+            confidences.append(float(log_probs[first : max(until, first + 1), token_id].max()))
+            every.append(confidences[-1])
     if chars:
-        words.append(Word("".join(chars), start * seconds_per_frame, end * seconds_per_frame))
-    return Transcript(" ".join(w.text for w in words), words)
+        close()
+    average = sum(every) / len(every) if every else None
+    return Transcript(" ".join(w.text for w in words), words, average)
 
 
 def classify(logits: torch.Tensor, spec: HeadSpec) -> Classification:

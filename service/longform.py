@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from router_core.backbone import SAMPLE_RATE
-from router_core.decoding import Transcript, Word
+from router_core.decoding import Transcript, mean_logprob
 from router_core.vad import SegmentSettings
 from service.inference import resolve_language, run_request, transcript_of
 from service.state import AppState
@@ -96,14 +96,15 @@ async def transcribe_segments(
 
 def shifted(transcript: Transcript, seconds: float) -> Transcript:
     """``transcript`` with every word moved ``seconds`` later."""
-    words = [Word(w.text, w.start + seconds, w.end + seconds) for w in transcript.words]
-    return Transcript(transcript.text, words)
+    words = [replace(w, start=w.start + seconds, end=w.end + seconds) for w in transcript.words]
+    return Transcript(transcript.text, words, transcript.avg_logprob)
 
 
 def joined(results: list[SegmentResult]) -> Transcript:
     """One transcript of the whole file: the segments' texts and words in order."""
-    return Transcript(" ".join(r.transcript.text for r in results if r.transcript.text),
-                      [w for r in results for w in r.transcript.words])
+    words = [w for r in results for w in r.transcript.words]
+    return Transcript(" ".join(r.transcript.text for r in results if r.transcript.text), words,
+                      mean_logprob(words))
 
 
 def main_language(results: list[SegmentResult]) -> str | None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from router_core.decoding import Transcript, Word
+from router_core.decoding import Transcript, Word, mean_logprob
 from router_core.errors import InvalidInputError, S3RouterError
 
 RESPONSE_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
@@ -45,7 +45,8 @@ class SegmentView:
 
 def _pause_segments(transcript: Transcript) -> list[SegmentView]:
     """A short clip's segments: its words cut at pauses (:func:`segments_of`)."""
-    return [SegmentView(seg[0].start, seg[-1].end, Transcript(" ".join(w.text for w in seg), seg), None)
+    return [SegmentView(seg[0].start, seg[-1].end, Transcript(" ".join(w.text for w in seg), seg, mean_logprob(seg)),
+                        None)
             for seg in segments_of(transcript.words)]
 
 
@@ -83,7 +84,9 @@ def render_transcription(
         return "WEBVTT\n\n" + "\n\n".join(_cues(views, ".")) + "\n", "text/vtt"
     body: dict = {"task": "transcribe", "language": language, "duration": round(duration, 3), "text": transcript.text}
     if "word" in granularities:
-        body["words"] = [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript.words]
+        body["words"] = [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
+                          "probability": round(w.probability, 6) if w.probability is not None else None}
+                         for w in transcript.words]
     if "segment" in granularities:
         body["segments"] = [
             {
@@ -94,7 +97,7 @@ def render_transcription(
                 "text": v.transcript.text,
                 "tokens": [],
                 "temperature": 0.0,
-                "avg_logprob": 0.0,
+                "avg_logprob": round(v.transcript.avg_logprob, 6) if v.transcript.avg_logprob is not None else 0.0,
                 "compression_ratio": 1.0,
                 "no_speech_prob": round(v.no_speech_prob or 0.0, 6),
             }

@@ -45,3 +45,25 @@ def test_classification_probabilities_sum_to_one_and_pick_the_best():
     assert result.label == "label1"
     assert abs(sum(result.probabilities.values()) - 1.0) < 1e-6
     assert result.top(2)[0][0] == "label1"
+
+
+def test_word_probabilities_and_avg_logprob_come_from_the_posteriors():
+    """A character's confidence is its best posterior over its frames; a word's probability the geometric
+    mean of its characters'; avg_logprob the mean log confidence."""
+    import math
+
+    import pytest
+
+    spec = HeadSpec(kind="ctc", vocab=["<pad>", "|", "a", "b"], blank_id=0)
+    probs = torch.full((6, 4), 0.1)
+    for t, token, p in [(0, 2, 0.7), (1, 3, 0.7), (2, 1, 0.7), (3, 2, 0.4), (4, 0, 0.7), (5, 2, 0.7)]:
+        probs[t, token] = p
+    transcript = ctc_greedy_decode(probs.log(), spec, 0.02)
+    assert transcript.text == "ab aa"
+    first, second = transcript.words
+    softmax = probs.log().log_softmax(-1)
+    assert first.probability == pytest.approx(math.exp((softmax[0, 2] + softmax[1, 3]).item() / 2))
+    assert second.probability == pytest.approx(math.exp((softmax[3, 2] + softmax[5, 2]).item() / 2))
+    assert second.probability < first.probability < 1
+    expected = (softmax[0, 2] + softmax[1, 3] + softmax[3, 2] + softmax[5, 2]).item() / 4
+    assert transcript.avg_logprob == pytest.approx(expected)

@@ -38,6 +38,8 @@ def test_openai_json_text_and_verbose(client):
     assert verbose.text == plain.text
     assert [w.word for w in verbose.words] == plain.text.split()
     assert " ".join(s.text for s in verbose.segments) == plain.text
+    assert all(0 < w.model_extra["probability"] <= 1 for w in verbose.words)  # from the CTC posteriors
+    assert all(s.avg_logprob < 0 for s in verbose.segments)
 
 
 def test_openai_subtitles_and_errors(client):
