@@ -241,18 +241,7 @@ def train_char_lm(
     index = {t: i for i, t in enumerate(tokens)}
     if not any(sentences):
         raise InvalidInputError("no text to train a language model on")
-    # raw counts of the highest order: {(context, w): count}
-    top: Counter[tuple[tuple[int, ...], int]] = Counter()
-    for sentence in sentences:
-        ids = [0] * (order - 1) + [index[c] for c in sentence if c in index] + [index[EOS]]
-        for i in range(order - 1, len(ids)):
-            top[(tuple(ids[i - order + 1 : i]), ids[i])] += 1
-    # counts per order (index = context length): raw at the top, continuation counts below
-    by_order: list[Counter[tuple[tuple[int, ...], int]]] = [Counter() for _ in range(order)]
-    by_order[order - 1] = top
-    for n in range(order - 1, 0, -1):
-        for context, w in by_order[n]:
-            by_order[n - 1][(context[1:], w)] += 1
+    by_order = _counts_by_order(sentences, index, order)
     vocab = len(tokens) - 1  # every token but <s> can be predicted
     logprob: dict[tuple[tuple[int, ...], int], float] = {}
     backoff: dict[tuple[int, ...], float] = {}
@@ -284,6 +273,25 @@ def train_char_lm(
     if min_count > 1:
         _renormalize(model)
     return model
+
+
+def _counts_by_order(
+    sentences: list[list[str]], index: dict[str, int], order: int
+) -> list[Counter[tuple[tuple[int, ...], int]]]:
+    """``{(context ids, id): count}`` per order (list index = context length): raw counts at the highest
+    order, continuation counts (distinct tokens seen before) below. Each sentence is padded on the left
+    with ``order - 1`` ``<s>`` (id 0) and ends with ``</s>``; characters outside ``index`` are dropped."""
+    top: Counter[tuple[tuple[int, ...], int]] = Counter()
+    for sentence in sentences:
+        ids = [0] * (order - 1) + [index[c] for c in sentence if c in index] + [index[EOS]]
+        for i in range(order - 1, len(ids)):
+            top[(tuple(ids[i - order + 1 : i]), ids[i])] += 1
+    by_order: list[Counter[tuple[tuple[int, ...], int]]] = [Counter() for _ in range(order)]
+    by_order[order - 1] = top
+    for n in range(order - 1, 0, -1):
+        for context, w in by_order[n]:
+            by_order[n - 1][(context[1:], w)] += 1
+    return by_order
 
 
 def _renormalize(model: CharNgramLM) -> None:

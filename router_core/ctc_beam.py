@@ -124,9 +124,7 @@ def ctc_beam_decode(
     top_values, top_ids = log_probs.topk(min(settings.max_candidates + 1, log_probs.shape[1]), dim=-1)
     rows = zip(log_probs.tolist(), top_values.tolist(), top_ids.tolist(), strict=True)
     for t, (frame, values, ids) in enumerate(rows):
-        floor = values[0] - settings.token_prune
-        candidates = [(v, c) for v, c in zip(values, ids, strict=True) if c != blank and v >= floor]
-        candidates = candidates[: settings.max_candidates]
+        candidates = _candidates(values, ids, blank, settings)
         # prefix -> [log p_b, log p_nb] after this frame; a prefix not in the trie yet is keyed by
         # (parent, token) and becomes a node only if it survives the cut (most never do)
         step: dict[int | tuple[int, int], list[float]] = {}
@@ -165,12 +163,23 @@ def ctc_beam_decode(
             node = key if isinstance(key, int) else trie.child(*key, t, *pending[key])
             beams[node] = (p_b, p_nb)
 
-    def final(node: int) -> float:
-        end = alpha * lm.score(trie.lm_state[node], lm.eos_id) if lm is not None else 0.0
-        return _logaddexp(*beams[node]) + trie.fusion[node] + end
-
-    best = max(beams, key=final)
+    best = max(beams, key=lambda node: _final_score(node, beams[node], trie, lm, alpha))
     return _transcript(trie, best, spec, seconds_per_frame, log_probs)
+
+
+def _candidates(values: list[float], ids: list[int], blank: int, settings: BeamSettings) -> list[tuple[float, int]]:
+    """A frame's tokens worth trying: ``(log p, id)`` of its best non-blank tokens within ``token_prune``
+    of its best token, at most ``max_candidates`` (``values``/``ids``: its top tokens, best first)."""
+    floor = values[0] - settings.token_prune
+    return [(v, c) for v, c in zip(values, ids, strict=True) if c != blank and v >= floor][: settings.max_candidates]
+
+
+def _final_score(
+    node: int, probs: tuple[float, float], trie: _Prefixes, lm: CharNgramLM | None, alpha: float
+) -> float:
+    """A surviving prefix's score at the end: ``log p(y) + fusion + alpha * log P_lm(</s> | y)``."""
+    end = alpha * lm.score(trie.lm_state[node], lm.eos_id) if lm is not None else 0.0
+    return _logaddexp(*probs) + trie.fusion[node] + end
 
 
 def _lm_ids(spec: HeadSpec, lm: CharNgramLM | None) -> list[int | None]:

@@ -101,3 +101,13 @@ def test_one_training_loop_steps_every_optimizer():
     allowed = {"router_core.training.loop", "router_core.heads"}
     assert _calls_of("backward") == allowed
     assert _calls_of("step") == allowed
+
+
+def test_no_function_outside_tests_is_much_longer_than_sixty_lines():
+    long = []
+    for root in (*PACKAGES, "bench", "scripts"):
+        for path in (ROOT / root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 64:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long == []
