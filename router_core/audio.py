@@ -95,8 +95,10 @@ def _too_long(seconds: float, max_seconds: float) -> str:
 def _read_mono(
     handle: sf.SoundFile, frames: int | None, limit: int, max_seconds: float, deadline: float | None
 ) -> np.ndarray:
-    """Decode block by block, averaging channels as it goes: ``[T]`` float32 at the file's rate. With
-    ``frames`` unknown, reads until the end or until ``limit`` is passed (then refuses)."""
+    """Decode block by block, averaging channels as it goes: ``[T]`` float32 at the file's rate. A known
+    length is decoded into one array of that length (the mono signal is held once); with ``frames``
+    unknown, blocks are read until the end or until ``limit`` is passed (then refused), then joined."""
+    out = np.empty(frames, dtype=np.float32) if frames is not None else None  # [T]
     blocks: list[np.ndarray] = []
     total = 0
     while True:
@@ -108,12 +110,18 @@ def _read_mono(
         mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]  # [b]
         if not np.isfinite(mono).all():
             raise UnsupportedAudioError("the audio contains NaN or infinite samples")
-        blocks.append(mono)
+        if out is not None:
+            mono = mono[: out.shape[0] - total]  # a file that decodes longer than its header says
+            out[total : total + mono.shape[0]] = mono
+        else:
+            blocks.append(mono)
         total += mono.shape[0]
         if total > limit:
             raise PayloadTooLargeError(_too_long(total / handle.samplerate, max_seconds) + " or more")
         if ended or (frames is not None and total >= frames):
             break
+    if out is not None:
+        return out[:total]
     return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
 
 
