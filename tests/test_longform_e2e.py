@@ -41,7 +41,7 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def longrecording():
+def long_recording():
     audio, truth = recording(VOICES, per_language=10)
     assert len(audio) / RATE >= 600  # at least 10 minutes
     return audio, truth

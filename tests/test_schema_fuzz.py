@@ -29,7 +29,8 @@ def test_schemathesis_every_check_passes(live_url, tmp_path):
     config = Path(__file__).with_name("schemathesis.toml")
     command = [str(st), "--config-file", str(config), "run", f"{live_url}/openapi.json", "--checks", "all",
                "--max-examples", str(EXAMPLES_PER_OPERATION), "--generation-deterministic", "--request-timeout", "20",
-               "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color"]
+               "--header", f"Authorization: Bearer {ADMIN_TOKEN}", "--no-color",
+               "--exclude-path", "/v1/audio/translations"]  # a 501 by design, whatever is sent
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)  # its cache too
     report = done.stdout + done.stderr
     assert done.returncode == 0, report[-6000:]
