@@ -12,34 +12,17 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import jiwer
 
+from bench.serving import serving
 from bench.speech_corpus import RATE, flac, recording
 from bench.timing import machine_name, markdown_table
 from router_core.training.text_sources import normalize
 
 VOICES = [(v, s) for v in ("m1", "m2", "m3", "m4", "m5", "f1", "f2", "f3", "f4") for s in (140, 175)]
-
-
-def _serve(*flags: str) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level",
-                               "warning", "--max-upload-bytes", str(2**30), *flags])
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
 
 
 def main() -> None:
@@ -56,8 +39,7 @@ def main() -> None:
     clips = [flac(audio[int(a * RATE) : int(b * RATE)]) for a, b, *_ in truth]
     data, rows = flac(audio), []
     for decoder in ("auto", "greedy"):
-        server, url = _serve("--decoder", decoder)
-        try:
+        with serving("--decoder", decoder, "--max-upload-bytes", str(2**30)) as url:
             started = time.perf_counter()
             body = httpx.post(f"{url}/transcribe?lang=auto", content=data, timeout=3 * seconds).json()
             whole = time.perf_counter() - started
@@ -66,9 +48,6 @@ def main() -> None:
                 texts = list(pool.map(lambda c, u=url: httpx.post(f"{u}/transcribe?lang=auto", content=c,
                                                                      timeout=600).json()["text"], clips))
             short = time.perf_counter() - started
-        finally:
-            server.terminate()
-            server.wait(60)
         name = "beam + LM" if decoder == "auto" else "greedy"
         rows.append([name, "one recording", len(body["segments"]), f"{whole / seconds:.4f}",
                      f"{jiwer.cer(reference, body['text']):.3f}"])

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import httpx
 import soundfile as sf
 
+from bench.serving import serving
 from bench.timing import machine_name, markdown_table
 
 SENTENCES = [
@@ -41,27 +40,6 @@ def _speech(folder: Path) -> list[tuple[str, bytes, float]]:
         subprocess.run(["espeak-ng", "-v", lang, "-w", str(path), text], check=True)
         clips.append((lang, path.read_bytes(), sf.info(str(path)).duration))
     return clips
-
-
-def _serve(workers: int, max_batch: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--decode-workers", str(workers),
-         "--max-batch-size", str(max_batch), "--max-queue", "512", "--max-wait-ms", "5", "--log-level", "warning"],
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("the server did not become ready in 5 minutes")
 
 
 def _load(url: str, clips: list[tuple[str, bytes, float]], level: int, requests: int) -> dict[str, float]:
@@ -96,13 +74,10 @@ def main() -> None:
         clips = _speech(Path(folder))
     results: dict[tuple[int, int], dict[str, float]] = {}
     for w in workers:
-        server, url = _serve(w, args.max_batch)
-        try:
+        with serving("--decode-workers", str(w), "--max-batch-size", str(args.max_batch), "--max-queue", "512",
+                     "--max-wait-ms", "5") as url:
             for level in levels:
                 results[(w, level)] = _load(url, clips, level, args.rounds * max(level, 8))
-        finally:
-            server.terminate()
-            server.wait(60)
     rows = []
     for level in levels:
         base = results[(workers[0], level)]["throughput"]

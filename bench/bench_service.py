@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import io
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -29,6 +27,7 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from bench.serving import serving
 from bench.timing import markdown_table
 from router_core import DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, load_backbone, random_mask
 from service.engine import DEMO_VOCAB
@@ -75,7 +74,8 @@ def main() -> None:
             router.forward([wave], [LANGS[i % len(LANGS)]])
             direct.append(time.perf_counter() - start)
 
-        server, url = _serve(folder, max_queue=256, max_batch=8)
+        server = contextlib.ExitStack()
+        url = server.enter_context(serving(*_flags(folder, max_queue=256, max_batch=8)))
 
         def call(i: int) -> float:
             start = time.perf_counter()
@@ -96,8 +96,7 @@ def main() -> None:
             p50 = statistics.median(latencies)
             rows.append([f"HTTP, concurrency {level}", level, f"{p50:.3f}", f"{_percentile(latencies, 0.95):.3f}",
                          f"{args.requests * args.seconds / wall:.1f}", f"{p50 / base_p50:.2f}"])
-        server.terminate()
-        server.wait(30)
+        server.close()
         layers = "4" if args.small else "12"
         print(f"{args.seconds:g} s clips, {layers}-layer wav2vec2-base shape, threads={torch.get_num_threads()}")
         print(markdown_table(["mode", "concurrency", "p50 s", "p95 s", "audio s per s", "p50 / direct p50"], rows))
@@ -105,30 +104,17 @@ def main() -> None:
             _overload(folder, wav, base_p50, args.overload_seconds)
 
 
-def _serve(folder: str, max_queue: int, max_batch: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--backbone", f"{folder}/backbone", "--registry",
-         f"{folder}/registry", "--port", str(port), "--max-wait-ms", "2", "--max-queue", str(max_queue),
-         "--max-batch-size", str(max_batch), "--no-vad", "--log-level", "warning"],
-    )
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+def _flags(folder: str, max_queue: int, max_batch: int) -> list[str]:
+    return ["--backbone", f"{folder}/backbone", "--registry", f"{folder}/registry", "--max-wait-ms", "2",
+            "--max-queue", str(max_queue), "--max-batch-size", str(max_batch), "--no-vad"]
 
 
 def _overload(folder: str, wav: bytes, one_item_s: float, seconds: float) -> None:
     """Requests arrive at 3x capacity (capacity = 1 / one item's time on this machine; on 2 CPU cores a
     batch costs about the sum of its items) whatever the answers; a queue of 8, batches of 4."""
     max_queue, max_batch = 8, 4
-    server, url = _serve(folder, max_queue, max_batch)
+    server = contextlib.ExitStack()
+    url = server.enter_context(serving(*_flags(folder, max_queue, max_batch)))
     rate = 3.0 / one_item_s
     answers: list[tuple[int, float, str | None]] = []
 
@@ -143,8 +129,7 @@ def _overload(folder: str, wav: bytes, one_item_s: float, seconds: float) -> Non
         for i in range(count):
             time.sleep(max(0.0, started + i / rate - time.perf_counter()))
             pool.submit(call, i)
-    server.terminate()
-    server.wait(30)
+    server.close()
     ok = [t for code, t, _ in answers if code == 200]
     refused = [(code, retry) for code, _, retry in answers if code != 200]
     bound = (max_queue / max_batch + 1) * max_batch * one_item_s  # the queue ahead, then its own batch

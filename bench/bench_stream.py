@@ -10,18 +10,12 @@ minus the segment's end), and the CER of the finals against the long-form transc
 from __future__ import annotations
 
 import argparse
-import json
-import socket
 import statistics
-import subprocess
-import sys
-import threading
-import time
 
 import httpx
 import jiwer
-from websockets.sync.client import connect
 
+from bench.serving import serving, stream_audio
 from bench.speech_corpus import RATE, VOICES, flac, recording
 from bench.timing import machine_name, markdown_table
 from router_core.training.text_sources import normalize
@@ -32,59 +26,23 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _stream(url: str, pcm: bytes, speed: float) -> list[tuple[float, dict]]:
-    step = RATE // 10 * 2
-    with connect(f"{url.replace('http', 'ws')}/v1/stream?lang=auto") as ws:
-        started = time.monotonic()
-
-        def send() -> None:
-            for n, i in enumerate(range(0, len(pcm), step)):
-                time.sleep(max(0.0, started + n * 0.1 / speed - time.monotonic()))
-                ws.send(pcm[i : i + step])
-            ws.send(json.dumps({"type": "end"}))
-
-        threading.Thread(target=send, daemon=True).start()
-        messages = []
-        for raw in ws:
-            messages.append((time.monotonic() - started, json.loads(raw)))
-            if messages[-1][1]["type"] == "done":
-                break
-    return messages
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--speeds", default="1,10")
     args = parser.parse_args()
     audio, truth = recording(VOICES[:1], per_language=3)
     reference = " ".join(normalize(t) for *_, t in truth)
-    pcm = (audio.clip(-1, 1) * 32767).astype("<i2").tobytes()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level",
-                               "warning"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with serving() as url:
         whole = httpx.post(f"{url}/transcribe?lang=auto", content=flac(audio), timeout=300).json()["text"]
         rows = []
         for speed in [float(s) for s in args.speeds.split(",")]:
-            messages = _stream(url, pcm, speed)
+            messages = stream_audio(url, audio, speed)
             partial = [t - m["end"] / speed for t, m in messages if m["type"] == "partial"]
             final = [t - m["end"] / speed for t, m in messages if m["type"] == "final"]
             text = " ".join(m["text"] for _, m in messages if m["type"] == "final" and m["text"])
             rows.append([f"{speed:g}x", len(partial), f"{statistics.median(partial):.2f}",
                          f"{_percentile(partial, 0.95):.2f}", len(final), f"{statistics.median(final):.2f}",
                          f"{_percentile(final, 0.95):.2f}", f"{jiwer.cer(reference, text):.3f}"])
-    finally:
-        server.terminate()
-        server.wait(60)
     print(f"{len(audio) / RATE:.0f} s of speech in {len(truth)} sentences; long-form CER "
           f"{jiwer.cer(reference, whole):.3f}; {machine_name()}")
     print(markdown_table(["speed", "partials", "partial p50 s", "partial p95 s", "finals", "final p50 s",

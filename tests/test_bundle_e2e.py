@@ -7,14 +7,13 @@ bundle in masks/ (built by `make bundle`) and espeak-ng.
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import jiwer
 import pytest
 
-from helpers import free_port, wait_until_ready
+from bench.serving import serving
 from router_core.training.text_sources import normalize
 
 BUNDLE = Path(__file__).resolve().parents[1] / "masks"
@@ -48,18 +47,8 @@ def _speak(text: str, lang: str, speaker: str, speed: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(command)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(f"{url}/readyz")
-    except BaseException:
-        proc.terminate()
-        raise
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    with serving() as url:
+        yield url
 
 
 @pytest.mark.parametrize("lang", ["fr", "de"])

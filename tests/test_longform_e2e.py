@@ -6,16 +6,14 @@ segment's language, the long-form transcript is as good as the same segments sen
 0.02), and the official `openai` client reads the stream, verbose_json segments and srt of a recording.
 """
 
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import jiwer
 import pytest
 
+from bench.serving import serving, stream_audio
 from bench.speech_corpus import RATE, VOICES, Truth, flac, recording
-from helpers import free_port, wait_until_ready
 from router_core.training.text_sources import normalize
 
 BUNDLE = Path(__file__).resolve().parents[1] / "masks"
@@ -26,18 +24,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level",
-                             "warning"])
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(f"{url}/readyz")
-    except BaseException:
-        proc.terminate()
-        raise
-    yield url
-    proc.terminate()
-    proc.wait(20)
+    with serving() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -105,39 +93,10 @@ def test_the_openai_client_streams_and_reads_segments_and_srt(server):
     assert srt.count(" --> ") == sum(1 for s in verbose.segments if s.text)
 
 
-def _stream(url: str, audio, speed: float) -> list[tuple[float, dict]]:
-    """Stream ``audio`` (16 kHz float) in 100 ms chunks at ``speed`` x real time; (seconds since the
-    start, message) for every message up to done."""
-    import json
-    import threading
-    import time
-
-    from websockets.sync.client import connect
-
-    pcm = (audio.clip(-1, 1) * 32767).astype("<i2").tobytes()
-    step = RATE // 10 * 2
-    with connect(f"{url.replace('http', 'ws')}/v1/stream?lang=auto") as ws:
-        started = time.monotonic()
-
-        def send():
-            for n, i in enumerate(range(0, len(pcm), step)):
-                time.sleep(max(0.0, started + n * 0.1 / speed - time.monotonic()))
-                ws.send(pcm[i : i + step])
-            ws.send(json.dumps({"type": "end"}))
-
-        threading.Thread(target=send, daemon=True).start()
-        messages = []
-        for raw in ws:
-            messages.append((time.monotonic() - started, json.loads(raw)))
-            if messages[-1][1]["type"] == "done":
-                return messages
-    return messages
-
-
 def test_a_stream_at_ten_times_real_time_ends_with_the_long_form_transcript(server):
     audio, truth = recording(VOICES[:1], per_language=3)  # 15 sentences, about a minute
     assert len(audio) / RATE >= 55
-    messages = [m for _, m in _stream(server, audio, speed=10.0)]
+    messages = [m for _, m in stream_audio(server, audio, speed=10.0)]
     finals = [m for m in messages if m["type"] == "final"]
     assert messages[-1]["type"] == "done" and any(m["type"] == "partial" for m in messages)
     long_form = httpx.post(f"{server}/transcribe?lang=auto", content=flac(audio), timeout=300).json()
