@@ -1,7 +1,8 @@
 """Live audio over a WebSocket: ``WS /v1/stream?lang=fr&rate=16000`` (``lang=auto``: language per segment).
 
-Protocol. The client sends binary messages of 16-bit little-endian mono PCM at ``rate`` Hz and ends with
-the text message ``{"type": "end"}``. The server answers with JSON text messages
+Protocol. The client sends binary messages of 16-bit little-endian mono PCM at ``rate`` Hz (or, with
+``audio=encoded``, each message a short encoded file: WAV, FLAC, OGG, MP3, any rate and channels), and ends
+with the text message ``{"type": "end"}``. The server answers with JSON text messages
 ``{"type": "partial" | "final", "text", "start", "end", "language", "words": [{word, start, end}]}``
 (seconds from the stream's start), and after the end ``{"type": "done"}`` and a normal close (1000).
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -32,9 +33,9 @@ import torchaudio
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from router_core.audio import MAX_RATE, MIN_RATE
+from router_core.audio import MAX_RATE, MIN_RATE, decode_audio
 from router_core.backbone import SAMPLE_RATE
-from router_core.errors import NotReadyError, OverloadedError, S3RouterError
+from router_core.errors import NotReadyError, OverloadedError, PayloadTooLargeError, S3RouterError
 from router_core.mask_file import MASK_NAME_PATTERN
 from router_core.vad import SegmentSettings, speech_segments
 from service.inference import AUTO, classification_of, serve_item, transcript_of
@@ -58,6 +59,7 @@ async def stream(
     ws: WebSocket,
     lang: str = Query(AUTO, pattern=MASK_NAME_PATTERN, description="a transcription mask, or auto"),
     rate: int = Query(SAMPLE_RATE, ge=MIN_RATE, le=MAX_RATE, description="sample rate of the PCM sent"),
+    audio: Literal["pcm", "encoded"] = Query("pcm", description="pcm: 16-bit LE mono; encoded: each message a file"),
 ) -> None:
     state = state_of(ws)
     try:
@@ -68,7 +70,7 @@ async def stream(
     await ws.accept()
     state.open_streams += 1
     try:
-        await StreamSession(state, ws, lang, rate).run()
+        await StreamSession(state, ws, lang, rate, audio == "encoded").run()
     except StreamClosed as closed:
         await ws.close(closed.code, closed.reason[:120])
     except WebSocketDisconnect:
@@ -103,8 +105,8 @@ async def _admit(ws: WebSocket, state: AppState, lang: str) -> None:
 class StreamSession:
     """One stream: the open segment's 16 kHz audio, where it starts, and what was received."""
 
-    def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int) -> None:
-        self.state, self.ws, self.lang, self.rate = state, ws, lang, rate
+    def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int, encoded: bool = False) -> None:
+        self.state, self.ws, self.lang, self.rate, self.encoded = state, ws, lang, rate, encoded
         settings = state.settings
         self.cut = SegmentSettings(settings.segment_min_silence_s, settings.segment_seconds, settings.segment_pad_s)
         self.open = torch.zeros(0)  # [S] the open segment, 16 kHz
@@ -136,20 +138,33 @@ class StreamSession:
 
     def _append(self, data: bytes) -> None:
         settings = self.state.settings
+        if self.encoded:  # a short encoded file (WAV, FLAC, OGG, MP3): any rate, any channels
+            try:
+                pcm = decode_audio(data, settings.segment_seconds)  # [n] 16 kHz
+            except S3RouterError as exc:
+                code = CLOSE_TOO_BIG if isinstance(exc, PayloadTooLargeError) else CLOSE_POLICY
+                raise StreamClosed(code, f"an encoded chunk: {exc}; send shorter chunks") from exc
+            self._add(pcm, pcm.shape[0] / SAMPLE_RATE)
+            return
         if len(data) % 2:
             raise StreamClosed(CLOSE_POLICY, "16-bit PCM needs an even number of bytes per message")
         seconds = len(data) / 2 / self.rate
         if seconds > settings.segment_seconds:
             raise StreamClosed(CLOSE_TOO_BIG, f"a message holds {seconds:.1f} s of audio; send shorter chunks")
+        pcm = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)  # [n]
+        if self.rate != SAMPLE_RATE:
+            pcm = torchaudio.functional.resample(pcm, self.rate, SAMPLE_RATE)  # [n * 16000 / rate]
+        self._add(pcm, seconds)
+
+    def _add(self, pcm: torch.Tensor, seconds: float) -> None:
+        """Append ``pcm [n]`` (16 kHz) after the stream's limits on length and speed."""
+        settings = self.state.settings
         self.received += seconds
         if self.received > settings.max_longform_seconds:
             raise StreamClosed(CLOSE_TOO_BIG, f"the stream passed {settings.max_longform_seconds:g} s of audio")
         elapsed = time.monotonic() - self.started
         if self.received > settings.stream_max_speed * elapsed + settings.segment_seconds:
             raise StreamClosed(CLOSE_POLICY, f"audio arrives faster than {settings.stream_max_speed:g}x real time")
-        pcm = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)  # [n]
-        if self.rate != SAMPLE_RATE:
-            pcm = torchaudio.functional.resample(pcm, self.rate, SAMPLE_RATE)  # [n * 16000 / rate]
         self.open = torch.cat([self.open, pcm])
         self.since_step += pcm.shape[0]
         self.state.metrics.stream_audio.inc(seconds)

@@ -93,10 +93,11 @@ def test_the_openai_client_streams_and_reads_segments_and_srt(server):
     assert srt.count(" --> ") == sum(1 for s in verbose.segments if s.text)
 
 
-def test_a_stream_at_ten_times_real_time_ends_with_the_long_form_transcript(server):
+@pytest.mark.parametrize("speed", [1.0, 10.0], ids=["real-time", "10x"])
+def test_a_stream_ends_with_the_long_form_transcript(server, speed):
     audio, truth = recording(VOICES[:1], per_language=3)  # 15 sentences, about a minute
     assert len(audio) / RATE >= 55
-    messages = [m for _, m in stream_audio(server, audio, speed=10.0)]
+    messages = [m for _, m in stream_audio(server, audio, speed=speed)]
     finals = [m for m in messages if m["type"] == "final"]
     assert messages[-1]["type"] == "done" and any(m["type"] == "partial" for m in messages)
     long_form = httpx.post(f"{server}/transcribe?lang=auto", content=flac(audio), timeout=300).json()

@@ -114,3 +114,17 @@ def test_the_stream_command_prints_each_final_result(tmp_path, capsys):
                      "--speed", "0"])
     lines = capsys.readouterr().out.splitlines()
     assert code == 0 and len(lines) == 2 and lines[0].startswith("[    0.00     4.00] fr:"), lines
+
+
+def test_a_stream_of_encoded_chunks_reads_each_as_a_file(tmp_path):
+    """``audio=encoded``: each message a short FLAC (44.1 kHz stereo here), decoded as uploads are."""
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory())) as client, \
+            client.websocket_connect("/v1/stream?lang=fr&audio=encoded") as ws:
+        for seed in range(3):
+            ws.send_bytes(audio_bytes(1.0, 44_100, 2, "FLAC", seed=seed))
+        ws.send_text('{"type": "end"}')
+        messages = []
+        while not messages or messages[-1]["type"] != "done":
+            messages.append(ws.receive_json())
+    finals = [m for m in messages if m["type"] == "final"]
+    assert len(finals) == 1 and finals[0]["end"] == pytest.approx(3.0, abs=0.01)
