@@ -42,7 +42,7 @@ SENTENCES = {
 VOICES = [("m1", 160), ("f2", 150), ("m4", 175), ("f4", 140)]
 
 
-def _speak(text: str, lang: str, voice: str, speed: int) -> np.ndarray:
+def speak(text: str, lang: str, voice: str, speed: int) -> np.ndarray:
     wav = subprocess.run(["espeak-ng", "-v", f"{lang}+{voice}", "-s", str(speed), "--stdout", text],
                          capture_output=True, check=True).stdout
     audio, rate = sf.read(io.BytesIO(wav), dtype="float32")
@@ -66,7 +66,7 @@ def recording(voices: list[tuple[str, int]], per_language: int) -> tuple[np.ndar
     pieces, truth, at = [], [], 0
     order = [(lang, i, v) for v in voices for i in range(per_language) for lang in SENTENCES]
     for n, (lang, i, (voice, speed)) in enumerate(order):
-        speech = _trimmed(_speak(SENTENCES[lang][i], lang, voice, speed))
+        speech = _trimmed(speak(SENTENCES[lang][i], lang, voice, speed))
         pause = rng.normal(0, 0.002, int(rng.uniform(0.8, 1.6) * RATE)).astype("float32")
         if n == len(order) // 2:
             pause = np.concatenate([pause, np.zeros(3 * RATE, "float32"),

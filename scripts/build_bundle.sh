@@ -118,5 +118,6 @@ wait_all
   done
   echo "}"
 } > masks/QUALITY.json
+"${PYTHON:-.venv/bin/python}" -m bench.bench_quality --write  # everyday sentences, unheard voices, no speech
 echo "bundle built in $(( ($(date +%s) - start) / 60 )) minutes"
 du -sh masks
