@@ -12,8 +12,7 @@ import torch
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from router_core.backbone import SAMPLE_RATE
-from router_core.decoding import Classification, Transcript
+from router_core.decoding import Classification, Transcript, Word
 from router_core.errors import (
     ClientClosedRequestError,
     DeadlineExceededError,
@@ -22,7 +21,6 @@ from router_core.errors import (
 )
 from router_core.heads import MaskKind
 from router_core.router import RoutedOutput
-from router_core.vad import SpeechCheck
 from service.batching import Pending
 from service.state import AppState
 
@@ -41,26 +39,6 @@ async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKin
     if loaded.kind != kind:
         want = "transcription (ctc)" if kind == "ctc" else "classification"
         raise MaskKindError(f"mask {mask!r} is a {loaded.kind} mask, not a {want} mask")
-
-
-async def speech_check(state: AppState, wave: torch.Tensor) -> SpeechCheck | None:
-    """The VAD's verdict on ``wave`` (``None`` with ``S3R_VAD=false``)."""
-    detector = state.speech_detector
-    return None if detector is None else await run_in_threadpool(detector.check, wave)
-
-
-def no_speech_body(lang: str, wave: torch.Tensor, check: SpeechCheck) -> dict:
-    """The answer to audio without speech: an empty transcript, no inference."""
-    return {
-        "text": "",
-        "language": None if lang == AUTO else lang,
-        "mask": None if lang == AUTO else lang,
-        "decoder": "none (no speech)",
-        "duration": round(wave.shape[0] / SAMPLE_RATE, 3),
-        "words": [],
-        "no_speech_prob": round(check.no_speech_prob, 6),
-        "timing": {"queue_ms": 0.0, "inference_ms": 0.0},
-    }
 
 
 async def run_request(
@@ -109,8 +87,9 @@ async def serve_item(
             raise ClientClosedRequestError("the client closed the request before its answer was ready")
 
 
-def words_of(out: RoutedOutput) -> list[dict[str, Any]]:
-    return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript_of(out).words]
+def word_bodies(words: list[Word]) -> list[dict[str, Any]]:
+    """Words as the JSON bodies of /transcribe and the stream show them (seconds, 3 decimals)."""
+    return [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in words]
 
 
 def transcript_of(out: RoutedOutput) -> Transcript:

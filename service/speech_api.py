@@ -35,6 +35,7 @@ from service.inference import (
     check_mask,
     classification_of,
     run_request,
+    word_bodies,
 )
 from service.longform import Plan, SegmentResult, joined, main_language, plan_segments, transcribe_segments
 from service.openai_format import SegmentView, check_format_options, render_transcription, stream_events
@@ -42,7 +43,6 @@ from service.state import AppState, state_of
 from service.uploads import read_upload
 
 api = APIRouter(tags=["speech"])
-DISCONNECT_POLL_S = 0.1
 
 
 async def _decoded(request: Request, state: AppState, longform: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -88,7 +88,7 @@ async def transcribe(request: Request, lang: LanguageQuery) -> dict:
         "mask": language,
         "decoder": results[0].decoder if results else "none (no speech)",
         "duration": round(wave.shape[0] / SAMPLE_RATE, 3),
-        "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript.words],
+        "words": word_bodies(transcript.words),
         "segments": [_segment_body(i, r) for i, r in enumerate(results)],
         "timing": request.state.timing if len(results) == 1 else {"total_ms": _ms_since(started)},
     }

@@ -38,7 +38,7 @@ from router_core.backbone import SAMPLE_RATE
 from router_core.errors import NotReadyError, OverloadedError, PayloadTooLargeError, S3RouterError
 from router_core.mask_file import MASK_NAME_PATTERN
 from router_core.vad import SegmentSettings, speech_segments
-from service.inference import AUTO, classification_of, serve_item, transcript_of
+from service.inference import AUTO, classification_of, serve_item, transcript_of, word_bodies
 from service.longform import shifted
 from service.state import AppState, state_of
 
@@ -216,7 +216,7 @@ class StreamSession:
         body: dict[str, Any] = {
             "type": kind, "text": transcript.text, "language": language,
             "start": round(seconds, 3), "end": round((self.offset + end) / SAMPLE_RATE, 3),
-            "words": [{"word": w.text, "start": round(w.start, 3), "end": round(w.end, 3)} for w in transcript.words],
+            "words": word_bodies(transcript.words),
         }
         await self.ws.send_json(body)
 
