@@ -19,6 +19,7 @@ from router_core.backbone import SAMPLE_RATE
 from router_core.decoding import Transcript, mean_logprob
 from router_core.vad import SegmentSettings
 from service.inference import resolve_language, run_request, transcript_of
+from service.settings import ServiceSettings
 from service.state import AppState
 
 
@@ -46,6 +47,16 @@ class Plan:
     no_speech_prob: float | None  # of the whole recording (1 - the highest window probability)
 
 
+def segment_settings(settings: ServiceSettings) -> SegmentSettings:
+    """How the VAD cuts recordings and streams into segments, from the service's settings."""
+    return SegmentSettings(settings.segment_min_silence_s, settings.segment_seconds, settings.segment_pad_s)
+
+
+def fixed_windows(total: int, longest: int) -> list[tuple[int, int]]:
+    """``[start, end)`` windows of ``longest`` samples over ``total`` (how audio is cut without a VAD)."""
+    return [(s, min(total, s + longest)) for s in range(0, total, longest)]
+
+
 async def plan_segments(state: AppState, wave: torch.Tensor) -> Plan:
     """The speech segments of ``wave [T]``: the whole clip when it fits one segment (none when the VAD
     hears no speech), else the VAD's segments, or fixed windows with the VAD off."""
@@ -57,9 +68,8 @@ async def plan_segments(state: AppState, wave: torch.Tensor) -> Plan:
         check = await run_in_threadpool(detector.check, wave)
         return Plan([Segment(0, total, check.no_speech_prob)] if check.has_speech else [], check.no_speech_prob)
     if detector is None:
-        return Plan([Segment(s, min(total, s + longest), None) for s in range(0, total, longest)], None)
-    cut = SegmentSettings(settings.segment_min_silence_s, settings.segment_seconds, settings.segment_pad_s)
-    found = await run_in_threadpool(detector.segments, wave, cut)
+        return Plan([Segment(start, end, None) for start, end in fixed_windows(total, longest)], None)
+    found = await run_in_threadpool(detector.segments, wave, segment_settings(settings))
     segments = [Segment(s.start, s.end, 1.0 - s.speech_prob) for s in found]
     return Plan(segments, min((1.0 - s.speech_prob for s in found), default=1.0))
 

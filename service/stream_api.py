@@ -37,9 +37,9 @@ from router_core.audio import MAX_RATE, MIN_RATE, decode_audio
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import NotReadyError, OverloadedError, PayloadTooLargeError, S3RouterError
 from router_core.mask_file import MASK_NAME_PATTERN
-from router_core.vad import SegmentSettings, speech_segments
+from router_core.vad import speech_segments
 from service.inference import AUTO, classification_of, serve_item, transcript_of, word_bodies
-from service.longform import shifted
+from service.longform import fixed_windows, segment_settings, shifted
 from service.state import AppState, state_of
 
 api = APIRouter(tags=["speech"])
@@ -107,8 +107,7 @@ class StreamSession:
 
     def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int, encoded: bool = False) -> None:
         self.state, self.ws, self.lang, self.rate, self.encoded = state, ws, lang, rate, encoded
-        settings = state.settings
-        self.cut = SegmentSettings(settings.segment_min_silence_s, settings.segment_seconds, settings.segment_pad_s)
+        self.cut = segment_settings(state.settings)
         self.open = torch.zeros(0)  # [S] the open segment, 16 kHz
         self.offset = 0  # samples of the stream before the open segment
         self.received = 0.0  # seconds of audio received
@@ -194,9 +193,8 @@ class StreamSession:
         detector, total = self.state.speech_detector, self.open.shape[0]
         if total < self.state.ready_engine()[0].backbone.min_samples:
             return []
-        if detector is None:  # no VAD: fixed windows
-            step = int(self.cut.max_segment_s * SAMPLE_RATE)
-            return [(s, min(total, s + step)) for s in range(0, total, step)]
+        if detector is None:
+            return fixed_windows(total, int(self.cut.max_segment_s * SAMPLE_RATE))
         probs = await run_in_threadpool(detector.probabilities, self.open)
         return [(s.start, s.end) for s in speech_segments(probs, total, detector.threshold, self.cut)]
 
