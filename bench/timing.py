@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -73,15 +72,10 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
 def machine_name() -> str:
     """The CPU model and core count (and the GPU, when there is one): every figure names its machine."""
     import os
-    from pathlib import Path
 
-    cpu = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    name = f"{os.cpu_count()} x {cpu}"
+    from router_core.kernels.cpu_schedule import cpu_model
+
+    name = f"{os.cpu_count()} x {cpu_model()}"
     if torch.cuda.is_available():
         name += f", {torch.cuda.get_device_name()}"
     return name

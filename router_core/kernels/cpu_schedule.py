@@ -57,15 +57,20 @@ def median_seconds(fn: Callable[[], object], repeats: int = 3) -> float:
     return statistics.median(samples)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what ``platform`` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def machine_key() -> str:
     """What the choices depend on besides the shapes: the CPU, its cores, torch and its thread count."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}|{os.cpu_count()} cpus|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return f"{cpu_model()}|{os.cpu_count()} cpus|torch {torch.__version__}|{torch.get_num_threads()} threads"
 
 
 class CpuSchedule:
