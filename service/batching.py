@@ -229,7 +229,8 @@ class Batcher:
         elapsed = finished - started
         for item, out in zip(batch, outputs, strict=True):
             item.started_at, item.finished_at = started, finished
-            if isinstance(out, BaseException) or out.beam is None or self.finish is None:
+            gone = item.cancelled or item.future is None or item.future.done()  # no beam search for nobody
+            if isinstance(out, BaseException) or out.beam is None or self.finish is None or gone:
                 _settle(item, out)
             else:  # the model thread goes on with the next batch meanwhile
                 task = loop.create_task(self._finish(item, out), name=f"s3r-finish-{item.id}")

@@ -243,3 +243,33 @@ def test_a_full_finish_stage_holds_the_next_batch_back():
 
     assert _run(scenario()) == [["a"]]
     assert model.batches == [["a"], ["b"]]
+
+
+def test_no_beam_search_is_run_for_a_caller_that_went_away():
+    """An output whose caller left while its batch ran is not handed to the finish stage."""
+    model = RecordingModel(delay=0.2)
+    finished: list[str] = []
+    holder: dict = {}
+
+    def deferring(waves, masks):
+        holder["batcher"].cancel(holder["item"])  # the client goes away while its batch runs
+        outs = model(waves, masks)
+        for out in outs:
+            out.beam = object()
+        return outs
+
+    async def finish(out):
+        finished.append(out.mask_name)
+        return out
+
+    async def scenario():
+        batcher = holder["batcher"] = Batcher(deferring, finish=finish, max_batch=1, max_wait_s=0.0, max_queue=8)
+        batcher.start()
+        holder["item"] = batcher.submit(torch.zeros(100), "fr", "ctc", 5.0)
+        while not model.batches:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        await batcher.stop()
+
+    _run(scenario())
+    assert model.batches == [["fr"]] and finished == []
