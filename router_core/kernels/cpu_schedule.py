@@ -94,7 +94,7 @@ class CpuSchedule:
             timed = self.choices.get((n_out, k, str(dtype), TIMED_ROWS))
         if timed is not None:
             return timed
-        element = torch.empty((), dtype=dtype).element_size()
+        element = dtype.itemsize
         return "tiled" if rows * k * element <= TILED_MAX_X_BYTES else "full_pass"  # tiled: default blocks
 
     def tune(
@@ -110,7 +110,7 @@ class CpuSchedule:
         gen = torch.Generator().manual_seed(0)
         new = 0
         for n_out, k in sorted(set(layer_shapes)):
-            copies = max(1, min(MAX_COPIES, COLD_BYTES // (n_out * k * torch.empty((), dtype=dtype).element_size())))
+            copies = max(1, min(MAX_COPIES, COLD_BYTES // (n_out * k * dtype.itemsize)))
             layers = [
                 ((torch.randn(n_out, k, generator=gen) / k**0.5).to(dtype),  # [N, K]
                  pack_bits(torch.rand(n_out, k, generator=gen) < 0.9))  # [N, ceil(K/8)]
