@@ -58,8 +58,16 @@ def fixed_windows(total: int, longest: int) -> list[tuple[int, int]]:
 
 
 async def plan_segments(state: AppState, wave: torch.Tensor) -> Plan:
-    """The speech segments of ``wave [T]``: the whole clip when it fits one segment (none when the VAD
-    hears no speech), else the VAD's segments, or fixed windows with the VAD off."""
+    """The speech segments of ``wave [T]`` (counted in the segment and speech-ratio metrics)."""
+    plan = await _plan(state, wave)
+    speech = sum(s.end - s.start for s in plan.segments) / max(1, wave.shape[0])  # share inside segments
+    state.metrics.observe_segments(len(plan.segments), speech)
+    return plan
+
+
+async def _plan(state: AppState, wave: torch.Tensor) -> Plan:
+    """The whole clip when it fits one segment (none when the VAD hears no speech), else the VAD's
+    segments, or fixed windows with the VAD off."""
     settings, detector = state.settings, state.speech_detector
     total, longest = wave.shape[0], int(settings.segment_seconds * SAMPLE_RATE)
     if total <= longest:

@@ -37,7 +37,7 @@ from service.inference import (
     run_request,
     word_bodies,
 )
-from service.longform import Plan, SegmentResult, joined, main_language, plan_segments, transcribe_segments
+from service.longform import SegmentResult, joined, main_language, plan_segments, transcribe_segments
 from service.openai_format import SegmentView, check_format_options, render_transcription, stream_events
 from service.state import AppState, state_of
 from service.uploads import read_upload
@@ -96,7 +96,6 @@ async def transcribe(request: Request, lang: LanguageQuery) -> dict:
         body["language_probability"] = round(results[0].language_probability, 6)
     if plan.no_speech_prob is not None:
         body["no_speech_prob"] = round(plan.no_speech_prob, 6)
-    state.metrics.observe_segments(len(plan.segments), _speech_ratio(plan, wave))
     return body
 
 
@@ -112,11 +111,6 @@ def _segment_body(index: int, result: SegmentResult) -> dict[str, Any]:
 
 def _ms_since(started: float) -> float:
     return round(1000 * (time.monotonic() - started), 2)
-
-
-def _speech_ratio(plan: Plan, wave: torch.Tensor) -> float:
-    """The share of the recording inside speech segments."""
-    return sum(s.end - s.start for s in plan.segments) / max(1, wave.shape[0])
 
 
 @api.post("/classify", summary="Classify audio with a task's mask", responses=SPEECH_ERRORS,
@@ -162,7 +156,6 @@ async def openai_transcriptions(request: Request) -> Response:
     body, media_type = render_transcription(joined(results), main_language(results) or mask,
                                             wave.shape[0] / SAMPLE_RATE, fmt, list(granularities),
                                             views if len(plan.segments) > 1 else None)
-    state.metrics.observe_segments(len(plan.segments), _speech_ratio(plan, wave))
     if media_type == "application/json":
         return Response(body, media_type=media_type)
     return PlainTextResponse(body, media_type=media_type)
