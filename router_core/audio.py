@@ -1,8 +1,9 @@
 """Uploaded bytes -> 16 kHz mono float waveform (WAV, FLAC, OGG/Vorbis/Opus, MP3 via libsndfile).
 
-Maths: channels are averaged (``x[t] = mean_c x[c, t]``) block by block as the file is decoded, so only
-the mono signal is ever held; then it is resampled to 16 kHz with torchaudio's windowed-sinc polyphase
-filter. Its cost grows with the reduced rate ratio ``(rate / g) : (16000 / g)``, ``g = gcd(rate, 16000)``,
+Maths: channels are averaged (``x[t] = mean_c x[c, t]``) block by block as the file is decoded, and each
+block is resampled to 16 kHz as it arrives (:class:`~router_core.resample.StreamingResampler`: torchaudio's
+windowed-sinc polyphase filter, same result as on the whole signal), so only the 16 kHz mono signal is
+ever held whole. Its cost grows with the reduced rate ratio ``(rate / g) : (16000 / g)``, ``g = gcd(rate, 16000)``,
 which is huge for rates such as 16,001 Hz (16001 : 16000). Rates that are not a multiple of
 ``RATE_QUANTUM`` (25 Hz, which every common rate is: 8k, 11.025k, 22.05k, 44.1k, 48k, 96k, ...) are
 therefore read as the nearest multiple: ``g >= 25``, so at most 7,680 : 640 phases and a filter of at most
@@ -18,15 +19,13 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 import time
-from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import (
@@ -35,6 +34,7 @@ from router_core.errors import (
     PayloadTooLargeError,
     UnsupportedAudioError,
 )
+from router_core.resample import ResamplerCache, StreamingResampler
 
 MIN_RATE = 4_000
 MAX_RATE = 192_000
@@ -57,20 +57,15 @@ def decode_audio(data: bytes, max_seconds: float, deadline: float | None = None)
             known = 0 < handle.frames < UNKNOWN_FRAMES
             if known and handle.frames > limit:
                 raise PayloadTooLargeError(_too_long(handle.frames / rate, max_seconds))
-            mono = _read_mono(handle, handle.frames if known else None, limit, max_seconds, deadline)  # [T]
+            wave = _read_16k(handle, handle.frames if known else None, limit, max_seconds, deadline)  # [T']
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         reason = str(exc).rsplit(": ", 1)[-1]  # libsndfile's reason, without the in-memory file's repr
         raise UnsupportedAudioError(
             f"could not decode the upload as audio (WAV, FLAC, OGG or MP3 expected): {reason}"
         ) from exc
-    if mono.shape[0] == 0:
+    if wave.shape[0] == 0:
         raise EmptyAudioError("the audio contains no samples")
-    wave = torch.from_numpy(mono)  # [T]
-    effective = effective_rate(rate)
-    if effective != SAMPLE_RATE:
-        with torch.no_grad():
-            wave = _RESAMPLERS.get(effective)(wave)  # [T * 16000 / rate]
-    return wave.contiguous()
+    return torch.from_numpy(wave)
 
 
 def effective_rate(rate: int) -> int:
@@ -92,37 +87,72 @@ def _too_long(seconds: float, max_seconds: float) -> str:
     return f"audio is {seconds:.1f} s long; the limit is {max_seconds:g} s"
 
 
-def _read_mono(
+def _read_16k(
     handle: sf.SoundFile, frames: int | None, limit: int, max_seconds: float, deadline: float | None
 ) -> np.ndarray:
-    """Decode block by block, averaging channels as it goes: ``[T]`` float32 at the file's rate. A known
-    length is decoded into one array of that length (the mono signal is held once); with ``frames``
-    unknown, blocks are read until the end or until ``limit`` is passed (then refused), then joined."""
-    out = np.empty(frames, dtype=np.float32) if frames is not None else None  # [T]
-    blocks: list[np.ndarray] = []
+    """The whole file as ``[T']`` float32 at 16 kHz, decoded, downmixed and resampled block by block. A known
+    length is decoded into one array of the output's length (the 16 kHz signal is held once); with
+    ``frames`` unknown, blocks are read until the end or until ``limit`` is passed (then refused), then
+    joined."""
+    effective = effective_rate(handle.samplerate)
+    stream = StreamingResampler(_RESAMPLERS.get(effective)) if effective != SAMPLE_RATE else None
+    size = None
+    if frames is not None:
+        size = frames if stream is None else math.ceil(stream.new * frames / stream.orig)
+    output = _Output(size)
+    for mono in _mono_blocks(handle, frames, limit, max_seconds, deadline):
+        output.put(mono if stream is None else stream.push(mono))
+    if stream is not None:
+        output.put(stream.finish())
+    return output.samples()
+
+
+class _Output:
+    """Decoded samples: written into one array when their number is known (so they are held once), else
+    kept as blocks and joined at the end."""
+
+    def __init__(self, size: int | None) -> None:
+        self._array = np.empty(size, dtype=np.float32) if size is not None else None  # [T']
+        self._blocks: list[np.ndarray] = []
+        self._total = 0
+
+    def put(self, piece: np.ndarray) -> None:
+        if self._array is not None:
+            piece = piece[: self._array.shape[0] - self._total]  # a file that decodes longer than its header says
+            self._array[self._total : self._total + piece.shape[0]] = piece
+        else:
+            self._blocks.append(piece)
+        self._total += piece.shape[0]
+
+    def samples(self) -> np.ndarray:
+        if self._array is not None:
+            return self._array[: self._total]
+        return np.concatenate(self._blocks) if self._blocks else np.zeros(0, dtype=np.float32)
+
+
+def _mono_blocks(
+    handle: sf.SoundFile, frames: int | None, limit: int, max_seconds: float, deadline: float | None
+) -> Iterator[np.ndarray]:
+    """Blocks of the file averaged over channels ``[b]`` at its own rate; refuses NaN, a length over
+    ``limit`` source frames and a passed ``deadline``."""
     total = 0
     while True:
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError("decoding the audio took longer than the request's deadline")
         block, ended = _read_block(handle, unknown_length=frames is None)  # [b, C]
         if block.shape[0] == 0:
-            break
+            return
         mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]  # [b]
         if not np.isfinite(mono).all():
             raise UnsupportedAudioError("the audio contains NaN or infinite samples")
-        if out is not None:
-            mono = mono[: out.shape[0] - total]  # a file that decodes longer than its header says
-            out[total : total + mono.shape[0]] = mono
-        else:
-            blocks.append(mono)
+        if frames is not None:
+            mono = mono[: frames - total]
         total += mono.shape[0]
         if total > limit:
             raise PayloadTooLargeError(_too_long(total / handle.samplerate, max_seconds) + " or more")
+        yield mono
         if ended or (frames is not None and total >= frames):
-            break
-    if out is not None:
-        return out[:total]
-    return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+            return
 
 
 def _read_block(handle: sf.SoundFile, unknown_length: bool) -> tuple[np.ndarray, bool]:
@@ -144,40 +174,7 @@ def _read_block(handle: sf.SoundFile, unknown_length: bool) -> tuple[np.ndarray,
     return out[:count], failed or count < BLOCK_FRAMES
 
 
-class _ResamplerCache:
-    """Resamplers to 16 kHz by source rate, least recently used first out, bounded by their filters' bytes
-    (building the windowed-sinc filter costs far more than applying it)."""
-
-    def __init__(self, budget_bytes: int) -> None:
-        self.budget_bytes = budget_bytes
-        self._items: OrderedDict[int, torchaudio.transforms.Resample] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @property
-    def bytes(self) -> int:
-        return sum(_filter_bytes(r) for r in self._items.values())
-
-    def get(self, rate: int) -> torchaudio.transforms.Resample:
-        with self._lock:
-            if rate in self._items:
-                self._items.move_to_end(rate)
-                return self._items[rate]
-        resampler = torchaudio.transforms.Resample(rate, SAMPLE_RATE)
-        size = _filter_bytes(resampler)
-        with self._lock:
-            if size <= self.budget_bytes:
-                self._items[rate] = resampler
-                while self.bytes > self.budget_bytes:
-                    self._items.popitem(last=False)
-        return resampler
-
-
-def _filter_bytes(resampler: torchaudio.transforms.Resample) -> int:
-    kernel = resampler.kernel
-    return kernel.numel() * kernel.element_size()
-
-
-_RESAMPLERS = _ResamplerCache(RESAMPLER_CACHE_BYTES)
+_RESAMPLERS = ResamplerCache(RESAMPLER_CACHE_BYTES)
 
 
 def load_audio_file(path: str | Path, max_seconds: float = 3600.0) -> torch.Tensor:

@@ -20,6 +20,7 @@ from helpers import audio_bytes, tiny_engine_factory
 from router_core import audio
 from router_core.audio import decode_audio, effective_rate
 from router_core.errors import PayloadTooLargeError, UnsupportedAudioError
+from router_core.resample import ResamplerCache, filter_bytes
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -42,18 +43,18 @@ def test_rates_just_off_a_common_one_resample_quickly_with_a_small_filter(rate):
     effective = effective_rate(rate)
     assert effective % audio.RATE_QUANTUM == 0 and abs(effective - rate) <= audio.RATE_QUANTUM / 2
     if effective != 16_000:
-        assert audio._filter_bytes(audio._RESAMPLERS.get(effective)) < 4 << 20
+        assert filter_bytes(audio._RESAMPLERS.get(effective)) < 4 << 20
 
 
 def test_the_worst_supported_rate_has_a_bounded_filter():
     worst = max(range(audio.MAX_RATE - 500, audio.MAX_RATE + 1, audio.RATE_QUANTUM),
                 key=lambda r: r // math.gcd(r, 16_000))
     resampler = audio._RESAMPLERS.get(worst)
-    assert audio._filter_bytes(resampler) <= 24 << 20
+    assert filter_bytes(resampler) <= 24 << 20
 
 
 def test_the_resampler_cache_is_bounded_in_bytes(monkeypatch):
-    cache = audio._ResamplerCache(budget_bytes=3 << 20)
+    cache = ResamplerCache(budget_bytes=3 << 20)
     for rate in (16_025, 16_075, 15_975, 44_125, 47_975, 8_025):
         cache.get(rate)
         assert cache.bytes <= 3 << 20
@@ -218,3 +219,24 @@ def test_a_long_upload_is_decoded_holding_its_samples_once():
         tracemalloc.stop()
     assert wave.shape[0] == 600 * 16_000
     assert peak < 1.3 * wave.numel() * 4, peak / (wave.numel() * 4)
+
+
+@pytest.mark.parametrize("rate, channels", [(44_100, 2), (8_000, 1)])
+def test_a_long_upload_at_another_rate_is_resampled_as_it_is_decoded(rate, channels):
+    """Five minutes at 44.1 kHz stereo (or 8 kHz) decode with a peak of about one float32 copy of the
+    16 kHz result: each block is resampled as it arrives, so the signal at its own rate is never held whole
+    (decoding it whole first held 2.8x that at 44.1 kHz, and the resampler's padded copy as much again)."""
+    import tracemalloc
+
+    data = audio_bytes(300.0, rate=rate, channels=channels)
+    tracemalloc.start()
+    try:
+        wave = decode_audio(data, max_seconds=3600)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert wave.shape[0] == 300 * 16_000
+    assert peak < 1.3 * wave.numel() * 4, peak / (wave.numel() * 4)
+    whole = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)[0].mean(axis=1)  # [T] at `rate`
+    reference = audio._RESAMPLERS.get(rate)(__import__("torch").from_numpy(whole)).numpy()
+    assert np.abs(wave.numpy() - reference).max() < 1e-5  # the same samples as resampling the whole signal
