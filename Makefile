@@ -41,9 +41,9 @@ check-lock: install
 	$(PY) scripts/check_lock.py $(LOCK)
 
 # Refresh the locks from pyproject.toml, keeping current pins where they still fit (UPGRADE=1: newest).
-# requirements-serve.lock (the image's) holds the same pins without the dev tools.
+# requirements-serve.lock (the image's) holds the same pins without the dev and bundle-building tools.
 lock: install
-	$(UV) pip compile pyproject.toml --extra dev $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(UV) pip compile pyproject.toml --extra dev --extra bundle $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK)
 	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) --constraint $(LOCK) -o $(SERVE_LOCK)
 
 lint: install

@@ -24,12 +24,14 @@ from router_core.backbone import load_backbone
 from router_core.registry import MaskRegistry
 from router_core.router import Router
 from router_core.stores import open_store
+from router_core.training.synth import SPEAKERS, TEST_VOICES
 from router_core.training.text_sources import normalize
 from router_core.vad import SpeechDetector
 
 BUNDLE = Path(__file__).resolve().parents[1] / "masks"
-SEEN = [("m1", 160), ("f2", 150), ("m4", 175), ("f4", 140)]  # among the 11 training variants
-HELD_OUT = [("f5", 150), ("klatt", 160), ("Andy", 165), ("Annie", 150), ("david", 160), ("linda", 150)]
+SEEN = [("m1", 160), ("f2", 150), ("m4", 175), ("f4", 140)]  # among the speaker task's voices, trained on
+HELD_OUT = list(zip(TEST_VOICES, (150, 160, 165, 150, 160, 150), strict=True))  # never trained on
+assert {v for v, _ in SEEN} <= set(SPEAKERS)
 
 
 def _no_speech_clips(seconds: float = 5.0) -> dict[str, np.ndarray]:

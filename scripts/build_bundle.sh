@@ -104,19 +104,32 @@ evaluate_finetuned() {
     > "masks/FINETUNE_${HELD_OUT}.json"
 }
 in_background evaluate_finetuned
+evaluate_unheard() {  # mask -> $RUNS/eval/mask_unheard.json: the test sentences in voices never trained on
+  s3r_job eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask "$1" \
+    --manifest "$CORPUS/${2}_test_unheard.jsonl" > "$RUNS/eval/$1_unheard.json"
+}
 for mask in $LANGS $HELD_OUT speaker language; do
   in_background evaluate "$mask"
 done
+for lang in $LANGS $HELD_OUT; do
+  in_background evaluate_unheard "$lang" "$lang"
+done
+in_background evaluate_unheard language language
 wait_all
-{
+json_object() {  # suffix mask... -> {"mask": contents of $RUNS/eval/mask$suffix.json, ...}
+  local suffix=$1 first=1 mask
+  shift
   echo "{"
-  first=1
-  for mask in $LANGS $HELD_OUT speaker language; do
+  for mask in "$@"; do
     [ $first = 1 ] || echo ","
     first=0
-    printf '"%s": %s' "$mask" "$(cat "$RUNS/eval/$mask.json")"
+    printf '"%s": %s' "$mask" "$(cat "$RUNS/eval/$mask$suffix.json")"
   done
   echo "}"
+}
+{
+  json_object "" $LANGS $HELD_OUT speaker language | sed '$d'
+  printf ',\n"unheard_voices": %s}\n' "$(json_object _unheard $LANGS $HELD_OUT language)"
 } > masks/QUALITY.json
 "${PYTHON:-.venv/bin/python}" -m bench.bench_quality --write  # everyday sentences, unheard voices, no speech
 echo "bundle built in $(( ($(date +%s) - start) / 60 )) minutes"

@@ -2,7 +2,7 @@
 # The Debian packages s3router needs, per use:
 #   serve  g++ (builds the fast CPU masked-weight kernel; without it the plain-torch reference serves),
 #          espeak-ng (speaks the README's first request), python3-venv where $PYTHON cannot make a venv
-#   test   those, plus sox, the fortunes/manpages text the corpus tests read, prometheus (the
+#   test   those, plus sox, the fortunes/manpages/klavaro text the corpus tests read, prometheus (the
 #          dashboard test scrapes a real server) and redis-server (the Redis store is tested against a
 #          real one on 127.0.0.1:6379, started here when none answers)
 # As root, missing packages are installed. Otherwise `test` stops at once with the exact apt-get line
@@ -11,7 +11,7 @@ set -euo pipefail
 use=${1:?usage: system_packages.sh serve|test}
 case "$use" in
   serve) packages="g++ espeak-ng" ;;
-  test) packages="g++ make espeak-ng sox prometheus fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-br manpages-fr redis-server" ;;
+  test) packages="g++ make espeak-ng sox prometheus fortunes fortunes-min fortunes-de fortunes-es fortunes-it fortunes-br manpages-fr klavaro redis-server" ;;
   *) echo "usage: system_packages.sh serve|test" >&2; exit 2 ;;
 esac
 

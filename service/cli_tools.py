@@ -227,7 +227,8 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
     corpus = Path(args.corpus)
     train = [e for lang in langs for e in read_manifest(corpus / f"{lang}_train.jsonl", "ctc")]
-    dev = [e for lang in langs for e in read_manifest(corpus / f"{lang}_dev.jsonl", "ctc")[: args.dev_per_lang]]
+    dev = [e for lang in langs
+           for e in read_manifest(corpus / f"{lang}_{args.dev_split}.jsonl", "ctc")[: args.dev_per_lang]]
     _log_to(Path(args.work_dir))
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                             progress=not args.quiet, init_from=args.init_from, device=args.device,
@@ -376,6 +377,8 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--warmup", type=int, default=300, help="learning-rate warmup steps")
     pretrain.add_argument("--init-from", help="continue from this trained backbone folder (new optimizer/schedule)")
     pretrain.add_argument("--dev-per-lang", type=int, default=40)
+    pretrain.add_argument("--dev-split", default="dev",
+                          help="dev manifests to report on: dev (training voices) or dev_unheard (held-out voices)")
     pretrain.add_argument("--eval-every", type=int, default=400)
     pretrain.add_argument("--device", default="cpu")
     pretrain.add_argument("--max-seconds", type=float, help="time budget: fewer steps (same schedule shape) to fit it")

@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -11,6 +12,11 @@ from router_core.audio import decode_audio
 from router_core.errors import InvalidInputError
 from router_core.training.manifest import read_manifest
 from router_core.training.synth import (
+    AUGMENTED,
+    DEV_VOICES,
+    OTHER_VOICES,
+    SPEAKERS,
+    TEST_VOICES,
     Utterance,
     clean_ipa,
     plan_corpus,
@@ -19,7 +25,13 @@ from router_core.training.synth import (
     synthesize,
     write_plan,
 )
-from router_core.training.text_sources import good_sentence, normalize, sentences
+from router_core.training.text_sources import (
+    ciphered_sentences,
+    everyday_sentences,
+    good_sentence,
+    normalize,
+    sentences,
+)
 
 
 def test_text_filters_refuse_what_espeak_reads_differently():
@@ -50,12 +62,16 @@ def test_plan_is_deterministic_and_splits_are_disjoint():
 
 def test_synth_writes_16k_audio_and_manifests_train_reads(tmp_path):
     result = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
-    assert result["fr_train"] == 3 and result["speaker_train"] == 6 and result["language_test"] == 2
+    assert result["fr_train"] == 6  # 3 planned + as many everyday sentences
+    assert result["language_test"] == 2 and result["language_test_unheard"] == 2
+    trained_speakers = sum(json.loads(line)["speaker"] in SPEAKERS
+                           for name in ("fr_train", "de_train") for line in (tmp_path / f"{name}.jsonl").open())
+    assert result["speaker_train"] == trained_speakers  # only the speaker-ID task's voices are its classes
     rows = [json.loads(line) for line in (tmp_path / "fr_train.jsonl").read_text().splitlines()]
     info = sf.info(tmp_path / rows[0]["audio"])
     assert info.samplerate == 16000 and info.channels == 1 and info.duration > 0.5
     assert rows[0]["ipa"] and "(" not in rows[0]["ipa"] and rows[0]["text"] == normalize(rows[0]["sentence"])
-    assert len(read_manifest(tmp_path / "fr_train.jsonl", "ctc")) == 3
+    assert len(read_manifest(tmp_path / "fr_train.jsonl", "ctc")) == 6
     assert {e.target for e in read_manifest(tmp_path / "language_train.jsonl", "classify")} == {"fr", "de"}
     again = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
     assert again == result  # resumable: existing utterances are reused
@@ -65,8 +81,9 @@ def test_train_split_takes_what_is_left_when_text_runs_out():
     available = len(sentences("pt"))
     plan = plan_corpus(["pt"], {"train": available + 50, "dev": 7, "test": 9}, seed=0)
     sizes = {split: sum(u.split == split for u in plan) for split in ("train", "dev", "test")}
-    assert sizes == {"train": available - 16, "dev": 7, "test": 9}
-    assert len({u.sentence for u in plan}) == len(plan)
+    assert sizes == {"train": available - 16 + len(everyday_sentences("pt")), "dev": 7, "test": 9}
+    own = [u for u in plan if u.split in sizes]  # the unheard splits speak dev and test again
+    assert len({u.sentence for u in own}) == len(own)
     with pytest.raises(InvalidInputError, match="pt: "):
         plan_corpus(["pt"], {"train": 10, "dev": available, "test": 1}, seed=0)
 
@@ -116,3 +133,45 @@ def test_every_clause_is_spoken_cleanly_and_labelled(tmp_path):
     meta = (tmp_path / utt.relpath).with_suffix(".json")
     meta.write_text(json.dumps({**row, "ipa": "stale", "synth_version": 1}), encoding="utf-8")
     assert synthesize(utt, tmp_path) == row and json.loads(meta.read_text(encoding="utf-8")) == row
+
+
+def test_voices_held_out_for_dev_and_test_never_speak_training_audio():
+    plan = plan_corpus(["en", "es"], {"train": 400, "dev": 20, "test": 20}, seed=1)
+    voices = {split: {u.speaker for u in plan if u.split == split}
+              for split in ("train", "dev", "test", "dev_unheard", "test_unheard")}
+    assert voices["dev"] | voices["test"] <= set(SPEAKERS)  # the seen-voice sets, as synth version 2 spoke them
+    assert voices["dev_unheard"] <= set(DEV_VOICES) and voices["test_unheard"] <= set(TEST_VOICES)
+    assert voices["train"] <= set(SPEAKERS) | set(OTHER_VOICES)
+    assert not (set(OTHER_VOICES) | set(SPEAKERS)) & (set(DEV_VOICES) | set(TEST_VOICES))
+    assert not set(DEV_VOICES) & set(TEST_VOICES)
+    assert len(voices["train"] - set(SPEAKERS)) > 30  # many more voices than the speaker task's 11
+    for unheard, seen in (("dev_unheard", "dev"), ("test_unheard", "test")):
+        assert [u.sentence for u in plan if u.split == unheard] == [u.sentence for u in plan if u.split == seen]
+    train = [u for u in plan if u.split == "train"]
+    assert abs(sum(u.augment for u in train) / len(train) - AUGMENTED) < 0.1
+    assert not any(u.augment for u in plan if u.split != "train")
+    assert max(u.speed for u in train) > 190 and min(u.pitch for u in train) < 35  # wider than dev/test
+
+
+def test_rot13_ciphertext_is_left_out_and_everyday_prose_only_trains():
+    ciphered = ciphered_sentences("es")
+    assert len(ciphered) > 100 and not ciphered_sentences("en")
+    assert "Cvrafna dhr ynf rfgáa rfphpunaqb." in ciphered
+    plan = plan_corpus(["es"], {"train": 3000, "dev": 100, "test": 100}, seed=0)
+    assert not {u.sentence for u in plan} & ciphered
+    everyday = set(everyday_sentences("es"))
+    assert everyday and everyday <= {u.sentence for u in plan if u.split == "train"}
+    assert not everyday & {u.sentence for u in plan if u.split != "train"}
+
+
+def test_augmented_training_audio_says_how_it_was_degraded(tmp_path):
+    utt = Utterance("it", "train", 0, "I bambini giocano in giardino.", "Mario", 200, 70, augment=True)
+    row = synthesize(utt, tmp_path)
+    plain = synthesize(Utterance("it", "train", 1, utt.sentence, "Mario", 200, 70), tmp_path)
+    assert row is not None and plain is not None and plain["augment"] == []
+    assert set(row["augment"]) <= {"gain", "room", "telephone", "mp3", "noise"}
+    degraded, _ = sf.read(tmp_path / utt.relpath, dtype="float32")
+    clean, _ = sf.read(tmp_path / plain["audio"], dtype="float32")
+    assert degraded.shape == clean.shape and np.abs(degraded).max() <= 1.0
+    if row["augment"]:
+        assert not np.allclose(degraded, clean, atol=1e-3)

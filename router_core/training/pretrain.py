@@ -72,14 +72,27 @@ def tiny_wav2vec2_config(vocab_size: int, hidden: int = 256, layers: int = 4) ->
 
 
 def _initial_model(folder: str, corpus_vocab: list[str]) -> tuple[Wav2Vec2ForCTC, list[str]]:
-    """A trained checkpoint to continue from; its vocabulary must cover every character of the corpus."""
+    """A trained checkpoint to continue from. Characters of the corpus that its vocabulary lacks are
+    appended, each with a new output row of the CTC head (zero weights, the lowest bias of the others: the
+    model starts out never predicting them)."""
     vocab = read_checkpoint_vocab(folder)
     if vocab is None:
         raise InvalidInputError(f"{folder}: no vocab.json to continue pretraining from")
+    model = Wav2Vec2ForCTC.from_pretrained(folder, local_files_only=True)
     missing = sorted(set(corpus_vocab) - set(vocab))
     if missing:
-        raise InvalidInputError(f"{folder}: its vocabulary lacks {missing} that the corpus uses")
-    return Wav2Vec2ForCTC.from_pretrained(folder, local_files_only=True), vocab
+        log.info("continuing from %s: %d new characters %s", folder, len(missing), missing)
+        old = model.lm_head  # [V, D]
+        head = torch.nn.Linear(old.in_features, len(vocab) + len(missing))  # [V', D]
+        with torch.no_grad():
+            head.weight.zero_()
+            head.weight[: len(vocab)] = old.weight
+            head.bias.fill_(float(old.bias.min()))
+            head.bias[: len(vocab)] = old.bias
+        model.lm_head = head
+        model.config.vocab_size = head.out_features
+        vocab = vocab + missing
+    return model, vocab
 
 
 class _PretrainTask:

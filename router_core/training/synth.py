@@ -1,11 +1,14 @@
 """``s3router data synth``: a deterministic multilingual speech corpus from espeak-ng.
 
-For each language, filtered real sentences (:mod:`router_core.training.text_sources`) are split into
-disjoint train/dev/test sets and spoken by random espeak-ng voice variants (the "speakers"), speeds and
-pitches. Audio is stored as 16 kHz mono FLAC; manifests are JSONL with ``audio``, ``text`` (normalised
-lower-case transcript), ``ipa`` (espeak-ng's phonemes, language-switch markers and liaison dashes
-removed), ``speaker``, ``lang`` and ``label`` fields — ``s3router train`` reads ``text`` (ctc) or
-``label`` (classify; the speaker and language-ID manifests set it).
+For each language, filtered real sentences (:mod:`router_core.training.text_sources`) are split into disjoint
+train/dev/test sets and spoken by random espeak-ng voice variants, speeds and pitches. The dev and test sets
+are spoken by the 11 voices of the speaker-ID task; training by those and by 62 more variants, over wider
+speeds and pitches, 60% of it degraded (:mod:`router_core.training.augment`). ``dev_unheard`` and
+``test_unheard`` speak the dev and test sentences again in two sets of six variants that no training utterance
+uses (what users' voices are to the model). Audio is stored as 16 kHz mono FLAC; manifests are JSONL with
+``audio``, ``text`` (normalised lower-case transcript), ``ipa`` (espeak-ng's phonemes, language-switch markers
+and liaison dashes removed), ``speaker``, ``lang`` and ``label`` fields — ``s3router train`` reads ``text``
+(ctc) or ``label`` (classify; the speaker and language-ID manifests set it).
 """
 
 from __future__ import annotations
@@ -15,22 +18,41 @@ import multiprocessing
 import random
 import re
 import subprocess
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import soundfile as sf
 import torch
 
 from router_core.audio import decode_audio
 from router_core.errors import InvalidInputError
-from router_core.training.text_sources import normalize, sentences
+from router_core.training.text_sources import ciphered_sentences, everyday_sentences, normalize, sentences
 
 VOICES = {"en": "en-us", "fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt-br"}
+# The speaker-ID task's 11 voices; the dev and test sets are spoken by them, as training half is.
 SPEAKERS = [f"m{i}" for i in range(1, 8)] + [f"f{i}" for i in range(1, 5)]
+# espeak-ng voice variants (`espeak-ng --voices=variant`, file names) never used for training:
+TEST_VOICES = ["f5", "klatt", "Andy", "Annie", "david", "linda"]  # test_unheard sets, bench_quality
+DEV_VOICES = ["m8", "klatt3", "Alicia", "steph", "max", "grandma"]  # dev_unheard sets: model choice
+# The other half of training is spoken by these (every variant but the held-out ones above, whispers,
+# robots, the croak, the PA announcer and "fast", which do not sound like a person talking).
+OTHER_VOICES = [
+    "adam", "Alex", "Andrea", "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "Denis", "Diogo",
+    "ed", "edward", "edward2", "Gene", "Gene2", "gustave", "Henrique", "Hugo", "iven", "iven2", "iven3",
+    "iven4", "Jacky", "john", "kaukovalta", "Lee", "marcelo", "Marco", "Mario", "Michael", "michel",
+    "miguel", "Mike", "Mr", "Nguyen", "pablo", "paul", "pedro", "quincy", "RicishayMax", "RicishayMax2",
+    "RicishayMax3", "rob", "robert", "steph2", "steph3", "Storm", "Tweaky", "zac", "anika", "AnxiousAndy",
+    "grandpa", "klatt2", "klatt4", "klatt5", "klatt6", "norbert", "sandro", "shelby", "travis", "victor",
+]
+TRAIN_SPEEDS, TRAIN_PITCHES = (115, 225), (15, 85)  # words per minute, espeak pitch (dev/test: 140-190, 35-65)
+AUGMENTED = 0.6  # share of training utterances degraded by :mod:`router_core.training.augment`
 # Bumped whenever an utterance's audio or labels would come out differently: an utterance written by an
 # older version is spoken again rather than reused. 2: clauses after the first are no longer garbled.
-SYNTH_VERSION = 2
+# 3: training utterances may be augmented (the row says how).
+SYNTH_VERSION = 3
 _SWITCH = re.compile(r"\([a-z-]+\)")
 
 
@@ -43,10 +65,16 @@ class Utterance:
     speaker: str
     speed: int
     pitch: int
+    augment: bool = False  # degraded by :func:`router_core.training.augment.augment` (training only)
 
     @property
     def relpath(self) -> str:
         return f"{self.lang}/{self.split}/{self.lang}_{self.split}_{self.index:05d}.flac"
+
+    @property
+    def seed(self) -> int:
+        """This utterance's augmentation seed (stable across runs and machines)."""
+        return zlib.crc32(self.relpath.encode())
 
 
 def clean_ipa(raw: str) -> str:
@@ -56,30 +84,67 @@ def clean_ipa(raw: str) -> str:
 
 
 def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utterance]:
-    """Which sentence, speaker, speed and pitch each utterance gets (deterministic for ``seed``).
+    """Which sentence, voice, speed and pitch each utterance gets (deterministic for ``seed``).
 
     Splits take consecutive slices of each language's shuffled sentences, in ``counts`` order, so they
     are disjoint. Every split but ``train`` must be filled; ``train`` is an upper bound and takes what
     the language's text leaves over (a language with little text still gets full dev and test sets).
+    The dev and test sets are spoken by the :data:`SPEAKERS` at moderate speeds and pitches (the sets of
+    synth version 2, unchanged). Training then gets wider speeds and pitches, half of it in the
+    :data:`OTHER_VOICES`, a share degraded (:data:`AUGMENTED`) and the everyday prose of
+    :func:`~router_core.training.text_sources.everyday_sentences` on top. ``dev_unheard`` and
+    ``test_unheard`` speak the dev and test sentences in voices no training utterance has
+    (:data:`DEV_VOICES`, :data:`TEST_VOICES`). ROT13 ciphertext is left out of every split.
     """
     plan = []
     for lang in langs:
-        pool = sentences(lang)
-        rng = random.Random(f"{seed}:{lang}")
-        rng.shuffle(pool)
-        held = sum(n for split, n in counts.items() if split != "train")
-        if len(pool) <= held:
-            raise InvalidInputError(f"{lang}: {len(pool)} usable sentences, more than {held} needed; "
-                                    "is its package installed?")
-        start = 0
-        for split, count in counts.items():
-            if split == "train":
-                count = min(count, len(pool) - held)
-            for i, sentence in enumerate(pool[start : start + count]):
-                plan.append(Utterance(lang, split, i, sentence, rng.choice(SPEAKERS), rng.randint(140, 190),
-                                      rng.randint(35, 65)))
-            start += count
+        held = _held_splits(lang, counts, seed)
+        plan += _training_split(lang, held["train"], seed)
+        for split, utts in held.items():
+            if split != "train":
+                plan += utts
+        for split, source, voices in (("dev_unheard", "dev", DEV_VOICES), ("test_unheard", "test", TEST_VOICES)):
+            rng = random.Random(f"{seed}:{lang}:{split}")
+            plan += [Utterance(lang, split, u.index, u.sentence, rng.choice(voices), rng.randint(140, 190),
+                               rng.randint(35, 65)) for u in held.get(source, [])]
     return plan
+
+
+def _held_splits(lang: str, counts: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
+    """Each split's utterances as synth version 2 planned them (same draws), less ciphertext."""
+    pool = sentences(lang)
+    rng = random.Random(f"{seed}:{lang}")
+    rng.shuffle(pool)
+    held = sum(n for split, n in counts.items() if split != "train")
+    if len(pool) <= held:
+        raise InvalidInputError(f"{lang}: {len(pool)} usable sentences, more than {held} needed; "
+                                "is its package installed?")
+    ciphered = ciphered_sentences(lang)
+    splits: dict[str, list[Utterance]] = {}
+    start = 0
+    for split, count in counts.items():
+        if split == "train":
+            count = min(count, len(pool) - held)
+        for i, sentence in enumerate(pool[start : start + count]):
+            utt = Utterance(lang, split, i, sentence, rng.choice(SPEAKERS), rng.randint(140, 190), rng.randint(35, 65))
+            if sentence not in ciphered:
+                splits.setdefault(split, []).append(utt)
+        start += count
+    return splits
+
+
+def _training_split(lang: str, planned: list[Utterance], seed: int) -> list[Utterance]:
+    """The training utterances: ``planned``'s sentences plus as many unseen everyday ones at most, re-voiced."""
+    rng = random.Random(f"{seed}:{lang}:train")
+    texts = [u.sentence for u in planned]
+    known = {normalize(s) for s in sentences(lang)}
+    texts += [s for s in everyday_sentences(lang) if normalize(s) not in known][: len(texts)]
+    out = []
+    for i, sentence in enumerate(texts):
+        voice = rng.choice(SPEAKERS) if rng.random() < 0.5 else rng.choice(OTHER_VOICES)
+        out.append(Utterance(lang, "train", i, sentence, voice, rng.randint(*TRAIN_SPEEDS),
+                             rng.randint(*TRAIN_PITCHES), rng.random() < AUGMENTED))
+    return out
 
 
 def write_plan(plan: list[Utterance], path: str | Path) -> None:
@@ -98,13 +163,13 @@ def read_plan(path: str | Path) -> list[Utterance]:
         ) from exc
 
 
-def synthesize(utt: Utterance, root: Path) -> dict[str, str] | None:
+def synthesize(utt: Utterance, root: Path) -> dict[str, Any] | None:
     """Speak one utterance into ``root/utt.relpath`` (skipped when this version wrote it); its manifest row."""
     out = root / utt.relpath
     meta = out.with_suffix(".json")
     if meta.is_file() and out.is_file():
         row = json.loads(meta.read_text(encoding="utf-8"))
-        if row.get("synth_version") == SYNTH_VERSION:
+        if row.get("synth_version") == SYNTH_VERSION and row.get("sentence") == utt.sentence:
             return row
     out.parent.mkdir(parents=True, exist_ok=True)
     voice = f"{VOICES[utt.lang]}+{utt.speaker}"
@@ -121,14 +186,19 @@ def synthesize(utt: Utterance, root: Path) -> dict[str, str] | None:
         wave = decode_audio(wav.read_bytes(), max_seconds=60.0)
     finally:
         wav.unlink(missing_ok=True)
-    sf.write(out, wave.numpy(), 16_000, format="FLAC", subtype="PCM_16")
+    samples, applied = wave.numpy(), list[str]()
+    if utt.augment:
+        from router_core.training.augment import augment
+
+        samples, applied = augment(samples, utt.seed)
+    sf.write(out, samples, 16_000, format="FLAC", subtype="PCM_16")
     row = {"audio": utt.relpath, "text": normalize(utt.sentence), "ipa": clean_ipa(ipa), "speaker": utt.speaker,
-           "lang": utt.lang, "sentence": utt.sentence, "synth_version": SYNTH_VERSION}
+           "lang": utt.lang, "sentence": utt.sentence, "augment": applied, "synth_version": SYNTH_VERSION}
     meta.write_text(json.dumps(row, ensure_ascii=False), encoding="utf-8")
     return row
 
 
-def _synthesize_args(args: tuple[Utterance, Path]) -> dict[str, str] | None:
+def _synthesize_args(args: tuple[Utterance, Path]) -> dict[str, Any] | None:
     return synthesize(*args)
 
 
@@ -167,13 +237,14 @@ def synth_corpus(
         with worker_pool(workers) as pool:
             rows = list(tqdm(pool.map(_synthesize_args, jobs, chunksize=16), total=len(jobs),
                              disable=not progress, desc="espeak-ng"))
-    manifests: dict[str, list[dict[str, str]]] = {}
+    manifests: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row is None:
             continue
         split = Path(row["audio"]).parent.name
         manifests.setdefault(f"{row['lang']}_{split}", []).append(row)
-        manifests.setdefault(f"speaker_{split}", []).append({**row, "label": row["speaker"]})
+        if row["speaker"] in SPEAKERS:  # the speaker-ID task's classes; other voices only add variety
+            manifests.setdefault(f"speaker_{split}", []).append({**row, "label": row["speaker"]})
         manifests.setdefault(f"language_{split}", []).append({**row, "label": row["lang"]})
     for name, items in manifests.items():
         lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in items)

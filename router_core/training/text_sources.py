@@ -1,9 +1,13 @@
-"""Real sentences per language from Debian packages: fortune cookies, and French man pages.
+"""Real sentences per language from Debian packages: fortune cookies, French man pages, typing lessons.
 
 Sources (installed by ``make bundle``/CI with apt): ``fortunes`` (en), ``fortunes-de``, ``fortunes-es``,
 ``fortunes-it``, ``fortunes-br`` (pt, the held-out language) and ``manpages-fr`` (fr: Debian has no
-French fortunes). Sentences are filtered so that espeak-ng reads them as written: 3-14 words, letters
-of the language only (no digits, no symbols), no all-capitals words (abbreviations, roman numerals).
+French fortunes) are :func:`sentences`, from which every split is planned. :func:`everyday_sentences`
+adds the prose paragraphs of the typing tutor ``klavaro`` (encyclopedic and everyday text in every
+language, French included); they only ever join training, so the dev and test sets planned from the
+first sources stay what they were. Sentences are filtered so that espeak-ng reads them as written:
+3-14 words, letters of the language only (no digits, no symbols), no all-capitals words (abbreviations,
+roman numerals).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ PACKAGES = {
     "it": ["fortunes-it"],
     "pt": ["fortunes-br"],
     "fr": ["manpages-fr"],
+}
+# Everyday prose for training only: klavaro's typing-lesson paragraphs (its file per language).
+EVERYDAY_FILES = {
+    "en": "/usr/share/klavaro/C.paragraphs", "fr": "/usr/share/klavaro/fr.paragraphs",
+    "de": "/usr/share/klavaro/de.paragraphs", "es": "/usr/share/klavaro/es.paragraphs",
+    "it": "/usr/share/klavaro/it.paragraphs", "pt": "/usr/share/klavaro/pt_BR.paragraphs",
 }
 LETTERS = {
     "en": "abcdefghijklmnopqrstuvwxyz'",
@@ -55,10 +65,14 @@ def _roff_text(raw: str) -> str:
     return _ROFF_ESCAPE.sub(" ", " ".join(lines))
 
 
-def raw_texts(lang: str) -> list[str]:
+def raw_texts(lang: str, only_ciphered: bool = False) -> list[str]:
+    """The language's texts; with ``only_ciphered``, only those of ROT13-enciphered fortune files
+    (``fortunes-es`` ships its offensive fortunes that way, under ``off/``)."""
     texts = []
     for package in PACKAGES[lang]:
         for path in package_files(package):
+            if only_ciphered and "/off/" not in str(path):
+                continue
             try:
                 if path.suffix == ".gz":
                     texts.append(_roff_text(gzip.decompress(path.read_bytes()).decode("utf-8", "replace")))
@@ -94,9 +108,30 @@ def good_sentence(sentence: str, lang: str) -> bool:
 
 
 def sentences(lang: str) -> list[str]:
-    """Unique, filtered sentences (original casing and punctuation, for espeak-ng), in a stable order."""
+    """Unique, filtered sentences (original casing and punctuation, for espeak-ng), in a stable order.
+    Ciphertext is included: the corpus plan depends on this list, so dropping it would move sentences
+    between splits; :func:`ciphered_sentences` names it so that the plan can leave it out afterwards."""
+    return _filtered(raw_texts(lang), lang)
+
+
+def ciphered_sentences(lang: str) -> set[str]:
+    """Sentences of :func:`sentences` that are ROT13 ciphertext, not language."""
+    return set(_filtered(raw_texts(lang, only_ciphered=True), lang))
+
+
+def everyday_sentences(lang: str) -> list[str]:
+    """Filtered sentences of the language's everyday prose (:data:`EVERYDAY_FILES`); none when the
+    ``klavaro`` package is not installed."""
+    try:
+        text = Path(EVERYDAY_FILES[lang]).read_text(encoding="utf-8", errors="replace")
+    except (KeyError, OSError):
+        return []
+    return _filtered(text.split("\n\n"), lang)
+
+
+def _filtered(texts: list[str], lang: str) -> list[str]:
     by_transcript: dict[str, str] = {}
-    for text in raw_texts(lang):
+    for text in texts:
         flat = " ".join(text.replace("\t", " ").split())
         for sentence in _SENTENCE_END.split(flat):
             sentence = sentence.strip(" -\"'«»")
