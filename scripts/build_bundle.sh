@@ -7,7 +7,7 @@
 #   2. pretrain the tiny backbone (character CTC)       -> masks/backbone
 #   3. learn masks on the frozen backbone                -> masks/registry (en fr de es it pt speaker language)
 #   4. a character language model in each CTC mask       -> masks/registry (8-gram of its training text)
-#   5. evaluate every mask on the held-out test sets     -> masks/QUALITY.json
+#   5. evaluate every mask on the held-out test sets     -> masks/QUALITY.json (also in held-out voices)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S3R=${S3R:-.venv/bin/s3router}  # may be a command line, e.g. "python3 -m service.cli"
@@ -106,31 +106,24 @@ evaluate_finetuned() {
 in_background evaluate_finetuned
 evaluate_unheard() {  # mask -> $RUNS/eval/mask_unheard.json: the test sentences in voices never trained on
   s3r_job eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask "$1" \
-    --manifest "$CORPUS/${2}_test_unheard.jsonl" > "$RUNS/eval/$1_unheard.json"
+    --manifest "$CORPUS/${1}_test_unheard.jsonl" > "$RUNS/eval/$1_unheard.json"
 }
 for mask in $LANGS $HELD_OUT speaker language; do
   in_background evaluate "$mask"
 done
-for lang in $LANGS $HELD_OUT; do
-  in_background evaluate_unheard "$lang" "$lang"
+for mask in $LANGS $HELD_OUT language; do
+  in_background evaluate_unheard "$mask"
 done
-in_background evaluate_unheard language language
 wait_all
-json_object() {  # suffix mask... -> {"mask": contents of $RUNS/eval/mask$suffix.json, ...}
-  local suffix=$1 first=1 mask
-  shift
-  echo "{"
-  for mask in "$@"; do
-    [ $first = 1 ] || echo ","
-    first=0
-    printf '"%s": %s' "$mask" "$(cat "$RUNS/eval/$mask$suffix.json")"
-  done
-  echo "}"
-}
-{
-  json_object "" $LANGS $HELD_OUT speaker language | sed '$d'
-  printf ',\n"unheard_voices": %s}\n' "$(json_object _unheard $LANGS $HELD_OUT language)"
-} > masks/QUALITY.json
+"${PYTHON:-.venv/bin/python}" - "$RUNS/eval" $LANGS $HELD_OUT <<'PY' > masks/QUALITY.json
+import json, sys
+from pathlib import Path
+runs, langs = Path(sys.argv[1]), sys.argv[2:]
+read = lambda name: json.loads((runs / f"{name}.json").read_text())
+quality = {mask: read(mask) for mask in [*langs, "speaker", "language"]}
+quality["unheard_voices"] = {mask: read(f"{mask}_unheard") for mask in [*langs, "language"]}
+print(json.dumps(quality, indent=2, sort_keys=True))
+PY
 "${PYTHON:-.venv/bin/python}" -m bench.bench_quality --write  # everyday sentences, unheard voices, no speech
 echo "bundle built in $(( ($(date +%s) - start) / 60 )) minutes"
 du -sh masks
