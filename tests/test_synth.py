@@ -175,3 +175,13 @@ def test_augmented_training_audio_says_how_it_was_degraded(tmp_path):
     assert degraded.shape == clean.shape and np.abs(degraded).max() <= 1.0
     if row["augment"]:
         assert not np.allclose(degraded, clean, atol=1e-3)
+
+
+def test_the_everyday_test_sentences_are_in_no_training_or_language_model_text():
+    """bench_quality's sentences (what users meet) must be new to the masks and to their language models,
+    which learn from the training transcripts: every text source of the corpus is checked."""
+    from bench.speech_corpus import SENTENCES
+
+    for lang, written in SENTENCES.items():
+        known = {normalize(s) for s in sentences(lang) + everyday_sentences(lang)}
+        assert not {normalize(s) for s in written} & known, lang
