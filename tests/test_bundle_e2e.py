@@ -35,7 +35,7 @@ SENTENCES = {
     ],
 }
 VOICES = {"fr": "fr", "de": "de"}
-# per language over the three sentences. The bundle gets fr 0.10, de 0.02 here with its language models
+# per language over the three sentences. Bundle v5 got fr 0.10, de 0.02 here with its language models
 # (greedy: 0.13, 0.04); on the test sets fr 0.054, de 0.029 (greedy 0.119, 0.057)
 CER_LIMIT = 0.18
 
