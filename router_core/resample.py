@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torchaudio
 
-SAMPLE_RATE = 16_000
+from router_core.backbone import SAMPLE_RATE
 
 
 class StreamingResampler:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from router_core.backbone import SAMPLE_RATE
 
 
 def _chain() -> list[tuple[str, Any]]:
