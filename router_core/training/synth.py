@@ -98,8 +98,9 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
     """
     plan = []
     for lang in langs:
-        held = _held_splits(lang, counts, seed)
-        plan += _training_split(lang, held["train"], seed)
+        pool = sentences(lang)
+        held = _held_splits(lang, list(pool), counts, seed)
+        plan += _training_split(lang, held["train"], {normalize(s) for s in pool}, seed)
         for split, utts in held.items():
             if split != "train":
                 plan += utts
@@ -110,9 +111,9 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
     return plan
 
 
-def _held_splits(lang: str, counts: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
-    """Each split's utterances as synth version 2 planned them (same draws), less ciphertext."""
-    pool = sentences(lang)
+def _held_splits(lang: str, pool: list[str], counts: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
+    """Each split's utterances as synth version 2 planned them from ``pool`` (the language's sentences,
+    shuffled here: same draws), less ciphertext."""
     rng = random.Random(f"{seed}:{lang}")
     rng.shuffle(pool)
     held = sum(n for split, n in counts.items() if split != "train")
@@ -133,11 +134,11 @@ def _held_splits(lang: str, counts: dict[str, int], seed: int) -> dict[str, list
     return splits
 
 
-def _training_split(lang: str, planned: list[Utterance], seed: int) -> list[Utterance]:
-    """The training utterances: ``planned``'s sentences plus as many unseen everyday ones at most, re-voiced."""
+def _training_split(lang: str, planned: list[Utterance], known: set[str], seed: int) -> list[Utterance]:
+    """The training utterances: ``planned``'s sentences plus as many everyday ones at most whose
+    transcripts are not in ``known`` (every planned sentence's), re-voiced."""
     rng = random.Random(f"{seed}:{lang}:train")
     texts = [u.sentence for u in planned]
-    known = {normalize(s) for s in sentences(lang)}
     texts += [s for s in everyday_sentences(lang) if normalize(s) not in known][: len(texts)]
     out = []
     for i, sentence in enumerate(texts):
