@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bench.speech_corpus import RATE, VOICES, Truth, recording
+from bench.speech_corpus import RATE, VOICES, Truth, in_a_pause, recording
 from bench.timing import machine_name, markdown_table
 from router_core.vad import WINDOW_SAMPLES, SegmentSettings, SpeechDetector, SpeechSegment, speech_segments
 
@@ -55,17 +55,13 @@ def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def score(segments: list[SpeechSegment], truth: Truth, total: float, slack: float = 0.3) -> dict[str, float]:
     spans = [(s.start / RATE, s.end / RATE) for s in segments]
-
-    def in_pause(t: float) -> bool:
-        return t <= slack or t >= total - slack or all(not (a + slack < t < b - slack) for a, b, *_ in truth)
-
     cuts = [t for span in spans for t in span]
     pauses = list(zip([b for _, b, *_ in truth[:-1]], [a for a, *_ in truth[1:]], strict=True))
     found = sum(any(end - slack <= t <= start + slack for t in cuts) for end, start in pauses)
     overlaps = [[a < e and s < b for s, e in spans] for a, b, *_ in truth]  # [sentence][segment]
     return {
         "pauses found": found / len(pauses),
-        "boundaries in pauses": sum(map(in_pause, cuts)) / max(1, len(cuts)),
+        "boundaries in pauses": sum(in_a_pause(t, truth, total, slack) for t in cuts) / max(1, len(cuts)),
         "sentences missed": sum(not any(row) for row in overlaps),
         "false segments": sum(not any(row[j] for row in overlaps) for j in range(len(spans))),
         "segments": len(spans),

@@ -77,6 +77,14 @@ def recording(voices: list[tuple[str, int]], per_language: int) -> tuple[np.ndar
     return np.concatenate(pieces), truth
 
 
+def in_a_pause(t: float, truth: Truth, total: float, slack: float = 0.3) -> bool:
+    """Whether time ``t`` (s) of a ``total``-second recording lies outside every sentence's speech (each
+    sentence shrunk by ``slack`` at both ends), or within ``slack`` of the recording's ends."""
+    if t <= slack or t >= total - slack:
+        return True
+    return all(not (start + slack < t < end - slack) for start, end, _, _ in truth)
+
+
 def flac(audio: np.ndarray) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, audio, RATE, format="FLAC")

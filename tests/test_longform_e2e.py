@@ -13,7 +13,7 @@ import jiwer
 import pytest
 
 from bench.serving import serving, stream_audio
-from bench.speech_corpus import RATE, VOICES, Truth, flac, recording
+from bench.speech_corpus import RATE, VOICES, flac, in_a_pause, recording
 from router_core.training.text_sources import normalize
 
 BUNDLE = Path(__file__).resolve().parents[1] / "masks"
@@ -35,20 +35,13 @@ def long_recording():
     return audio, truth
 
 
-def _in_a_pause(t: float, truth: Truth, total: float, slack: float = 0.3) -> bool:
-    """Whether ``t`` lies outside every sentence's speech (shrunk by ``slack`` at both ends)."""
-    if t <= slack or t >= total - slack:
-        return True
-    return all(not (start + slack < t < end - slack) for start, end, _, _ in truth)
-
-
 def test_a_ten_minute_recording_is_cut_at_its_pauses_and_transcribed_like_its_segments_alone(server, long_recording):
     audio, truth = long_recording
     total = len(audio) / RATE
     body = httpx.post(f"{server}/transcribe?lang=auto", content=flac(audio), timeout=900).json()
     segments = body["segments"]
     assert len(segments) >= len(truth) * 0.9, len(segments)
-    bad = [s for s in segments if not (_in_a_pause(s["start"], truth, total) and _in_a_pause(s["end"], truth, total))]
+    bad = [s for s in segments if not (in_a_pause(s["start"], truth, total) and in_a_pause(s["end"], truth, total))]
     assert not bad, bad[:5]
     spoken = [next((lang for start, end, lang, _ in truth if start <= (s["start"] + s["end"]) / 2 <= end), None)
               for s in segments]
