@@ -14,6 +14,7 @@ from router_core.training.manifest import read_manifest
 from router_core.training.synth import (
     AUGMENTED,
     DEV_VOICES,
+    EVAL_PITCHES,
     OTHER_VOICES,
     SPEAKERS,
     TEST_VOICES,
@@ -21,6 +22,7 @@ from router_core.training.synth import (
     clean_ipa,
     plan_corpus,
     read_plan,
+    speaks_for_speaker_id,
     synth_corpus,
     synthesize,
     write_plan,
@@ -64,9 +66,13 @@ def test_synth_writes_16k_audio_and_manifests_train_reads(tmp_path):
     result = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
     assert result["fr_train"] == 6  # 3 planned + as many everyday sentences
     assert result["language_test"] == 2 and result["language_test_unheard"] == 2
-    trained_speakers = sum(json.loads(line)["speaker"] in SPEAKERS
-                           for name in ("fr_train", "de_train") for line in (tmp_path / f"{name}.jsonl").open())
-    assert result["speaker_train"] == trained_speakers  # only the speaker-ID task's voices are its classes
+    plan = {u.relpath: u for u in plan_corpus(["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0)}
+    speaker_train = tmp_path / "speaker_train.jsonl"  # absent here: seed 0 pitches all 6 such rows outside
+    speaker_rows = [json.loads(line) for line in speaker_train.open()] if speaker_train.exists() else []
+    assert [r["audio"] for r in speaker_rows] == [  # the speaker-ID task's voices at the dev/test pitches
+        path for path, u in plan.items() if u.split == "train" and speaks_for_speaker_id(u)]
+    assert {r["audio"] for r in (json.loads(line) for line in (tmp_path / "speaker_test.jsonl").open())} == {
+        path for path, u in plan.items() if u.split == "test"}
     rows = [json.loads(line) for line in (tmp_path / "fr_train.jsonl").read_text().splitlines()]
     info = sf.info(tmp_path / rows[0]["audio"])
     assert info.samplerate == 16000 and info.channels == 1 and info.duration > 0.5
@@ -185,3 +191,14 @@ def test_the_everyday_test_sentences_are_in_no_training_or_language_model_text()
     for lang, written in SENTENCES.items():
         known = {normalize(s) for s in sentences(lang) + everyday_sentences(lang)}
         assert not {normalize(s) for s in written} & known, lang
+
+
+def test_speaker_id_examples_are_its_voices_at_the_pitches_it_is_tested_at():
+    plan = plan_corpus(["es"], {"train": 300, "dev": 20, "test": 20}, seed=0)
+    train = [u for u in plan if u.split == "train" and u.speaker in SPEAKERS]
+    kept = [u for u in train if speaks_for_speaker_id(u)]
+    assert 0 < len(kept) < len(train)  # training pitches are wider and degraded: those are left out
+    assert all(EVAL_PITCHES[0] <= u.pitch <= EVAL_PITCHES[1] and not u.augment for u in kept)
+    assert any(u.augment and EVAL_PITCHES[0] <= u.pitch <= EVAL_PITCHES[1] for u in train)  # and left out
+    assert all(speaks_for_speaker_id(u) for u in plan if u.split in ("dev", "test"))
+    assert not any(speaks_for_speaker_id(u) for u in plan if u.split.endswith("_unheard") or u.speaker in OTHER_VOICES)
