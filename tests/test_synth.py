@@ -63,11 +63,12 @@ def test_plan_is_deterministic_and_splits_are_disjoint():
 
 
 def test_synth_writes_16k_audio_and_manifests_train_reads(tmp_path):
-    result = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
+    counts = {"train": 3, "dev": 1, "test": 1}
+    result = synth_corpus(tmp_path, ["fr", "de"], counts, seed=0, workers=1, progress=False)
     assert result["fr_train"] == 6  # 3 planned + as many everyday sentences
     assert result["language_test"] == 2 and result["language_test_unheard"] == 2
-    plan = {u.relpath: u for u in plan_corpus(["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0)}
-    speaker_train = tmp_path / "speaker_train.jsonl"  # absent here: seed 0 pitches all 6 such rows outside
+    plan = {u.relpath: u for u in plan_corpus(["fr", "de"], counts, seed=0)}
+    speaker_train = tmp_path / "speaker_train.jsonl"  # absent here: seed 0 puts none of the 6 at a test pitch
     speaker_rows = [json.loads(line) for line in speaker_train.open()] if speaker_train.exists() else []
     assert [r["audio"] for r in speaker_rows] == [  # the speaker-ID task's voices at the dev/test pitches
         path for path, u in plan.items() if u.split == "train" and speaks_for_speaker_id(u)]
@@ -79,7 +80,7 @@ def test_synth_writes_16k_audio_and_manifests_train_reads(tmp_path):
     assert rows[0]["ipa"] and "(" not in rows[0]["ipa"] and rows[0]["text"] == normalize(rows[0]["sentence"])
     assert len(read_manifest(tmp_path / "fr_train.jsonl", "ctc")) == 6
     assert {e.target for e in read_manifest(tmp_path / "language_train.jsonl", "classify")} == {"fr", "de"}
-    again = synth_corpus(tmp_path, ["fr", "de"], {"train": 3, "dev": 1, "test": 1}, seed=0, workers=1, progress=False)
+    again = synth_corpus(tmp_path, ["fr", "de"], counts, seed=0, workers=1, progress=False)
     assert again == result  # resumable: existing utterances are reused
 
 

@@ -254,11 +254,10 @@ def synth_corpus(
     for utt, row in zip(plan, rows, strict=True):
         if row is None:
             continue
-        split = Path(row["audio"]).parent.name
-        manifests.setdefault(f"{row['lang']}_{split}", []).append(row)
+        manifests.setdefault(f"{utt.lang}_{utt.split}", []).append(row)
         if speaks_for_speaker_id(utt):
-            manifests.setdefault(f"speaker_{split}", []).append({**row, "label": row["speaker"]})
-        manifests.setdefault(f"language_{split}", []).append({**row, "label": row["lang"]})
+            manifests.setdefault(f"speaker_{utt.split}", []).append({**row, "label": row["speaker"]})
+        manifests.setdefault(f"language_{utt.split}", []).append({**row, "label": utt.lang})
     for name, items in manifests.items():
         lines = "\n".join(json.dumps(r, ensure_ascii=False) for r in items)
         (root / f"{name}.jsonl").write_text(lines + "\n", encoding="utf-8")
