@@ -52,3 +52,29 @@ def test_a_kernel_flag_of_auto_wins_over_the_environment(monkeypatch, tmp_path):
         engine.close()
     assert build_engine(load_settings(backbone=str(tmp_path / "backbone"), registry=str(tmp_path / "reg"))
                         ).router.backend.name == "reference"  # no flag: S3R_KERNEL, read by the settings
+
+
+@pytest.mark.slow
+def test_the_cpu_extension_loads_past_a_build_lock_left_by_a_killed_process():
+    """torch guards every extension load with a ``lock`` file it deletes when done; one left by a process
+    killed in between made every later load (every service start) wait forever. A new process loads anyway
+    and clears it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from router_core.kernels import cpu
+
+    cpu.load_extension()  # built, or found built, before the lock is planted
+    stale = Path(_get_build_directory("s3r_apply_bits", verbose=False)) / "lock"
+    stale.touch()
+    try:
+        load = "from router_core.kernels.cpu import load_extension; print(load_extension().__name__)"
+        done = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "apply_bits" in done.stdout
+        assert not stale.exists()
+    finally:
+        stale.unlink(missing_ok=True)

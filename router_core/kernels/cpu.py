@@ -20,6 +20,7 @@ The extension is compiled on first use with ``torch.utils.cpp_extension`` (needs
 
 from __future__ import annotations
 
+import fcntl
 import functools
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,19 +39,32 @@ from router_core.kernels.workspace import MASKED_WEIGHTS
 _SOURCE = Path(__file__).parent / "csrc" / "apply_bits.cpp"
 
 
+_EXTENSION = "s3r_apply_bits"
+
+
 @functools.lru_cache(maxsize=1)
 def load_extension() -> ModuleType:
-    """Compile (once per machine, cached by torch) and import the ``apply_bits`` extension."""
-    try:
-        from torch.utils.cpp_extension import load
+    """Compile (once per machine, cached by torch) and import the ``apply_bits`` extension.
 
-        return load(
-            name="s3r_apply_bits",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+    torch guards each load, even one with nothing to rebuild, with a plain ``lock`` file in the build folder
+    that it deletes when done; a process killed in between (a restart during start-up) leaves the file, and
+    every later load waits on it forever. So loads here take an ``flock`` on the folder first, which the
+    kernel releases when its holder dies: whoever holds it is the only loader, and any ``lock`` file it finds
+    was left by a dead one and is removed."""
+    try:
+        from torch.utils.cpp_extension import _get_build_directory, load  # the folder torch builds in (torch pinned)
+
+        build = Path(_get_build_directory(_EXTENSION, verbose=False))
+        with (build / "s3r.flock").open("w") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            (build / "lock").unlink(missing_ok=True)
+            return load(
+                name=_EXTENSION,
+                sources=[str(_SOURCE)],
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                verbose=False,
+            )
     except Exception as exc:  # compiler missing, ninja missing, build error
         raise KernelUnavailableError(f"the CPU masked-weight extension could not be built: {exc}") from exc
 
