@@ -455,6 +455,34 @@ def test_materialized_mixed_batch_matches_reference(with_bias):
     assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("masks,rows_each", [(3, 7), (10, 5), (8, 1)], ids=["3x7", "10x5-two-groups", "8x1"])
+def test_materialized_equal_segments_take_one_batched_gemm_per_group(with_bias, masks, rows_each):
+    """Segments that are the stack's masks in order and of one length (how the router lays out a batch
+    whose masks carry equally many items): one apply-bits launch and one bmm per group of GROUP masks,
+    more masks than one group included; the answer is the reference's."""
+    from router_core.kernels import triton_apply_bits
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    n, k = 45, 29
+    gen = torch.Generator().manual_seed(17)
+    rows = masks * rows_each
+    x, w, b = torch.randn(rows, k, generator=gen), torch.randn(n, k, generator=gen), torch.randn(n, generator=gen)
+    bias = b if with_bias else None
+    kinds = ["random", "all_keep", "all_drop"]
+    stack = [pack_bits(_keep(kinds[i % 3], n, k, seed=i)) for i in range(masks)]
+    segments = Segments(tuple(range(0, rows + 1, rows_each)), tuple(range(masks)))
+    groups = [[s for s in segments.spans() if g <= s[2] < g + triton_apply_bits.GROUP]
+              for g in range(0, masks, triton_apply_bits.GROUP)]
+    assert all(triton_apply_bits._one_batched_gemm(group, i * triton_apply_bits.GROUP)
+               for i, group in enumerate(groups))
+    expected = REFERENCE.segmented_masked_linear(x, w, bias, stack, segments)
+    got = triton_apply_bits.segmented_linear_materialized(
+        x.to(device), w.to(device), None if bias is None else bias.to(device), torch.stack(stack).to(device), segments
+    ).cpu()
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("launcher", ["triton", "cpu", "materialized"])
 def test_launchers_refuse_bits_that_do_not_pack_the_weight(launcher):
     """Each launcher entry checks the packed mask's dtype, shape and row contiguity before launching, so a
@@ -462,14 +490,15 @@ def test_launchers_refuse_bits_that_do_not_pack_the_weight(launcher):
     from router_core.kernels import cpu, triton_apply_bits, triton_masked
 
     n, k = 45, 29
-    weight = torch.randn(n, k)
-    good = pack_bits(_keep("random", n, k))  # [45, 4]
+    device = "cuda" if launcher != "cpu" and torch.cuda.is_available() else "cpu"  # Triton runs CPU tensors
+    weight = torch.randn(n, k, device=device)  # only in its interpreter
+    good = pack_bits(_keep("random", n, k)).to(device)  # [45, 4]
     wrong = {"dtype": good.to(torch.int16), "shape": good[:, :3].contiguous(), "stride": good.t().contiguous().t()}
-    x = torch.randn(5, k)
+    x = torch.randn(5, k, device=device)
     call = {
         "triton": lambda bits: triton_masked.masked_linear_triton(x, weight, None, bits),
         "cpu": lambda bits: cpu.masked_linear_tiled(x, weight, None, bits, 16),
-        "materialized": lambda bits: triton_apply_bits.masked_weight_triton(weight, bits, torch.empty(n, k)),
+        "materialized": lambda bits: triton_apply_bits.masked_weight_triton(weight, bits, torch.empty_like(weight)),
     }[launcher]
     call(good)
     for what, bits in wrong.items():

@@ -14,16 +14,21 @@ import torch
 
 
 class Workspace(threading.local):
-    """``get(like)``: this thread's buffer shaped, typed and placed like ``like`` (contents undefined)."""
+    """``get(like)``: this thread's buffer shaped, typed and placed like ``like`` (contents undefined);
+    ``get_shaped(shape, dtype, device)``: the same by description."""
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[tuple[int, ...], torch.dtype, torch.device], torch.Tensor] = {}
 
     def get(self, like: torch.Tensor) -> torch.Tensor:
-        key = (tuple(like.shape), like.dtype, like.device)
+        return self.get_shaped(tuple(like.shape), like.dtype, like.device)
+
+    def get_shaped(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """This thread's buffer of this shape, dtype and device (contents undefined)."""
+        key = (shape, dtype, device)
         buf = self.buffers.get(key)
         if buf is None:
-            buf = self.buffers[key] = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+            buf = self.buffers[key] = torch.empty(shape, dtype=dtype, device=device)
         return buf
 
 
