@@ -142,6 +142,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000, help="Zipf draws")
     parser.add_argument("--zipf", type=float, default=1.1, help="Zipf exponent s")
     parser.add_argument("--skip-batches", action="store_true", help="only memory, loads and the LRU")
+    parser.add_argument("--batches-only", action="store_true", help="only the batches")
     args = parser.parse_args()
     torch.manual_seed(0)
     backbone = Backbone.from_model(Wav2Vec2Model(Wav2Vec2Config()), device=args.device)
@@ -160,6 +161,8 @@ def main() -> None:
             print(f"\n1. batches of {args.seconds:g} s clips ({args.repeats} repeats, interleaved)")
             print(markdown_table(["items", "distinct masks", "audio s per s", "p50 s", "p95 s", "p50 / 1 mask"],
                                  _batches(router, names, args.seconds, args.repeats, args.device)))
+        if args.batches_only:
+            return
         rows, lower = _memory(backbone, template, folder, args.device)
         print("\n2. memory per registered mask (MiB)")
         print(markdown_table(["masks", "process growth / mask", "registry's count / mask", "packed lower bound",

@@ -10,20 +10,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import numpy as np
 
 
 @contextlib.contextmanager
-def serving(*flags: str, ready_s: float = 300.0) -> Iterator[str]:
-    """Run ``s3router serve FLAGS`` on a free loopback port; yield its base URL once ``/readyz`` says so."""
+def serving(*flags: str, ready_s: float = 300.0, log: IO[bytes] | None = None) -> Iterator[str]:
+    """Run ``s3router serve FLAGS`` on a free loopback port; yield its base URL once ``/readyz`` says so.
+    ``log``: where the server's stderr goes, at log level info (default: this process's stderr, warnings only)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", "warning", *flags]
-    server = subprocess.Popen(command)
+    level = "warning" if log is None else "info"
+    command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", level, *flags]
+    server = subprocess.Popen(command, stderr=log)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_s

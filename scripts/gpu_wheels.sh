@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Wheels of the service's packages that a GPU machine's image lacks (it has torch, triton, transformers,
+# httpx, numpy), for bench/gpu_check.sh's start-up step: Python 3.12, x86-64, versions from the committed lock.
+# Usage: bash scripts/gpu_wheels.sh   (writes .whl/, which git ignores; carry it to the machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+packages=(fastapi starlette pydantic pydantic-core pydantic-settings python-dotenv python-multipart redis soundfile
+  cffi pycparser silero-vad uvicorn typing-inspection annotated-types opentelemetry-api)
+pins=()
+for name in "${packages[@]}"; do
+  pin=$(grep -E "^$name==" requirements-serve.lock | head -1 | sed 's/ .*//')
+  [[ -n $pin ]] || { echo "$name is not in requirements-serve.lock" >&2; exit 1; }
+  pins+=("$pin")
+done
+python=$( [[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)
+"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "${pins[@]}"
+ls .whl
