@@ -78,3 +78,35 @@ def test_the_cpu_extension_loads_past_a_build_lock_left_by_a_killed_process():
         assert not stale.exists()
     finally:
         stale.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_the_cpu_extension_built_into_a_folder_the_service_cannot_write_is_imported_as_built(tmp_path):
+    """The image builds the library as root and the service runs as another user: the folder takes no
+    lock (torch's load failed there, so the CPU kernel fell back to the reference). Simulated by a lock
+    path that cannot be opened, since root writes anywhere."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from router_core.kernels import cpu
+
+    cpu.load_extension()
+    built = Path(_get_build_directory("s3r_apply_bits", verbose=False)) / "s3r_apply_bits.so"
+    folder = tmp_path / "s3r_apply_bits"
+    folder.mkdir()
+    shutil.copy(built, folder)
+    (folder / "s3r.flock").mkdir()  # opening it for writing fails, as in a folder owned by another user
+    load = "from router_core.kernels.cpu import load_extension; print(load_extension().__file__)"
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(folder / "s3r_apply_bits.so")
+    assert sorted(p.name for p in folder.iterdir()) == ["s3r.flock", "s3r_apply_bits.so"]  # nothing built, no lock
+    (folder / "s3r_apply_bits.so").unlink()
+    missing = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120, env=env)
+    assert missing.returncode != 0 and "holds no built s3r_apply_bits.so" in missing.stderr

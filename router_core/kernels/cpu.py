@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -50,12 +51,18 @@ def load_extension() -> ModuleType:
     that it deletes when done; a process killed in between (a restart during start-up) leaves the file, and
     every later load waits on it forever. So loads here take an ``flock`` on the folder first, which the
     kernel releases when its holder dies: whoever holds it is the only loader, and any ``lock`` file it finds
-    was left by a dead one and is removed."""
+    was left by a dead one and is removed. A folder this process cannot write (an image built the library
+    and the service runs as another user, or on a read-only file system) can take no lock: its library is
+    imported as built."""
     try:
         from torch.utils.cpp_extension import _get_build_directory, load  # the folder torch builds in (torch pinned)
 
         build = Path(_get_build_directory(_EXTENSION, verbose=False))
-        with (build / "s3r.flock").open("w") as guard:
+        try:
+            guard = (build / "s3r.flock").open("w")
+        except OSError:
+            return _import_built(build)
+        with guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             (build / "lock").unlink(missing_ok=True)
             return load(
@@ -65,8 +72,19 @@ def load_extension() -> ModuleType:
                 extra_ldflags=["-fopenmp"],
                 verbose=False,
             )
-    except Exception as exc:  # compiler missing, ninja missing, build error
+    except Exception as exc:  # compiler missing, ninja missing, build error, nothing built in a read-only folder
         raise KernelUnavailableError(f"the CPU masked-weight extension could not be built: {exc}") from exc
+
+
+def _import_built(build: Path) -> ModuleType:
+    """The library already built in ``build``, imported without building (as torch imports it)."""
+    library = build / f"{_EXTENSION}.so"
+    spec = importlib.util.spec_from_file_location(_EXTENSION, library)
+    if not library.is_file() or spec is None or spec.loader is None:
+        raise FileNotFoundError(f"{build} cannot be written, and holds no built {library.name}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def masked_weight_cpu(weight: torch.Tensor, bits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
