@@ -41,8 +41,10 @@ step 75 tune env TRITON_CACHE_DIR=$cache python3 -m bench.bench_tuning --dtype f
 step 25 tune env TRITON_CACHE_DIR=$cache python3 -m bench.bench_tuning --dtype float16
 # 4. (b, c) whole backbone in fp16 (how a GPU serves)
 step 60 bench_forward python3 -m bench.bench_forward --device cuda --kernel triton --dtype float16 --repeats 10 --graph
+#    and where the encoder's device time goes (14 ms for 5 s in fp16 on an H200: far above its FLOPs)
+step 30 bench_forward python3 -m bench.profile_forward --device cuda --dtype float16 --rows 15
 # 5. Many masks: 1/8/32 distinct masks in batches of 8 and 32, memory per mask up to 1,000, loads, a Zipf LRU
-step 130 bench_masks python3 -m bench.bench_masks --device cuda --requests 2000
+step 150 bench_masks python3 -m bench.bench_masks --device cuda --requests 2000
 # 6. Time to ready: s3router serve on the bundled model on the GPU, a new machine then a restart
 step 80 startup python3 -m bench.bench_startup --runs 2 -- --device cuda --dtype float16
 # 7. (a) in float32
