@@ -24,8 +24,12 @@ def time_to_ready(flags: list[str], log_path: Path) -> float:
     """Seconds from starting ``s3router serve FLAGS`` to its ``/readyz`` answering 200."""
     with log_path.open("wb") as log:
         started = time.perf_counter()
-        with serving(*flags, log=log):
-            return time.perf_counter() - started
+        try:
+            with serving(*flags, log=log):
+                return time.perf_counter() - started
+        except RuntimeError:  # it exited or never got ready: show why before the log goes with its folder
+            print(log_path.read_text(errors="replace")[-4000:])
+            raise
 
 
 def main() -> None:

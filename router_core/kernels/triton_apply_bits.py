@@ -15,10 +15,11 @@ masks carry equally many items of one length is), one batched GEMM then serves t
     Wm[s] = W * M_s                          # [S, N, K], one launch per GROUP masks
     y[s] = x[s] @ Wm[s]^T + b                # x viewed [S, L, K] -> [S, L, N]: one bmm
 
-A launch costs a few microseconds of host time, about what a masked FFN layer's GEMM takes on a GPU, so
-two launches per segment made an 8-mask batch ~1.3x one mask's time on an H200 where the arithmetic adds
-~2%. The tuner (:mod:`triton_masked`) times both ways per row bucket and layer shape, for one-mask and
-for mixed-mask calls, and keeps the faster. ``Wm`` goes to reused per-thread buffers (:mod:`workspace`).
+A launch costs several microseconds of host time, about what an FFN layer's GEMM takes on a GPU: on an
+H200 the tuner timed the old per-segment path (two launches per segment) at 2-5x a one-mask call for two
+masks, where the arithmetic is the same. The tuner (:mod:`triton_masked`) times both ways per row bucket
+and layer shape, for one-mask and for mixed-mask calls, and keeps the faster. ``Wm`` goes to reused
+per-thread buffers (:mod:`workspace`).
 """
 
 from __future__ import annotations
