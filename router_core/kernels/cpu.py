@@ -26,6 +26,7 @@ import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import IO
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,8 @@ def load_extension() -> ModuleType:
         except OSError:
             return _import_built(build)
         with guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
-            (build / "lock").unlink(missing_ok=True)
+            if _lock(guard):
+                (build / "lock").unlink(missing_ok=True)
             return load(
                 name=_EXTENSION,
                 sources=[str(_SOURCE)],
@@ -74,6 +75,16 @@ def load_extension() -> ModuleType:
             )
     except Exception as exc:  # compiler missing, ninja missing, build error, nothing built in a read-only folder
         raise KernelUnavailableError(f"the CPU masked-weight extension could not be built: {exc}") from exc
+
+
+def _lock(guard: IO[str]) -> bool:
+    """Take the exclusive ``flock`` (waiting for another loader); False where the file system has none (some
+    network file systems), and then torch's own lock file alone guards the load, as it did before."""
+    try:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+    except OSError:
+        return False
+    return True
 
 
 def _import_built(build: Path) -> ModuleType:
