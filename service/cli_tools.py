@@ -232,7 +232,7 @@ def run_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     _log_to(Path(args.work_dir))
     config = PretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup,
                             progress=not args.quiet, init_from=args.init_from, device=args.device,
-                            max_seconds=args.max_seconds, eval_every=args.eval_every)
+                            max_seconds=args.max_seconds, eval_every=args.eval_every, seed=args.seed)
     return pretrain_backbone(train, dev, args.out, args.work_dir, config)
 
 
@@ -382,5 +382,7 @@ def _add_bundle_commands(sub: argparse._SubParsersAction) -> None:
     pretrain.add_argument("--eval-every", type=int, default=400)
     pretrain.add_argument("--device", default="cpu")
     pretrain.add_argument("--max-seconds", type=float, help="time budget: fewer steps (same schedule shape) to fit it")
+    pretrain.add_argument("--seed", type=int, default=0,
+                          help="batch order and initialisation (a continuation should not reuse the last seed)")
     pretrain.add_argument("--quiet", action="store_true")
     pretrain.set_defaults(run=run_pretrain)

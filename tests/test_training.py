@@ -260,6 +260,27 @@ def test_pretrain_writes_a_backbone_and_init_from_continues_it(corpus, tmp_path)
     assert backbone.ctc_head is not None and backbone.ctc_head.vocab[-1] == "z"
 
 
+def test_pretrain_cli_seed_sets_initialisation_and_batch_order(corpus, tmp_path):
+    """``bundle pretrain --seed``: the same seed gives the same backbone, another seed another one (a second
+    continuation must not replay the first one's batches)."""
+    from safetensors.torch import load_file
+
+    for split in ("train", "dev"):
+        (corpus / f"xx_{split}.jsonl").write_text((corpus / "ctc.jsonl").read_text())
+
+    def pretrain(seed: int, run: str) -> dict[str, torch.Tensor]:
+        args = ["bundle", "pretrain", "--corpus", str(corpus), "--langs", "xx", "--out", str(tmp_path / run),
+                "--work-dir", str(tmp_path / f"w-{run}"), "--steps", "2", "--batch-size", "2", "--warmup", "1",
+                "--eval-every", "2", "--quiet", "--seed", str(seed)]
+        assert main(args) == 0
+        return load_file(tmp_path / run / "model.safetensors")
+
+    first, again, other = pretrain(1, "a"), pretrain(1, "b"), pretrain(2, "c")
+    assert first.keys() == other.keys()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_pretrain_time_budget_shrinks_the_run_after_its_timed_steps(corpus, tmp_path):
     from router_core.training.pretrain import PretrainConfig, pretrain_backbone
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel
+from transformers import AutoConfig, AutoModelForAudioClassification, AutoModelForCTC, PreTrainedModel, set_seed
 
 from router_core.backbone import Backbone, read_checkpoint_vocab, zero_mean_unit_var
 from router_core.errors import InvalidInputError
@@ -101,7 +101,7 @@ def finetune_weights(
     initial_head: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
     """Weight-finetune a copy of ``backbone`` (head fresh, or from ``initial_head``); save the best checkpoint."""
-    torch.manual_seed(config.seed)
+    set_seed(config.seed)  # torch, and numpy too: the model's SpecAugment time masks draw from numpy
     spec = head_spec_for(config, train)
     base = {k: v.detach().float().cpu() for k, v in base_state_dict(backbone).items()}
     model = model_with_head(backbone, spec, base)

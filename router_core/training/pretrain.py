@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, set_seed
 
 from router_core.backbone import SAMPLE_RATE, Backbone, read_checkpoint_vocab
 from router_core.errors import InvalidInputError
@@ -132,7 +132,7 @@ def pretrain_backbone(
     """Train (or resume) the tiny backbone and save it as a Hugging Face checkpoint in ``out_dir``."""
     work, out = Path(work_dir), Path(out_dir)
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
+    set_seed(config.seed)  # torch, and numpy too: the model's SpecAugment time masks draw from numpy
     spec = HeadSpec(kind="ctc", vocab=build_vocab([e.target for e in train]), blank_id=0)
     if config.init_from is not None:
         model, spec.vocab = _initial_model(config.init_from, spec.vocab)
