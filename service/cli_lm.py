@@ -47,7 +47,7 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
 
         log_probs = predict_in_batches(examples, log_posteriors, AudioCache(), args.batch_size)
         dev = (log_probs, [e.target for e in examples])
-    texts = read_texts(args.text)
+    texts = [t for path in args.text for t in read_texts(path)]
     updated = with_language_model(mask, texts, args.order, args.min_count, settings, dev)
     data = encode_mask(updated)
     store.write(args.mask, data)
@@ -62,7 +62,9 @@ def add_lm_command(sub: Any) -> None:
     lm = sub.add_parser("lm", help="train a character language model into a CTC mask (beam search decoding)")
     add_registry_args(lm)
     lm.add_argument("--mask", required=True, help="a CTC mask in the registry, e.g. fr")
-    lm.add_argument("--text", help="training text: a manifest (.jsonl/.tsv, its text) or one sentence per line")
+    lm.add_argument("--text", action="append",
+                    help="training text: a manifest (.jsonl/.tsv, its text) or one sentence per line; repeatable "
+                         "(a file given twice counts twice: weights a mask's own transcripts against general text)")
     lm.add_argument("--order", type=int, default=8, help="n-gram order in characters")
     lm.add_argument("--min-count", type=int, default=2, help="prune n-grams (3+ tokens) seen fewer times")
     lm.add_argument("--dev", help="dev manifest: fit alpha/beta on it (needs --backbone)")
@@ -75,3 +77,24 @@ def add_lm_command(sub: Any) -> None:
     lm.add_argument("--beta", type=float, default=defaults.beta, help="per-character bonus (fitted with --dev)")
     lm.add_argument("--remove", action="store_true", help="drop the mask's language model instead")
     lm.set_defaults(run=run_lm)
+    text = sub.add_parser("lm-text", help="everyday sentences for the language models (pinned npm corpora)")
+    text.add_argument("--corpus", required=True, help="a `data synth` folder: its dev/test sentences are left out")
+    text.add_argument("--out", required=True, help="folder for <lang>.txt (and the downloaded tarballs)")
+    text.add_argument("--langs", default="en,fr")
+    text.add_argument("--exclude", action="append", default=[],
+                      help="sentences to leave out too: a manifest or one per line (e.g. evaluation sentences)")
+    text.add_argument("--registry-url", default=None, help="npm registry (default: registry.npmjs.org)")
+    text.set_defaults(run=run_lm_text)
+
+
+def run_lm_text(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from router_core.training.lm_builder import read_texts
+    from router_core.training.lm_text import REGISTRY, write_language_model_texts
+    from router_core.training.text_sources import normalize
+
+    langs = [x.strip() for x in args.langs.split(",") if x.strip()]
+    exclude = {normalize(t) for path in args.exclude for t in read_texts(path)}
+    return write_language_model_texts(Path(args.corpus), Path(args.out), langs, args.registry_url or REGISTRY,
+                                      exclude)

@@ -194,6 +194,25 @@ def test_the_everyday_test_sentences_are_in_no_training_or_language_model_text()
         assert not {normalize(s) for s in written} & known, lang
 
 
+def test_language_model_text_leaves_out_the_everyday_test_sentences(tmp_path):
+    """The bundle's language models also learn from `s3router lm-text` sentences: build_bundle.sh hands it
+    bench_quality's sentences to leave out, written as that script writes them."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.speech_corpus import SENTENCES
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "build_bundle.sh").read_text()
+    snippet = re.search(r"-c '(from bench.speech_corpus import SENTENCES.*?)'", script, re.S)
+    assert snippet and '--exclude "$RUNS/everyday_eval.txt"' in script
+    root = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", snippet.group(1)], capture_output=True, text=True, check=True,
+                         cwd=root).stdout
+    assert out.splitlines() == [s for written in SENTENCES.values() for s in written]
+
+
 def test_speaker_id_examples_are_its_voices_at_the_pitches_it_is_tested_at():
     plan = plan_corpus(["es"], {"train": 300, "dev": 20, "test": 20}, seed=0)
     train = [u for u in plan if u.split == "train" and u.speaker in SPEAKERS]

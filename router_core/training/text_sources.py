@@ -111,12 +111,12 @@ def sentences(lang: str) -> list[str]:
     """Unique, filtered sentences (original casing and punctuation, for espeak-ng), in a stable order.
     Ciphertext is included: the corpus plan depends on this list, so dropping it would move sentences
     between splits; :func:`ciphered_sentences` names it so that the plan can leave it out afterwards."""
-    return _filtered(raw_texts(lang), lang)
+    return filter_sentences(raw_texts(lang), lang)
 
 
 def ciphered_sentences(lang: str) -> set[str]:
     """Sentences of :func:`sentences` that are ROT13 ciphertext, not language."""
-    return set(_filtered(raw_texts(lang, only_ciphered=True), lang))
+    return set(filter_sentences(raw_texts(lang, only_ciphered=True), lang))
 
 
 def everyday_sentences(lang: str) -> list[str]:
@@ -126,10 +126,12 @@ def everyday_sentences(lang: str) -> list[str]:
         text = Path(EVERYDAY_FILES[lang]).read_text(encoding="utf-8", errors="replace")
     except (KeyError, OSError):
         return []
-    return _filtered(text.split("\n\n"), lang)
+    return filter_sentences(text.split("\n\n"), lang)
 
 
-def _filtered(texts: list[str], lang: str) -> list[str]:
+def filter_sentences(texts: list[str], lang: str) -> list[str]:
+    """Sentences of ``texts`` (split at sentence ends) that pass :func:`good_sentence`, one per transcript,
+    original spelling, in first-seen order."""
     by_transcript: dict[str, str] = {}
     for text in texts:
         flat = " ".join(text.replace("\t", " ").split())
