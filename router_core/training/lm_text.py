@@ -41,13 +41,13 @@ class NpmCorpus:
 
 LM_CORPORA = {
     "en": NpmCorpus("nlp-corpus", "4.4.0",
-                      "sha512-1vOdUcAoOi1p85iZTC5SZWiIB1H3sDQxgyb4wTF0bZ9QgAVSJjl/Bck0lC5sG4quFgJ6Bz2K5mTaknhBlfEmvw=="),
+        "sha512-1vOdUcAoOi1p85iZTC5SZWiIB1H3sDQxgyb4wTF0bZ9QgAVSJjl/Bck0lC5sG4quFgJ6Bz2K5mTaknhBlfEmvw=="),
     "fr": NpmCorpus("fr-corpus", "0.0.1",
-                      "sha512-XhSkepu4EBCYxP0srcEKrELZCPz+heDRhz8NgwspqFt2mQ4lOIzg5Z7WuW/Ify2UOqCNV+k0p84YboeeRFmK8w=="),
+        "sha512-XhSkepu4EBCYxP0srcEKrELZCPz+heDRhz8NgwspqFt2mQ4lOIzg5Z7WuW/Ify2UOqCNV+k0p84YboeeRFmK8w=="),
     "de": NpmCorpus("de-corpus", "0.0.1",
-                      "sha512-EnyjrkasBHUjmVJ8hkGgVs70m7zgEcLLYZ086vUxOpNS/D5bIV8d04YMLGgMdnO6Ita7dhOIi5Fozt/XSjBWBQ=="),
+        "sha512-EnyjrkasBHUjmVJ8hkGgVs70m7zgEcLLYZ086vUxOpNS/D5bIV8d04YMLGgMdnO6Ita7dhOIi5Fozt/XSjBWBQ=="),
     "it": NpmCorpus("it-corpus", "0.0.1",
-                      "sha512-kZ/+zZY/Lyr8qy4wFcmcn1zqMMP+Vstaov0tbPB+mtgANcyngvdLImYwAymRqMwjp7ecsbNTkvpmObwV5u5FRg=="),
+        "sha512-kZ/+zZY/Lyr8qy4wFcmcn1zqMMP+Vstaov0tbPB+mtgANcyngvdLImYwAymRqMwjp7ecsbNTkvpmObwV5u5FRg=="),
 }
 
 
