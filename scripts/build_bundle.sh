@@ -109,7 +109,6 @@ add_lm() {  # mask
   s3r_job lm --registry masks/registry --mask "$1" "${text[@]}" --dev "$CORPUS/${1}_dev.jsonl" \
     --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
 }
-mkdir -p "$RUNS"
 for lang in $LANGS $HELD_OUT; do
   in_background add_lm "$lang"
 done

@@ -59,8 +59,10 @@ def fetch_tarball(corpus: NpmCorpus, cache: Path, registry: str = REGISTRY, time
     """The package's tarball, from ``cache`` when a copy with the pinned integrity is there, else from
     the registry (then kept in ``cache``). Refuses bytes whose sha512 differs from the pin."""
     path = cache / f"{corpus.package}-{corpus.version}.tgz"
-    if path.is_file() and integrity_of(path.read_bytes()) == corpus.integrity:
-        return path.read_bytes()
+    if path.is_file():
+        cached = path.read_bytes()
+        if integrity_of(cached) == corpus.integrity:
+            return cached
     url = corpus.tarball_url(registry)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (a pinned https/file URL)
