@@ -134,6 +134,12 @@ done
 for mask in $LANGS $HELD_OUT language; do
   in_background evaluate_unheard "$mask"
 done
+evaluate_decided() {  # language ID as lang=auto serves it (decoding the mask's best candidates)
+  s3r_job eval --device "$DEVICE" --backbone masks/backbone --registry masks/registry --offline --mask language \
+    --decide --manifest "$CORPUS/language_$1.jsonl" > "$RUNS/eval/language_decided_$1.json"
+}
+in_background evaluate_decided test
+in_background evaluate_decided test_unheard
 wait_all
 "${PYTHON:-.venv/bin/python}" - "$RUNS/eval" $LANGS $HELD_OUT <<'PY' > masks/QUALITY.json
 import json, sys
@@ -142,6 +148,8 @@ runs, langs = Path(sys.argv[1]), sys.argv[2:]
 read = lambda name: json.loads((runs / f"{name}.json").read_text())
 quality = {mask: read(mask) for mask in [*langs, "speaker", "language"]}
 quality["unheard_voices"] = {mask: read(f"{mask}_unheard") for mask in [*langs, "language"]}
+quality["language_decided"] = read("language_decided_test")  # as lang=auto serves
+quality["unheard_voices"]["language_decided"] = read("language_decided_test_unheard")
 print(json.dumps(quality, indent=2, sort_keys=True))
 PY
 "${PYTHON:-.venv/bin/python}" -m bench.bench_quality --write  # everyday sentences, unheard voices, no speech

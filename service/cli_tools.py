@@ -158,6 +158,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         with_lm = kind == "ctc" and loaded.mask.lm is not None and args.decoder == "auto"
 
         def predict(waves):
+            if args.decide:
+                from router_core.language_id import DecodingLanguageId, identify_languages
+
+                return [label for label, _, _ in identify_languages(router, waves, args.mask, DecodingLanguageId())]
             outs = router.forward(waves, [args.mask] * len(waves))
             if with_lm:
                 spf = backbone.seconds_per_frame
@@ -165,7 +169,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
             return [o.transcript.text if o.transcript else o.classification.label for o in outs]  # type: ignore[union-attr]
 
         subject = args.mask
-    result = {"subject": subject, "kind": kind, **evaluate_examples(examples, predict, load, kind, args.batch_size)}
+        if args.decide and kind != "classify":
+            raise InvalidInputError("--decide evaluates a language-ID (classification) mask")
+    scores = evaluate_examples(examples, predict, load, kind, args.batch_size)
+    result = {"subject": subject, "kind": kind, **({"decided_by": "decoding"} if args.decide else {}), **scores}
     if greedy:
         from router_core.training.evaluation import error_rates
 
@@ -321,6 +328,8 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", type=int, default=8)
     evaluate.add_argument("--decoder", choices=["auto", "greedy"], default="auto",
                           help="auto: the mask's language model if it has one (greedy CER reported too)")
+    evaluate.add_argument("--decide", action="store_true",
+                          help="a language-ID mask: decide as lang=auto serves, by decoding its best candidates")
     evaluate.add_argument("--table", action="store_true", help="also print a table before the JSON")
     evaluate.set_defaults(run=run_eval)
 

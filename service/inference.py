@@ -20,6 +20,8 @@ from router_core.errors import (
     OverloadedError,
 )
 from router_core.heads import MaskKind
+from router_core.language_id import DecodingLanguageId, language_score, transcription_masks
+from router_core.registry import MaskRegistry
 from router_core.router import RoutedOutput
 from service.batching import Pending
 from service.state import AppState
@@ -107,14 +109,54 @@ def classification_of(out: RoutedOutput) -> Classification:
 AUTO = "auto"
 
 
-async def resolve_language(
-    request: Request, state: AppState, wave: torch.Tensor, lang: str, wait_for_room: bool = False
-) -> tuple[str, float | None]:
-    """``lang`` itself, or for ``auto`` the language-ID mask's best label and its probability."""
+def language_picker(state: AppState) -> DecodingLanguageId:
+    """How ``lang=auto`` decides (:mod:`router_core.language_id`), from the settings."""
+    return DecodingLanguageId(top=state.settings.lid_candidates, confident=state.settings.lid_confident)
+
+
+def allowed_for(request: Request, state: AppState) -> Callable[[str], bool]:
+    """Whether the request's API key may use a mask (every mask without keys, or for a key without a list)."""
+    key = getattr(request.state, "api_key", None)
+    if key is None or state.api_keys is None or key.masks is None:
+        return lambda _: True
+    return lambda mask: mask in key.masks
+
+
+RunItem = Callable[[str, MaskKind], Awaitable[RoutedOutput]]
+
+
+async def transcribe_as(
+    run: RunItem, state: AppState, lang: str, allowed: Callable[[str], bool] = lambda _: True, decide: bool = True
+) -> tuple[RoutedOutput, float | None]:
+    """One piece of audio transcribed by ``lang``'s mask, and for ``auto`` the language-ID probability of the
+    language it was transcribed in (``None`` otherwise). ``run(mask, kind)`` serves the piece with a mask.
+
+    ``auto``: the language-ID mask runs first. Unless it is confident, its best candidates that are
+    transcription masks ``allowed`` to the caller are all transcribed at once (concurrent items, so one
+    mixed-mask batch), and the transcript that explains the audio best is the answer
+    (:func:`router_core.language_id.language_score`). ``decide=False`` takes the mask's best label as is
+    (a stream's partial results)."""
     if lang != AUTO:
-        return lang, None
-    out = await run_request(request, state, wave, state.settings.language_mask, "classify", wait_for_room)
-    lid = classification_of(out)
-    return lid.label, lid.probabilities[lid.label]
+        return await run(lang, "ctc"), None
+    lid = classification_of(await run(state.settings.language_mask, "classify"))
+    engine, _ = state.ready_engine()
+    picker = language_picker(state)
+    candidates: list[str] = []
+    if decide and picker.undecided(lid):
+        labels = [label for label in lid.probabilities if allowed(label)]
+        candidates = picker.candidates(lid, set(await run_in_threadpool(transcription_masks, engine.registry, labels)))
+    if len(candidates) < 2:
+        label = candidates[0] if candidates else lid.label
+        return await run(label, "ctc"), lid.probabilities[label]
+    outs = list(await asyncio.gather(*(run(label, "ctc") for label in candidates)))
+    scores = await run_in_threadpool(_scores, engine.registry, picker, outs, lid)
+    best = max(range(len(outs)), key=scores.__getitem__)
+    return outs[best], lid.probabilities[candidates[best]]
 
 
+def _scores(
+    registry: MaskRegistry, picker: DecodingLanguageId, outs: list[RoutedOutput], lid: Classification
+) -> list[float]:
+    """Each candidate's :func:`~router_core.language_id.language_score`."""
+    return [language_score(picker, registry.get(out.mask_name).mask, out.logits, transcript_of(out).text,
+                           lid.probabilities[out.mask_name]) for out in outs]

@@ -17,8 +17,10 @@ from starlette.concurrency import run_in_threadpool
 
 from router_core.backbone import SAMPLE_RATE
 from router_core.decoding import Transcript, mean_logprob
+from router_core.heads import MaskKind
+from router_core.router import RoutedOutput
 from router_core.vad import SegmentSettings
-from service.inference import resolve_language, run_request, transcript_of
+from service.inference import allowed_for, run_request, transcribe_as, transcript_of
 from service.settings import ServiceSettings
 from service.state import AppState
 
@@ -96,8 +98,11 @@ async def transcribe_segments(
     async def one(segment: Segment) -> SegmentResult:
         async with in_flight:
             piece = wave[segment.start : segment.end]  # [S]
-            language, probability = await resolve_language(request, state, piece, lang, wait_for_room=wait)
-            out = await run_request(request, state, piece, language, "ctc", wait_for_room=wait)
+
+            async def run(mask: str, kind: MaskKind) -> RoutedOutput:
+                return await run_request(request, state, piece, mask, kind, wait_for_room=wait)
+
+            out, probability = await transcribe_as(run, state, lang, allowed_for(request, state))
         offset = segment.start / SAMPLE_RATE
         return SegmentResult(offset, segment.end / SAMPLE_RATE, out.mask_name, probability,
                              shifted(transcript_of(out), offset), out.decoder, segment.no_speech_prob)

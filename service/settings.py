@@ -55,6 +55,15 @@ class ServiceSettings(BaseSettings):
     offline: bool = Field(default=True, description="never contact a model hub")
     model_id: str = Field(default="s3router", description="model id reported to OpenAI-compatible clients")
     language_mask: str = Field(default="language", description="classification mask used for lang=auto")
+    lid_candidates: int = Field(
+        default=3, ge=1, le=64,
+        description="lang=auto: the language-ID mask's best labels transcribed, the best-explained one kept; 1: the "
+        "mask alone",
+    )
+    lid_confident: float = Field(
+        default=0.99, gt=0.0, le=1.0,
+        description="lang=auto: the language-ID probability at which its answer is taken without trying others",
+    )
 
     max_batch_size: int = Field(default=8, ge=1, le=256, description="most requests in one forward pass")
     max_wait_ms: float = Field(

@@ -36,9 +36,11 @@ from starlette.concurrency import run_in_threadpool
 from router_core.audio import MAX_RATE, MIN_RATE, decode_audio
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import NotReadyError, OverloadedError, PayloadTooLargeError, S3RouterError
+from router_core.heads import MaskKind
 from router_core.mask_file import MASK_NAME_PATTERN
+from router_core.router import RoutedOutput
 from router_core.vad import speech_segments
-from service.inference import AUTO, classification_of, serve_item, transcript_of, word_bodies
+from service.inference import AUTO, serve_item, transcribe_as, transcript_of, word_bodies
 from service.longform import fixed_windows, segment_settings, shifted
 from service.state import AppState, state_of
 
@@ -203,12 +205,12 @@ class StreamSession:
         if piece.shape[0] < self.state.ready_engine()[0].backbone.min_samples:
             return
         deadline = time.monotonic() + self.state.settings.request_timeout_s
-        language = self.lang
-        if language == AUTO:
-            out, _ = await serve_item(self.state, piece, self.state.settings.language_mask, "classify", deadline,
-                                      _never, wait_for_room=True)
-            language = classification_of(out).label
-        out, _ = await serve_item(self.state, piece, language, "ctc", deadline, _never, wait_for_room=True)
+
+        async def run(mask: str, kind: MaskKind) -> RoutedOutput:
+            return (await serve_item(self.state, piece, mask, kind, deadline, _never, wait_for_room=True))[0]
+
+        out, _ = await transcribe_as(run, self.state, self.lang, decide=kind == "final")  # partials: the mask alone
+        language = out.mask_name
         seconds = (self.offset + start) / SAMPLE_RATE
         transcript = shifted(transcript_of(out), seconds)
         body: dict[str, Any] = {

@@ -191,3 +191,22 @@ def serve_in_thread(app, **config):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def unsure_language_masks(bb: Backbone, lid_bias: tuple[float, float] = (0.1, -0.1)) -> list[bytes]:
+    """Mask files for a language-ID test: ``language`` over [fr, de] that leans to fr (p = 0.55 with the
+    default bias) whatever it hears; a ``de`` mask that hears silence in everything (all blank, an empty
+    transcript that explains its output perfectly) and an ``fr`` mask that hears 'x' in everything (a
+    transcript its flat output explains poorly). So decoding must pick de, and the mask alone fr."""
+    lid = random_mask(bb.spec(), "language", HeadSpec(kind="classify", labels=["fr", "de"]),
+                      bb.default_layer_names(), 0.9, seed=9)
+    lid.head_weight.zero_()
+    lid.head_bias.copy_(torch.tensor(lid_bias))
+    files = [encode_mask(lid)]
+    for name, token, logit in (("de", "<pad>", 20.0), ("fr", "x", 1.0)):
+        mask = random_mask(bb.spec(), name, ctc_spec(), bb.default_layer_names(), 0.9, seed=10)
+        mask.head_weight.zero_()
+        mask.head_bias.zero_()
+        mask.head_bias[CTC_VOCAB.index(token)] = logit
+        files.append(encode_mask(mask))
+    return files

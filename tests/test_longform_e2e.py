@@ -46,9 +46,9 @@ def test_a_ten_minute_recording_is_cut_at_its_pauses_and_transcribed_like_its_se
     spoken = [next((lang for start, end, lang, _ in truth if start <= (s["start"] + s["end"]) / 2 <= end), None)
               for s in segments]
     matched = [s["language"] == lang for s, lang in zip(segments, spoken, strict=True) if lang is not None]
-    # the bundle's language ID still takes a few everyday English and German sentences for each other
-    # (196/200 right with bundle v6, 191/200 with v5): a quality limit of the bundled model (#20)
-    assert sum(matched) >= 0.95 * len(matched), (sum(matched), len(matched))
+    # lang=auto lets the transcription masks decide when the language-ID mask is unsure: 200/200 with bundle
+    # v7 (the mask alone: 196/200 with bundle v6); one miss allowed for float noise on another CPU
+    assert sum(matched) >= len(matched) - 1, (sum(matched), len(matched))
     odd = [w for w in body["words"] if w["start"] > total or w["end"] < w["start"]]
     assert not odd, odd[:5]
     reference = " ".join(normalize(text) for _, _, _, text in truth)

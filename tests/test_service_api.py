@@ -9,7 +9,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from helpers import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory
+from helpers import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory, unsure_language_masks
 from router_core.errors import InvalidMaskNameError
 from router_core.mask_builder import random_mask
 from router_core.mask_file import encode_mask, validate_mask_name
@@ -262,6 +262,26 @@ def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
         assert (
             c.post("/v1/audio/transcriptions", files=files, data={"model": "s3router"}).json()["text"] == auto["text"]
         )
+
+
+@pytest.mark.parametrize("candidates, language, text", [(3, "de", ""), (1, "fr", "x")])
+def test_lang_auto_transcribes_the_candidates_and_keeps_the_best_explained(tmp_path, candidates, language, text):
+    """The language-ID mask leans to fr (p = 0.55); the fr mask explains its own output poorly, the de mask
+    perfectly: decoding both picks de. With one candidate the mask alone decides (fr)."""
+    base_factory = tiny_engine_factory()
+
+    def factory(settings):
+        engine = base_factory(settings)
+        for data in unsure_language_masks(engine.backbone):
+            engine.registry.put(data)
+        return engine
+
+    settings = _settings(tmp_path, lid_candidates=candidates)
+    with TestClient(create_app(settings, factory)) as c:
+        auto = c.post("/transcribe?lang=auto", content=audio_bytes(1.0)).json()
+        assert (auto["language"], auto["mask"], auto["text"]) == (language, language, text)
+        p_de = 1 / (1 + math.exp(0.2))
+        assert auto["language_probability"] == pytest.approx(p_de if language == "de" else 1 - p_de, abs=1e-5)
 
 
 def test_a_mask_swapped_to_another_kind_while_a_request_waits_gets_422_not_500(tmp_path):

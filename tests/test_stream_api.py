@@ -8,7 +8,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from helpers import audio_bytes, tiny_engine_factory
+from helpers import audio_bytes, tiny_engine_factory, unsure_language_masks
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -50,6 +50,25 @@ def test_a_stream_sends_partials_then_finals_that_match_the_whole_file(tmp_path)
     assert " ".join(f["text"] for f in finals) == whole["text"]  # the same windows as /transcribe cuts
     words = [w for f in finals for w in f["words"]]
     assert words == whole["words"] and all(f["language"] == "fr" for f in finals)
+
+
+def test_auto_stream_partials_take_the_language_id_mask_and_finals_are_decided_by_decoding(tmp_path):
+    """Partials are cheap (the language-ID mask alone: fr); a final tries the candidates (de wins)."""
+    base_factory = tiny_engine_factory()
+
+    def factory(settings):
+        engine = base_factory(settings)
+        for data in unsure_language_masks(engine.backbone):
+            engine.registry.put(data)
+        return engine
+
+    with TestClient(create_app(_settings(tmp_path), factory)) as client, \
+            client.websocket_connect("/v1/stream?lang=auto") as ws:
+        messages = _stream(ws, _pcm(3.0))
+    partials = [m for m in messages if m["type"] == "partial"]
+    finals = [m for m in messages if m["type"] == "final"]
+    assert partials and all((m["language"], m["text"]) == ("fr", "x") for m in partials)
+    assert finals and all((m["language"], m["text"]) == ("de", "") for m in finals)
 
 
 def test_a_stream_at_another_rate_is_resampled(tmp_path):

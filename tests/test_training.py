@@ -107,6 +107,12 @@ def test_cli_train_writes_a_mask_the_registry_serves_and_eval_reports_it(corpus,
     assert main(["eval", "--mask", "spk", "--manifest", str(corpus / "cls.tsv"), *common]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "classify" and 0.0 <= report["accuracy"] <= 1.0 and report["examples"] == 12
+    # as lang=auto decides: its labels name no transcription mask, so the mask alone decides
+    assert main(["eval", "--mask", "spk", "--decide", "--manifest", str(corpus / "cls.tsv"), *common]) == 0
+    decided = json.loads(capsys.readouterr().out)
+    assert decided["decided_by"] == "decoding" and decided["accuracy"] == report["accuracy"]
+    assert main(["eval", "--mask", "fr", "--decide", "--manifest", str(corpus / "ctc.jsonl"), *common]) != 0
+    assert "--decide evaluates a language-ID" in capsys.readouterr().err
 
 
 def test_finetune_baseline_writes_a_checkpoint_eval_can_score(corpus, tmp_path, capsys):
