@@ -33,6 +33,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--graph", action="store_true", help="also time (b)'s encoder from CUDA graphs (GPU)")
+    parser.add_argument("--materialized-mb", type=float, default=0.0,
+                        help="CPU: memory for masked weights kept dense, as S3R_MATERIALIZED_MASK_MB")
     return parser.parse_args()
 
 
@@ -42,7 +44,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     backbone = Backbone.from_model(Wav2Vec2Model(Wav2Vec2Config()), device=args.device, dtype=dtype)
     params = sum(p.numel() for p in backbone.model.parameters())
-    backend = select_backend(args.device, args.kernel)
+    backend = select_backend(args.device, args.kernel, materialized_bytes=int(args.materialized_mb * 2**20))
     head = HeadSpec(kind="ctc", vocab=["<pad>", "|", *"abcdefghijklmnopqrstuvwxyz'"])
     with tempfile.TemporaryDirectory() as folder:
         registry = MaskRegistry(DirectoryStore(folder), backbone.spec(), device=args.device, budget_bytes=2**31)

@@ -4,8 +4,9 @@ Run: ``python -m bench.bench_longform [--minutes 60]`` (needs espeak-ng and the 
 of espeak-ng sentences in the five bundled languages with pauses between them (``bench.speech_corpus``) is
 sent whole to ``/transcribe?lang=auto`` of an ``s3router serve`` with the bundled model, once with beam
 search + language models and once with greedy decoding (a second server, same run). Baseline: the same
-sentences sent as separate clips at concurrency 8. Reported: real-time factor (processing seconds per
-audio second: lower is faster), segments, CER against the synthesized text.
+sentences sent as separate clips at concurrency 8; and the recording with ``lang=auto`` decided by the
+language-ID mask alone (``--lid-candidates 1``), the cost of deciding by decoding. Reported: real-time
+factor (processing seconds per audio second: lower is faster), segments, CER against the synthesized text.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def main() -> None:
     reference = " ".join(normalize(t) for *_, t in truth)
     clips = [flac(audio[int(a * RATE) : int(b * RATE)]) for a, b, *_ in truth]
     data, rows = flac(audio), []
+    with serving("--lid-candidates", "1", "--max-upload-bytes", str(2**30)) as url:  # before language ID by decoding
+        started = time.perf_counter()
+        body = httpx.post(f"{url}/transcribe?lang=auto", content=data, timeout=3 * seconds).json()
+        rows.append(["beam + LM, language-ID mask alone", "one recording", len(body["segments"]),
+                     f"{(time.perf_counter() - started) / seconds:.4f}", f"{jiwer.cer(reference, body['text']):.3f}"])
     for decoder in ("auto", "greedy"):
         with serving("--decoder", decoder, "--max-upload-bytes", str(2**30)) as url:
             started = time.perf_counter()

@@ -38,8 +38,9 @@ class ServiceSettings(BaseSettings):
         description="where kernel choices timed on this machine are kept across restarts; unset: not kept",
     )
     materialized_mask_mb: float = Field(
-        default=0.0, ge=0.0,
-        description="CPU: memory for masked weights kept dense (dense speed for the masks in use); 0: none",
+        default=256.0, ge=0.0,
+        description="CPU: memory for masked weights kept dense (dense speed for the masks in use, about one "
+        "wav2vec2-base mask in 256 MB); 0: none",
     )
     decoder: Literal["auto", "greedy"] = Field(
         default="auto", description="auto: beam search with a mask's language model when it has one; greedy: never"

@@ -517,7 +517,7 @@ def test_masked_weights_kept_dense_give_the_reference_answer_build_once_and_leav
     weights = [torch.randn(n, k, generator=gen) for _ in range(3)]
     bits = [pack_bits(_keep("random", n, k, seed=i)) for i in range(3)]
     x = torch.randn(5, k, generator=gen)
-    kept = MaterializedWeights(budget_bytes=2 * n * k * 4)  # room for two layers' copies
+    kept = MaterializedWeights(budget_bytes=2 * n * k * 4, min_idle_s=0.0)  # two layers' copies; plain LRU
     built = []
 
     def build(w, b):
@@ -536,3 +536,28 @@ def test_masked_weights_kept_dense_give_the_reference_answer_build_once_and_leav
     gc.collect()
     assert kept.bytes == n * k * 4  # a mask's copy leaves with its bits
     assert MaterializedWeights(budget_bytes=10).get(weights[0], bits[0], build) is None  # over budget
+
+
+def test_kept_dense_copies_in_use_are_not_pushed_out_by_a_new_mask_until_they_idle():
+    """No thrashing: with the budget full of copies in use, a third mask runs the masked schedule (still the
+    reference answer) instead of rebuilding copies on every call; once a copy idles, it makes room."""
+    from router_core.kernels.materialized import MaterializedWeights
+
+    n, k = 19, 33
+    gen = torch.Generator().manual_seed(8)
+    weight = torch.randn(n, k, generator=gen)
+    bits = [pack_bits(_keep("random", n, k, seed=i)) for i in range(3)]
+    x = torch.randn(4, k, generator=gen)
+    now = [100.0]
+    kept = MaterializedWeights(budget_bytes=2 * n * k * 4, min_idle_s=10.0, clock=lambda: now[0])
+    for b in bits[:2]:
+        assert kept.get(weight, b, masked_weight_reference) is not None
+    now[0] += 9.0
+    assert kept.get(weight, bits[1], masked_weight_reference) is not None  # bits[1] in use at t = 109
+    got = cpu_kernels.masked_linear_cpu(x, weight, None, bits[2], materialized=kept)
+    assert torch.allclose(got, masked_linear_reference(x, weight, None, bits[2]), atol=1e-5)
+    assert kept.get(weight, bits[2], masked_weight_reference) is None and kept.bytes == 2 * n * k * 4
+    now[0] += 1.0  # bits[0] unused for 10 s: it makes room; bits[1] (used 1 s ago) stays
+    assert torch.equal(kept.get(weight, bits[2], masked_weight_reference), masked_weight_reference(weight, bits[2]))
+    assert kept.get(weight, bits[1], lambda *_: pytest.fail("bits[1] was rebuilt")) is not None
+    assert kept.get(weight, bits[0], masked_weight_reference) is None  # now it must wait its turn
