@@ -121,6 +121,12 @@ class ServiceMetrics:
                                   buckets=SEGMENT_BUCKETS, registry=r)
         self.speech_ratio = Histogram("s3router_vad_speech_ratio", "Share of a recording inside speech segments",
                                       buckets=RATIO_BUCKETS, registry=r)
+        self.language_id = Counter(
+            "s3router_language_id", "lang=auto decisions: by the language-ID mask alone, or by decoding its candidates",
+            ["decided_by"], registry=r,
+        )
+        for decided_by in ("mask", "decoding"):  # both series exist from the start (0, not "no data")
+            self.language_id.labels(decided_by)
         self.info = Info("s3router_model", "Backbone and build information", registry=r)
         r.register(_RegistryCollector(get_registry))
         ProcessCollector(namespace="s3router", registry=r)
@@ -137,6 +143,10 @@ class ServiceMetrics:
     def observe_segments(self, segments: int, speech_ratio: float) -> None:
         self.segments.observe(segments)
         self.speech_ratio.observe(speech_ratio)
+
+    @_guarded
+    def observe_language_id(self, decided_by: str) -> None:
+        self.language_id.labels(decided_by).inc()
 
     @_guarded
     def observe_batch(self, report: BatchReport) -> None:

@@ -121,8 +121,9 @@ def audio_bytes(seconds: float = 1.0, rate: int = 16_000, channels: int = 1, fmt
     return buf.getvalue()
 
 
-def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float = 0.0):
-    """An engine factory for create_app: tiny backbone, random masks, real registry in settings.registry."""
+def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float = 0.0, more_masks=None):
+    """An engine factory for create_app: tiny backbone, random masks, real registry in settings.registry;
+    ``more_masks(backbone)``: mask files put after those (replacing masks of the same names)."""
     from router_core.kernels.backend import select_backend
     from router_core.router import Router
     from service.engine import Engine
@@ -131,6 +132,8 @@ def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float
         bb = tiny_backbone()
         registry = MaskRegistry(DirectoryStore(settings.registry), bb.spec(), budget_bytes=64 * 2**20)
         add_masks(registry, bb, list(mask_names))
+        for data in more_masks(bb) if more_masks is not None else []:
+            registry.put(data)
         router = Router(bb, registry, select_backend("cpu", "cpu"))
         if run_delay:
             original = router.forward

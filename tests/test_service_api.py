@@ -268,20 +268,17 @@ def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
 def test_lang_auto_transcribes_the_candidates_and_keeps_the_best_explained(tmp_path, candidates, language, text):
     """The language-ID mask leans to fr (p = 0.55); the fr mask explains its own output poorly, the de mask
     perfectly: decoding both picks de. With one candidate the mask alone decides (fr)."""
-    base_factory = tiny_engine_factory()
-
-    def factory(settings):
-        engine = base_factory(settings)
-        for data in unsure_language_masks(engine.backbone):
-            engine.registry.put(data)
-        return engine
-
+    factory = tiny_engine_factory(more_masks=unsure_language_masks)
     settings = _settings(tmp_path, lid_candidates=candidates)
     with TestClient(create_app(settings, factory)) as c:
         auto = c.post("/transcribe?lang=auto", content=audio_bytes(1.0)).json()
         assert (auto["language"], auto["mask"], auto["text"]) == (language, language, text)
         p_de = 1 / (1 + math.exp(0.2))
         assert auto["language_probability"] == pytest.approx(p_de if language == "de" else 1 - p_de, abs=1e-5)
+        metrics = c.get("/metrics").text
+        decided, other = ("decoding", "mask") if candidates > 1 else ("mask", "decoding")
+        assert f's3router_language_id_total{{decided_by="{decided}"}} 1.0' in metrics
+        assert f's3router_language_id_total{{decided_by="{other}"}} 0.0' in metrics
 
 
 def test_a_mask_swapped_to_another_kind_while_a_request_waits_gets_422_not_500(tmp_path):

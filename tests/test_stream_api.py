@@ -54,14 +54,7 @@ def test_a_stream_sends_partials_then_finals_that_match_the_whole_file(tmp_path)
 
 def test_auto_stream_partials_take_the_language_id_mask_and_finals_are_decided_by_decoding(tmp_path):
     """Partials are cheap (the language-ID mask alone: fr); a final tries the candidates (de wins)."""
-    base_factory = tiny_engine_factory()
-
-    def factory(settings):
-        engine = base_factory(settings)
-        for data in unsure_language_masks(engine.backbone):
-            engine.registry.put(data)
-        return engine
-
+    factory = tiny_engine_factory(more_masks=unsure_language_masks)
     with TestClient(create_app(_settings(tmp_path), factory)) as client, \
             client.websocket_connect("/v1/stream?lang=auto") as ws:
         messages = _stream(ws, _pcm(3.0))
