@@ -145,7 +145,8 @@ async def transcribe_as(
     if decide and picker.undecided(lid):
         labels = [label for label in lid.probabilities if allowed(label)]
         candidates = picker.candidates(lid, set(await run_in_threadpool(transcription_masks, engine.registry, labels)))
-    state.metrics.observe_language_id("mask" if len(candidates) < 2 else "decoding")
+    if decide:  # (a stream's partials are not decisions)
+        state.metrics.observe_language_id("mask" if len(candidates) < 2 else "decoding")
     if len(candidates) < 2:
         label = candidates[0] if candidates else lid.label
         return await run(label, "ctc"), lid.probabilities[label]
