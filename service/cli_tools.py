@@ -131,6 +131,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     if bool(args.checkpoint) == bool(args.mask):
         raise InvalidInputError("give either --mask (with --backbone and --registry) or --checkpoint")
+    if args.decide and args.checkpoint:
+        raise InvalidInputError("--decide evaluates a language-ID mask (--mask), not a checkpoint")
     load = AudioCache()
     kind: MaskKind
     greedy: list[str] = []  # a mask with a language model: greedy decoding of the same outputs, for comparison

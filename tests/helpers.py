@@ -121,9 +121,12 @@ def audio_bytes(seconds: float = 1.0, rate: int = 16_000, channels: int = 1, fmt
     return buf.getvalue()
 
 
-def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float = 0.0, more_masks=None):
+def tiny_engine_factory(
+    mask_names=("fr", "de", "cls_speaker"), run_delay: float = 0.0, more_masks=None, before_forward=None
+):
     """An engine factory for create_app: tiny backbone, random masks, real registry in settings.registry;
-    ``more_masks(backbone)``: mask files put after those (replacing masks of the same names)."""
+    ``more_masks(backbone)``: mask files put after those (replacing masks of the same names);
+    ``run_delay`` seconds or ``before_forward()`` before every forward pass (to hold a batch in it)."""
     from router_core.kernels.backend import select_backend
     from router_core.router import Router
     from service.engine import Engine
@@ -135,13 +138,15 @@ def tiny_engine_factory(mask_names=("fr", "de", "cls_speaker"), run_delay: float
         for data in more_masks(bb) if more_masks is not None else []:
             registry.put(data)
         router = Router(bb, registry, select_backend("cpu", "cpu"))
-        if run_delay:
+        if run_delay or before_forward is not None:
             original = router.forward
 
             def slow_forward(*args, **kwargs):
                 import time
 
                 time.sleep(run_delay)
+                if before_forward is not None:
+                    before_forward()
                 return original(*args, **kwargs)
 
             router.forward = slow_forward  # type: ignore[method-assign]

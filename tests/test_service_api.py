@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import math
+import threading
 import time
 import urllib.parse
 
@@ -286,14 +287,23 @@ def test_a_mask_swapped_to_another_kind_while_a_request_waits_gets_422_not_500(t
     a clean 422 (they got a plain-text 500 from an assert)."""
     from router_core.heads import HeadSpec
 
-    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory(run_delay=0.5))) as c:
+    armed, entered, release = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:  # the request's batch waits in the forward pass until the mask was replaced
+        if armed.is_set():
+            entered.set()
+            release.wait(30)
+
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory(before_forward=hold))) as c:
         bb = tiny_backbone()
         classifier = random_mask(bb.spec(), "fr", HeadSpec(kind="classify", labels=["a", "b"]),
                                  bb.default_layer_names(), 0.9, seed=4)
+        armed.set()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             pending = pool.submit(c.post, "/transcribe?lang=fr", content=audio_bytes(1.0))
-            time.sleep(0.2)  # admitted as a transcription, waiting in the slow forward pass
+            assert entered.wait(30)  # admitted as a transcription, in the forward pass
             assert c.put("/masks/fr", content=encode_mask(classifier), headers=ADMIN).status_code == 201
+            release.set()
             answer = pending.result()
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["type"] == "MaskKindError" and "became a classify mask" in answer.text

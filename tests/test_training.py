@@ -122,6 +122,8 @@ def test_finetune_baseline_writes_a_checkpoint_eval_can_score(corpus, tmp_path, 
                  "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (out / "config.json").is_file() and (out / "vocab.json").is_file() and "cer" in summary["best"]
+    assert main(["eval", "--checkpoint", str(out), "--manifest", str(corpus / "ctc.jsonl"), "--decide"]) != 0
+    assert "not a checkpoint" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(out), "--manifest", str(corpus / "ctc.jsonl")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "ctc" and report["cer"] == pytest.approx(summary["best"]["cer"], abs=1e-6)
