@@ -79,14 +79,17 @@ async def serve_item(
                 raise ClientClosedRequestError("the client closed the request before its answer was ready") from None
             await asyncio.sleep(ROOM_POLL_S)
     waiter = asyncio.ensure_future(batcher.result(item))
-    while True:
-        done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
-        if done:
-            return waiter.result(), item
-        if await gone():
-            batcher.cancel(item)
-            waiter.cancel()
-            raise ClientClosedRequestError("the client closed the request before its answer was ready")
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return waiter.result(), item
+            if await gone():
+                raise ClientClosedRequestError("the client closed the request before its answer was ready")
+    except (ClientClosedRequestError, asyncio.CancelledError):  # nobody waits for it any more: drop the work
+        batcher.cancel(item)
+        waiter.cancel()
+        raise
 
 
 def word_bodies(words: list[Word]) -> list[dict[str, Any]]:
@@ -150,7 +153,12 @@ async def transcribe_as(
     if len(candidates) < 2:
         label = candidates[0] if candidates else lid.label
         return await run(label, "ctc"), lid.probabilities[label]
-    outs = list(await asyncio.gather(*(run(label, "ctc") for label in candidates)))
+    tasks = [asyncio.ensure_future(run(label, "ctc")) for label in candidates]
+    try:
+        outs = list(await asyncio.gather(*tasks))
+    finally:  # one failed (or the request was cancelled): the others' items leave the queue
+        for task in tasks:
+            task.cancel()
     scores = await run_in_threadpool(_scores, engine.registry, picker, outs, lid)
     best = max(range(len(outs)), key=scores.__getitem__)
     return outs[best], lid.probabilities[candidates[best]]

@@ -141,6 +141,38 @@ def test_work_of_a_caller_that_went_away_is_dropped():
     assert model.batches == [["fr"], ["es"]]
 
 
+def test_a_request_task_cancelled_while_its_item_waits_drops_the_item():
+    """serve_item's task cancelled (a long recording whose client left cancels its segments; lang=auto drops
+    its other candidates when one fails): the queued item goes too, instead of running for nobody."""
+    from types import SimpleNamespace
+
+    from service.inference import serve_item
+
+    gate = threading.Event()
+    model = RecordingModel(gate=gate)
+
+    async def never_gone() -> bool:
+        return False
+
+    async def scenario():
+        batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=8)
+        batcher.start()
+        state = SimpleNamespace(ready_engine=lambda: (None, batcher))
+        running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
+        await asyncio.sleep(0.05)  # 'fr' is in the model
+        task = asyncio.ensure_future(serve_item(state, torch.zeros(10), "de", "ctc", time.monotonic() + 5, never_gone))
+        await asyncio.sleep(0.01)  # 'de' is queued
+        kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
+        task.cancel()
+        gate.set()
+        await asyncio.gather(batcher.result(running), batcher.result(kept))
+        await batcher.stop()
+        return task
+
+    assert _run(scenario()).cancelled()
+    assert model.batches == [["fr"], ["es"]]
+
+
 def test_an_output_of_the_other_kind_is_refused_for_its_request():
     item = _pending("fr")  # admitted as a transcription ("ctc")
     assert kind_mismatch(item, RoutedOutput("fr", "ctc", torch.zeros(3, 5), 1.0)) is None
