@@ -145,10 +145,11 @@ async def transcribe_as(
     engine, _ = state.ready_engine()
     picker = language_picker(state)
     candidates: list[str] = []
-    if decide and picker.undecided(lid):
-        labels = [label for label in lid.probabilities if allowed(label)]
-        candidates = picker.candidates(lid, set(await run_in_threadpool(transcription_masks, engine.registry, labels)))
     if decide:  # (a stream's partials are not decisions)
+        if picker.undecided(lid):
+            labels = [label for label in lid.probabilities if allowed(label)]
+            usable = await run_in_threadpool(transcription_masks, engine.registry, labels)
+            candidates = picker.candidates(lid, set(usable))
         state.metrics.observe_language_id("mask" if len(candidates) < 2 else "decoding")
     if len(candidates) < 2:
         label = candidates[0] if candidates else lid.label

@@ -201,16 +201,21 @@ def serve_in_thread(app, **config):
         thread.join(10)
 
 
-def unsure_language_masks(bb: Backbone, lid_bias: tuple[float, float] = (0.1, -0.1)) -> list[bytes]:
-    """Mask files for a language-ID test: ``language`` over [fr, de] that leans to fr (p = 0.55 with the
-    default bias) whatever it hears; a ``de`` mask that hears silence in everything (all blank, an empty
-    transcript that explains its output perfectly) and an ``fr`` mask that hears 'x' in everything (a
-    transcript its flat output explains poorly). So decoding must pick de, and the mask alone fr."""
+def language_id_mask(bb: Backbone, bias: tuple[float, float]) -> bytes:
+    """A ``language`` mask file over [fr, de] that gives every clip the probabilities ``softmax(bias)``."""
     lid = random_mask(bb.spec(), "language", HeadSpec(kind="classify", labels=["fr", "de"]),
                       bb.default_layer_names(), 0.9, seed=9)
     lid.head_weight.zero_()
-    lid.head_bias.copy_(torch.tensor(lid_bias))
-    files = [encode_mask(lid)]
+    lid.head_bias.copy_(torch.tensor(bias))
+    return encode_mask(lid)
+
+
+def unsure_language_masks(bb: Backbone) -> list[bytes]:
+    """Mask files for a language-ID test: ``language`` that leans to fr (p = 0.55) whatever it hears; a ``de``
+    mask that hears silence in everything (all blank, an empty transcript that explains its output perfectly)
+    and an ``fr`` mask that hears 'x' in everything (a transcript its flat output explains poorly). So
+    decoding must pick de, and the mask alone fr."""
+    files = [language_id_mask(bb, (0.1, -0.1))]
     for name, token, logit in (("de", "<pad>", 20.0), ("fr", "x", 1.0)):
         mask = random_mask(bb.spec(), name, ctc_spec(), bb.default_layer_names(), 0.9, seed=10)
         mask.head_weight.zero_()

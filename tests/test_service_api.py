@@ -7,10 +7,17 @@ import time
 import urllib.parse
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
-from helpers import ADMIN_TOKEN, audio_bytes, ctc_spec, tiny_backbone, tiny_engine_factory, unsure_language_masks
+from helpers import (
+    ADMIN_TOKEN,
+    audio_bytes,
+    ctc_spec,
+    language_id_mask,
+    tiny_backbone,
+    tiny_engine_factory,
+    unsure_language_masks,
+)
 from router_core.errors import InvalidMaskNameError
 from router_core.mask_builder import random_mask
 from router_core.mask_file import encode_mask, validate_mask_name
@@ -239,20 +246,7 @@ def test_request_past_its_deadline_gets_504(tmp_path):
 
 
 def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
-    from router_core.heads import HeadSpec
-
-    base_factory = tiny_engine_factory()
-
-    def factory(settings):
-        engine = base_factory(settings)
-        bb = engine.backbone
-        lid = random_mask(bb.spec(), "language", HeadSpec(kind="classify", labels=["fr", "de"]),
-                          bb.default_layer_names(), 0.9, seed=9)
-        lid.head_weight.zero_()
-        lid.head_bias.copy_(torch.tensor([-3.0, 3.0]))  # always German, with p = sigmoid(6)
-        engine.registry.put(encode_mask(lid))
-        return engine
-
+    factory = tiny_engine_factory(more_masks=lambda bb: [language_id_mask(bb, (-3.0, 3.0))])  # de, p = sigmoid(6)
     with TestClient(create_app(_settings(tmp_path), factory)) as c:
         wav = audio_bytes(1.0)
         auto = c.post("/transcribe?lang=auto", content=wav).json()
