@@ -7,7 +7,8 @@ host) for reference.
 Run: ``python -m bench.bench_forward [--device cuda] [--seconds 5]``. The backbone is
 ``Wav2Vec2Model(Wav2Vec2Config())`` (wav2vec2-base shape, ~95M parameters, random weights: no
 download). Masks keep 90% of the FFN weights (exact top-k of random scores). Ratios are against
-baselines measured in the same run. Targets: (b) <= 1.03, (c) <= 1.10.
+baselines measured in the same run. Targets: (b) <= 1.03, (c) <= 1.10. Row (c') runs (c)'s mixed batch as
+one single-mask call per segment, one after another, for comparison with the backend's mixed-mask path.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
+from bench.bench_kernels import segments_one_by_one
 from bench.timing import cuda_graph_medians, interleaved_medians, machine_name, markdown_table
 from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
 from router_core.kernels.backend import select_backend
@@ -53,6 +55,7 @@ def main() -> None:
             registry.put(encode_mask(random_mask(backbone.spec(), name, head, backbone.default_layer_names(), 0.9, i)))
         router = Router(backbone, registry, backend)
         router.prepare_kernels(args.batch, args.seconds)  # as the service does at start-up (Triton: tuning)
+        one_by_one = Router(backbone, registry, segments_one_by_one(backend))  # its mixed calls, mask by mask
         samples = int(args.seconds * 16_000)
         one = [torch.randn(samples)]
         batch = [torch.randn(samples) for _ in names]
@@ -70,6 +73,7 @@ def main() -> None:
             {
                 "one mask": lambda: router.forward(batch, ["lang0"] * len(batch)),
                 "all different": lambda: router.forward(batch, names),
+                "one by one": lambda: one_by_one.forward(batch, names),
             },
             max(2, args.repeats // 2),
             warmup=1,
@@ -94,6 +98,8 @@ def _table(args: argparse.Namespace, n: int, times_b: dict[str, float], times_c:
          times_b["request"]),
         (f"(c) {n} x {seconds} batch", f"{n} x one mask", times_c["one mask"], f"{n} different masks",
          times_c["all different"]),
+        (f"(c') {n} x {seconds} batch", f"{n} x one mask", times_c["one mask"], f"{n} masks, segments one by one",
+         times_c["one by one"]),
     ]
     return markdown_table(
         ["benchmark", "baseline", "baseline s", "measured", "measured s", "ratio"],

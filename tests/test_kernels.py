@@ -122,6 +122,77 @@ def test_both_cpu_schedules_match_reference(shape, mask_kind):
         assert torch.allclose(cpu_kernels.masked_linear_tiled(x, w, b, bits, 2), expected_b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_mixed_batch_in_one_parallel_region_matches_reference(dtype, monkeypatch):
+    """The one-region mixed-mask kernel at block sizes that do and don't divide N, over uneven segments (an
+    empty one, a dense one, one mask in two places, all-keep, all-drop), with and without bias, some masks
+    kept dense and some masked block by block, under inference mode (as the router runs it)."""
+    from router_core.kernels.materialized import MaterializedWeights
+
+    n, k = 45, 29
+    gen = torch.Generator().manual_seed(9)
+    x, w, b = (torch.randn(*shape, generator=gen).to(dtype) for shape in ((43, k), (n, k), (n,)))
+    kinds = ["random", "all_keep", "all_drop", "random", "random"]
+    stack = [pack_bits(_keep(kind, n, k, seed=i)) for i, kind in enumerate(kinds)]
+    segments = Segments((0, 3, 3, 20, 21, 35, 40, 43), (3, 0, 1, DENSE_SEGMENT, 2, 3, 4))
+    ext = cpu_kernels.load_extension()
+    spans = segments.spans()
+    tolerance = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 2e-2}
+    with torch.inference_mode():
+        for bias in (b, None):
+            expected = REFERENCE.segmented_masked_linear(x.float(), w.float(), _float(bias), stack, segments)
+            for masked_rows, dense_rows in ((1, 1), (7, 11), (300, 45)):
+                kept = {3: masked_weight_reference(w, stack[3])}  # mask 3 as a kept-dense copy
+                weights = [kept.get(m, w) for _, _, m in spans]
+                bits = [None if m in kept or m == DENSE_SEGMENT else stack[m] for _, _, m in spans]
+                got = ext.segmented_linear(x, bias, [a for a, _, _ in spans], [e for _, e, _ in spans], weights, bits,
+                                           masked_rows, dense_rows)
+                assert got.shape == (43, n) and got.dtype == dtype
+                assert torch.allclose(got.float(), expected, **tolerance), (masked_rows, dense_rows)
+            for min_rows, regions in ((1, 1), (128, 0)):  # 43 rows in 6 segments: one region only below 7
+                monkeypatch.setattr(cpu_kernels, "_MIN_SEGMENT_ROWS", min_rows)
+                calls = []
+                monkeypatch.setattr(ext, "segmented_linear", _counted(ext.segmented_linear, calls))
+                budget = MaterializedWeights(budget_bytes=2 * n * k * dtype.itemsize)  # room for masks 3 and 1
+                got = cpu_kernels.segmented_masked_linear_cpu(x, w, bias, stack, segments, materialized=budget)
+                assert torch.allclose(got.float(), expected, **tolerance) and len(calls) == regions
+                assert budget.bytes == 2 * n * k * dtype.itemsize  # 3 and 1 kept dense; 2 and 4 masked
+                monkeypatch.undo()
+
+
+def _counted(fn, calls):
+    def counted(*args):
+        calls.append(args)
+        return fn(*args)
+
+    return counted
+
+
+def _float(t):
+    return None if t is None else t.float()
+
+
+def test_cpu_one_region_refuses_segments_that_do_not_cover_the_rows():
+    ext = cpu_kernels.load_extension()
+    x, w = torch.randn(10, 16), torch.randn(9, 16)
+    for starts, ends in (([0, 5], [5, 9]), ([0, 4], [5, 10]), ([1], [10]), ([0, 6], [6, 5])):
+        with pytest.raises(RuntimeError, match="cover the rows"):
+            ext.segmented_linear(x, None, starts, ends, [w] * len(starts), [None] * len(starts), 4, 4)
+    with pytest.raises(RuntimeError, match="bits must be uint8"):
+        ext.segmented_linear(x, None, [0], [10], [w], [torch.zeros(9, 1, dtype=torch.uint8)], 4, 4)
+
+
+def test_one_region_tasks_keep_every_thread_busy_and_masked_blocks_near_l2():
+    """At least 2 tasks per thread in all; masked blocks within ~2.5 MB; too thin a cut (many threads, few
+    segments of a narrow layer) hands the call back to the segment-by-segment path."""
+    for n, k, segments, threads in ((3072, 768, 8, 2), (768, 3072, 2, 2), (3072, 768, 3, 16), (1000, 200, 5, 4)):
+        masked, dense = cpu_kernels.segment_blocks(n, k, 4, segments, threads)
+        tasks = segments * -(-n // dense)
+        assert tasks >= 2 * threads and 2 * dense <= n + 1
+        assert masked <= dense and (masked * k * 4 <= (5 << 19) or masked == 64)
+    assert cpu_kernels.segment_blocks(768, 3072, 4, 2, 16) is None
+
+
 def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tmp_path, monkeypatch):
     """Start-up times the three schedules per layer shape and row bucket (a stand-in timer here decides
     which is "fastest"), each call then runs the chosen one, every choice gives the reference's answer,

@@ -14,6 +14,12 @@ row bucket at start-up by :mod:`router_core.kernels.cpu_schedule`:
 The naive path (unpack to bytes, ``torch.where``, linear) touches ``W`` three times and the unpacked
 mask twice.
 
+A mixed-mask batch (rows sorted into one segment per mask) runs in **one parallel region**
+(``segmented_linear`` in the extension): each thread takes (segment, block of ``W``) tasks and runs their
+GEMMs single-threaded. A segment of a few hundred rows split over the cores by the BLAS runs 10-25% slower
+per row than one GEMM over the whole batch (2 Xeon cores); side by side, one GEMM per core, the segments
+run near the whole batch's speed.
+
 The extension is compiled on first use with ``torch.utils.cpp_extension`` (needs a C++ compiler and
 ``ninja``); :func:`load_extension` raises :class:`KernelUnavailableError` when that is impossible.
 """
@@ -193,26 +199,71 @@ def segmented_masked_linear_cpu(
     schedule: CpuSchedule | None = None,
     materialized: MaterializedWeights | None = None,
 ) -> torch.Tensor:
-    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: one masked linear per distinct mask, over all
-    of its rows (the router sorts rows by mask, so that is usually one contiguous segment)."""
+    """Mixed-mask linear over ``x [R, K]`` -> ``[R, N]``: rows ``start:end`` of segment ``s`` times
+    ``W * M_s`` (``W`` itself for a :data:`DENSE_SEGMENT`).
 
-    def apply(rows: torch.Tensor, mask_id: int) -> torch.Tensor:
-        if mask_id == DENSE_SEGMENT:
-            return F.linear(rows, weight, bias)
-        return masked_linear_cpu(rows, weight, bias, bits_stack[mask_id], schedule, materialized)
-
+    One segment is one masked linear (the schedule timed for its size). Several run in one parallel region
+    (:func:`segment_blocks`): each thread takes (segment, block of ``W``) tasks and runs their GEMMs
+    single-threaded, on the mask's kept-dense copy when ``materialized`` holds it, else masking the block
+    into an L2-sized buffer first. Where that region would cut ``W`` too thin for the threads at hand, each
+    segment runs its own masked linear instead, one after another; so do segments of fewer than
+    ``_MIN_SEGMENT_ROWS`` rows on average."""
     spans = segments.spans()
     if len(spans) == 1 and spans[0][:2] == (0, x.shape[0]):
-        return apply(x, spans[0][2])
-    out = x.new_empty(x.shape[0], weight.shape[0])  # [R, N]
-    by_mask: dict[int, list[tuple[int, int]]] = {}
-    for start, end, mask_id in spans:
-        by_mask.setdefault(mask_id, []).append((start, end))
-    for mask_id, ranges in by_mask.items():
-        if len(ranges) == 1:
-            start, end = ranges[0]
-            out[start:end] = apply(x[start:end], mask_id)
-        else:
-            index = torch.cat([torch.arange(start, end) for start, end in ranges])  # [R_mask]
-            out[index] = apply(x[index], mask_id)
-    return out
+        return _one_segment(x, weight, bias, bits_stack, spans[0][2], schedule, materialized)
+    n, k = weight.shape
+    blocks = segment_blocks(n, k, weight.element_size(), len(spans), torch.get_num_threads())
+    if blocks is None or x.shape[0] < _MIN_SEGMENT_ROWS * len(spans):
+        out = x.new_empty(x.shape[0], n)  # [R, N]
+        for start, end, mask_id in spans:
+            out[start:end] = _one_segment(x[start:end], weight, bias, bits_stack, mask_id, schedule, materialized)
+        return out
+    weights, bits = [], []
+    for _, _, mask_id in spans:
+        dense = None if mask_id == DENSE_SEGMENT else _kept_dense(weight, bits_stack[mask_id], materialized)
+        weights.append(weight if dense is None else dense)  # [N, K]
+        bits.append(None if dense is not None or mask_id == DENSE_SEGMENT else bits_stack[mask_id])
+    masked_rows, dense_rows = blocks
+    return load_extension().segmented_linear(
+        x, bias, [a for a, _, _ in spans], [b for _, b, _ in spans], weights, bits, masked_rows, dense_rows
+    )
+
+
+def _one_segment(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits_stack: Sequence[torch.Tensor],
+    mask_id: int, schedule: CpuSchedule | None, materialized: MaterializedWeights | None,
+) -> torch.Tensor:
+    if mask_id == DENSE_SEGMENT:
+        return F.linear(x, weight, bias)
+    return masked_linear_cpu(x, weight, bias, bits_stack[mask_id], schedule, materialized)
+
+
+def _kept_dense(
+    weight: torch.Tensor, bits: torch.Tensor, materialized: MaterializedWeights | None
+) -> torch.Tensor | None:
+    """This mask's ``W * M [N, K]`` kept dense, when there is (or can be) one."""
+    return None if materialized is None else materialized.get(weight, bits, _masked_copy)
+
+
+# A masked block of W in the one-region path: ~2.5 MB, a little over L2 on 2 MB-L2 cores and well inside
+# L3. Blocks of 64-256 rows cost 10-30% more there (every block's GEMM packs its segment's x again).
+_SEGMENT_BLOCK_BYTES = 5 << 19
+_MIN_TASK_ROWS = 128  # narrower single-threaded GEMMs lose more than the one region gains
+# Segments of fewer rows on average (short clips) go one by one: there the masking, 8x W per 8 masks, is
+# the cost, and the BLAS's own threads over each segment measured as fast or faster (2 Xeon cores).
+_MIN_SEGMENT_ROWS = 128
+
+
+def segment_blocks(n: int, k: int, element_size: int, n_segments: int, threads: int) -> tuple[int, int] | None:
+    """Rows of ``W`` per task in the one-region mixed-mask path: ``(masked, dense)``, or ``None`` where
+    the tasks would be narrower than ``_MIN_TASK_ROWS`` (many threads, few segments: the BLAS's own
+    threads then do better, segment by segment).
+
+    Each segment is cut into at least 2 parts and enough for ``2 * threads`` tasks in all, so that no
+    thread waits long on another; a masked block is also kept near ``_SEGMENT_BLOCK_BYTES``."""
+    parts = max(2, -(-2 * threads // n_segments))
+    dense = -(-n // parts)
+    if dense < _MIN_TASK_ROWS and n >= 2 * _MIN_TASK_ROWS:
+        return None
+    by_bytes = max(64, _SEGMENT_BLOCK_BYTES // (k * element_size) // 64 * 64)
+    return min(by_bytes, dense), dense
