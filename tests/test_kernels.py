@@ -194,12 +194,12 @@ def test_one_region_tasks_keep_every_thread_busy_and_masked_blocks_near_l2():
 
 
 def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tmp_path, monkeypatch):
-    """Start-up times the three schedules per layer shape and row bucket (a stand-in timer here decides
+    """Start-up times the schedules per layer shape and row bucket (a stand-in timer here decides
     which is "fastest"), each call then runs the chosen one, every choice gives the reference's answer,
     and a second start on the same machine reads the choices instead of timing again."""
     from router_core.kernels.cpu_schedule import SCHEDULES, CpuSchedule
 
-    fastest = {64: "reference", 256: "full_pass", 1024: "tiled:64"}  # by row bucket
+    fastest = {64: "reference", 256: "split:1", 1024: "tiled:64"}  # by row bucket
     timed = []
 
     def timer(thunk):  # the stand-in: the chosen schedule of the thunk's bucket is "fast"
@@ -223,10 +223,25 @@ def test_cpu_backend_runs_the_schedule_timed_fastest_per_shape_and_row_bucket(tm
         calls.clear()
         assert torch.allclose(backend.masked_linear(x, w, None, bits), masked_linear_reference(x, w, None, bits),
                               atol=1e-5)
-        assert calls[0] == "masked_linear_" + fastest[next(b for b in fastest if rows <= b)].partition(":")[0]
+        family = fastest[next(b for b in fastest if rows <= b)].partition(":")[0]
+        assert calls[0] == "masked_linear_" + {"split": "tiled"}.get(family, family)
     again = CpuSchedule(tmp_path / "cpu-schedules.json", timer=lambda thunk: pytest.fail("timed again"))
     again.tune([(21, 40), (40, 21)], torch.float32, torch.device("cpu"), 300, cpu_kernels.run_schedule)
     assert again.choices == backend.tuner.choices
+
+
+def test_split_schedules_cut_w_into_equal_blocks_per_thread(monkeypatch):
+    blocks = []
+    real = cpu_kernels.masked_linear_tiled
+    monkeypatch.setattr(cpu_kernels, "masked_linear_tiled", lambda *a: blocks.append(a[-1]) or real(*a))
+    gen = torch.Generator().manual_seed(11)
+    x, w = torch.randn(9, 40, generator=gen), torch.randn(45, 40, generator=gen)
+    bits = pack_bits(_keep("random", 45, 40))
+    threads = torch.get_num_threads()
+    for parts in (1, 2, 3):
+        got = cpu_kernels.run_schedule(f"split:{parts}", x, w, None, bits)
+        assert torch.allclose(got, masked_linear_reference(x, w, None, bits), atol=1e-5)
+        assert blocks[-1] == -(-45 // (parts * threads))
 
 
 def test_untimed_cpu_schedule_follows_the_size_of_x_and_blocks_stay_near_two_megabytes():

@@ -147,14 +147,18 @@ def run_schedule(
     schedule: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, bits: torch.Tensor
 ) -> torch.Tensor:
     """``x [..., K] @ (W * M)^T + b`` -> ``[..., N]`` by the named schedule (see :mod:`cpu_schedule`):
-    ``full_pass``, ``reference``, ``tiled:R`` (blocks of ``R`` rows) or ``tiled`` (:func:`block_rows_for`)."""
+    ``full_pass``, ``reference``, ``tiled:R`` (blocks of ``R`` rows), ``tiled`` (:func:`block_rows_for`) or
+    ``split:P`` (``W`` cut into ``P`` equal blocks per thread: the fewest passes over ``x``)."""
     if schedule == "full_pass":
         return masked_linear_full_pass(x, weight, bias, bits)
     if schedule == "reference":
         return masked_linear_reference(x, weight, bias, bits)
     n, k = weight.shape
-    _, _, block = schedule.partition(":")
-    block_rows = int(block) if block else block_rows_for(k, weight.element_size())
+    family, _, size = schedule.partition(":")
+    if family == "split":
+        block_rows = -(-n // (int(size) * torch.get_num_threads()))
+    else:
+        block_rows = int(size) if size else block_rows_for(k, weight.element_size())
     rows = masked_linear_tiled(x.reshape(-1, k), weight, bias, bits, block_rows)
     return rows.reshape(*x.shape[:-1], n)  # [..., N]
 

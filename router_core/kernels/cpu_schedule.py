@@ -1,9 +1,11 @@
 """Which CPU schedule runs a masked linear, timed on the machine at hand (the CPU backend's ``prepare``).
 
-Three schedules compute the same ``y = x (W * M)^T + b`` (:mod:`router_core.kernels.cpu`):
+These schedules compute the same ``y = x (W * M)^T + b`` (:mod:`router_core.kernels.cpu`):
 
 * ``tiled:R`` — ``W * M`` block by block (``R`` rows of ``W`` per block, in L2), one GEMM per block
   (re-reads ``x`` per block: smaller blocks stay in cache, larger ones re-read ``x`` less);
+* ``split:P`` — the same with ``W`` cut into ``P`` equal blocks per thread: few, large blocks, so ``x`` is
+  read only ``P`` times per thread (with many frames, ``x`` is the larger operand of ``3072 -> 768``);
 * ``full_pass`` — the whole ``W * M`` into a reused buffer by the fused C++ pass, then one GEMM;
 * ``reference`` — ``W * M`` by plain torch ops (unpack, ``where``), then one GEMM.
 
@@ -35,7 +37,7 @@ from router_core.kernels.buckets import LAST_BUCKET, ROW_BUCKETS, row_bucket
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("tiled:64", "tiled:128", "tiled:256", "full_pass", "reference")
+SCHEDULES = ("tiled:64", "tiled:128", "tiled:256", "split:1", "split:2", "full_pass", "reference")
 TIMED_ROWS = 1024  # the largest row bucket timed at start-up
 TILED_MAX_X_BYTES = 4 << 20  # the untimed rule: tiled while x is at most this many bytes, else full pass
 COLD_BYTES = 32 << 20  # weight copies cycled through while timing: more than a last-level cache holds
