@@ -59,8 +59,13 @@ def test_router_applies_exactly_the_mask(make_registry, attention):
 
 
 @pytest.mark.parametrize("arch", ["wav2vec2-group", "wav2vec2-layer", "data2vec-audio"])
-@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
-def test_mixed_mask_batch_equals_items_alone(make_registry, arch, backend):
+@pytest.mark.parametrize("backend", ["reference", "cpu", "cpu-one-region", "triton"])
+def test_mixed_mask_batch_equals_items_alone(make_registry, arch, backend, monkeypatch):
+    if backend == "cpu-one-region":  # the CPU's one-region mixed path, which these short clips would not take
+        from router_core.kernels import cpu as cpu_kernels
+
+        monkeypatch.setattr(cpu_kernels, "_MIN_SEGMENT_ROWS", 1)
+        backend = "cpu"
     bb = Backbone.from_model(tiny_model(arch), device=_device_for(backend))
     registry = make_registry(bb)
     add_masks(registry, bb, ["fr", "de", "cls_speaker", "cls_mix_lang"], keep=0.8)
