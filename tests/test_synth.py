@@ -95,6 +95,16 @@ def test_train_split_takes_what_is_left_when_text_runs_out():
         plan_corpus(["pt"], {"train": 10, "dev": available, "test": 1}, seed=0)
 
 
+def test_no_training_split_plans_only_the_evaluation_sets():
+    """``--train 0`` plans evaluation sets only (it used to fail with a KeyError)."""
+    counts = {"train": 0, "dev": 4, "test": 5}
+    plan = plan_corpus(["es"], counts, seed=2)
+    sizes = {split: sum(u.split == split for u in plan) for split in ("train", "dev", "test", "dev_unheard")}
+    assert sizes == {"train": 0, "dev": 4, "test": 5, "dev_unheard": 4}
+    dev, test = ({u.sentence for u in plan if u.split == split} for split in ("dev", "test"))
+    assert len(dev) == 4 and len(test) == 5 and not dev & test
+
+
 def test_a_written_plan_speaks_the_same_corpus_elsewhere(tmp_path):
     plan = plan_corpus(["de"], {"train": 2, "dev": 1, "test": 1}, seed=5)
     write_plan(plan, tmp_path / "plan.jsonl")

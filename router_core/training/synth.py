@@ -102,7 +102,7 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
     for lang in langs:
         pool = sentences(lang)
         held = _held_splits(lang, list(pool), counts, seed)
-        plan += _training_split(lang, held["train"], {normalize(s) for s in pool}, seed)
+        plan += _training_split(lang, held.get("train", []), {normalize(s) for s in pool}, seed)
         for split, utts in held.items():
             if split != "train":
                 plan += utts
