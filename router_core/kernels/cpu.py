@@ -173,10 +173,9 @@ def masked_linear_cpu(
     """``x @ (W * M)^T + b`` for ``x [..., K]``, ``weight [N, K]``, ``bits [N, ceil(K/8)]``; returns
     ``[..., N]``: a dense GEMM on ``W * M`` kept in ``materialized`` when it holds (or can take) this
     mask's copy, else the schedule ``schedule`` chose for this shape and row count on this machine."""
-    if materialized is not None:
-        dense = materialized.get(weight, bits, _masked_copy)  # [N, K]
-        if dense is not None:
-            return F.linear(x, dense, bias)
+    dense = _kept_dense(weight, bits, materialized)  # [N, K]
+    if dense is not None:
+        return F.linear(x, dense, bias)
     n, k = weight.shape
     choice = (schedule or _UNTIMED).choose(x.numel() // k, n, k, x.dtype)
     return run_schedule(choice, x, weight, bias, bits)
