@@ -29,11 +29,11 @@ import torch.nn.functional as F
 
 from router_core.char_lm import CharNgramLM, sentence_tokens
 from router_core.decoding import Classification, Transcript
-from router_core.errors import InvalidInputError, MaskNotFoundError
+from router_core.errors import InvalidInputError, MaskKindError, MaskNotFoundError
 from router_core.heads import HeadSpec
 from router_core.mask_file import RoutingMask
 from router_core.registry import MaskRegistry
-from router_core.router import Router
+from router_core.router import RoutedOutput, Router
 
 
 @dataclass(frozen=True)
@@ -124,14 +124,31 @@ def identify_languages(
     jobs = [(i, label) for i, lid in enumerate(lids)
             for label in settings.candidates(lid, usable) or ([lid.label] if lid.label in usable else [])]
     outs = router.forward([waves[i] for i, _ in jobs], [label for _, label in jobs], "ctc")
-    best: dict[int, tuple[float, str, Transcript | None]] = {i: (0.0, lid.label, None) for i, lid in enumerate(lids)}
-    for (i, label), out in zip(jobs, outs, strict=True):
-        assert out.transcript is not None  # forward decodes in this thread
-        score = language_score(settings, router.registry.get(label).mask, out.logits, out.transcript.text,
-                               lids[i].probabilities[label])
-        if best[i][2] is None or score > best[i][0]:
-            best[i] = (score, label, out.transcript)
-    return [(label, lids[i].probabilities[label], transcript) for i, (_, label, transcript) in best.items()]
+    per_clip: list[list[RoutedOutput]] = [[] for _ in lids]
+    for (i, _), out in zip(jobs, outs, strict=True):
+        per_clip[i].append(out)
+    results: list[tuple[str, float, Transcript | None]] = []
+    for lid, found in zip(lids, per_clip, strict=True):
+        if not found:
+            results.append((lid.label, lid.probabilities[lid.label], None))
+            continue
+        out = found[best_candidate(settings, router.registry, found, lid) if len(found) > 1 else 0]
+        results.append((out.mask_name, lid.probabilities[out.mask_name], out.transcript))
+    return results
+
+
+def best_candidate(
+    settings: DecodingLanguageId, registry: MaskRegistry, outs: Sequence[RoutedOutput], lid: Classification
+) -> int:
+    """Which of ``outs`` (the candidate languages' transcriptions of one piece of audio, ``lid`` its
+    language-ID answer) has the highest :func:`language_score`; the first of equals."""
+    scores = []
+    for out in outs:
+        if out.transcript is None:  # callers ask for "ctc" outputs; never a bare assert in the service's path
+            raise MaskKindError(f"mask {out.mask_name!r} did not produce a transcript")
+        scores.append(language_score(settings, registry.get(out.mask_name).mask, out.logits, out.transcript.text,
+                                     lid.probabilities[out.mask_name]))
+    return max(range(len(scores)), key=scores.__getitem__)
 
 
 def transcription_masks(registry: MaskRegistry, labels: Sequence[str]) -> list[str]:

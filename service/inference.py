@@ -20,8 +20,7 @@ from router_core.errors import (
     OverloadedError,
 )
 from router_core.heads import MaskKind
-from router_core.language_id import DecodingLanguageId, language_score, transcription_masks
-from router_core.registry import MaskRegistry
+from router_core.language_id import DecodingLanguageId, best_candidate, transcription_masks
 from router_core.router import RoutedOutput
 from service.batching import Pending
 from service.state import AppState
@@ -137,7 +136,7 @@ async def transcribe_as(
     ``auto``: the language-ID mask runs first. Unless it is confident, its best candidates that are
     transcription masks ``allowed`` to the caller are all transcribed at once (concurrent items, so one
     mixed-mask batch), and the transcript that explains the audio best is the answer
-    (:func:`router_core.language_id.language_score`). ``decide=False`` takes the mask's best label as is
+    (:func:`router_core.language_id.best_candidate`). ``decide=False`` takes the mask's best label as is
     (a stream's partial results)."""
     if lang != AUTO:
         return await run(lang, "ctc"), None
@@ -160,14 +159,6 @@ async def transcribe_as(
     finally:  # one failed (or the request was cancelled): the others' items leave the queue
         for task in tasks:
             task.cancel()
-    scores = await run_in_threadpool(_scores, engine.registry, picker, outs, lid)
-    best = max(range(len(outs)), key=scores.__getitem__)
+    best = await run_in_threadpool(best_candidate, picker, engine.registry, outs, lid)
     return outs[best], lid.probabilities[candidates[best]]
 
-
-def _scores(
-    registry: MaskRegistry, picker: DecodingLanguageId, outs: list[RoutedOutput], lid: Classification
-) -> list[float]:
-    """Each candidate's :func:`~router_core.language_id.language_score`."""
-    return [language_score(picker, registry.get(out.mask_name).mask, out.logits, transcript_of(out).text,
-                           lid.probabilities[out.mask_name]) for out in outs]
