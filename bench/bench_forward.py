@@ -7,20 +7,29 @@ host) for reference.
 Run: ``python -m bench.bench_forward [--device cuda] [--seconds 5]``. The backbone is
 ``Wav2Vec2Model(Wav2Vec2Config())`` (wav2vec2-base shape, ~95M parameters, random weights: no
 download). Masks keep 90% of the FFN weights (exact top-k of random scores). Ratios are against
-baselines measured in the same run. Targets: (b) <= 1.03, (c) <= 1.10. Row (c') runs (c)'s mixed batch as
-one single-mask call per segment, one after another, for comparison with the backend's mixed-mask path.
+baselines measured in the same run, round by round (median and range of the rounds). Targets: (b) <= 1.03,
+(c) <= 1.10. Row (c') runs (c)'s mixed batch as one single-mask call per segment, one after another, for
+comparison with the backend's mixed-mask path.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from bench.bench_kernels import segments_one_by_one
-from bench.timing import cuda_graph_medians, interleaved_medians, machine_name, markdown_table
+from bench.timing import (
+    cuda_graph_medians,
+    interleaved_samples,
+    machine_name,
+    markdown_table,
+    ratio_summary,
+    round_ratios,
+)
 from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
 from router_core.kernels.backend import select_backend
 from router_core.maskable import routing
@@ -31,7 +40,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--kernel", default=None, help="reference | cpu | triton (default: auto)")
     parser.add_argument("--seconds", type=float, default=5.0, help="audio length of each request")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of (b)")
+    parser.add_argument("--batch-repeats", type=int, default=5, help="rounds of (c), each 3 batches")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--graph", action="store_true", help="also time (b)'s encoder from CUDA graphs (GPU)")
@@ -60,7 +70,7 @@ def main() -> None:
         one = [torch.randn(samples)]
         batch = [torch.randn(samples) for _ in names]
 
-        times_b = interleaved_medians(
+        times_b = interleaved_samples(
             {
                 "dense": lambda: backbone.encode(one),
                 "masked": lambda: _masked_encode(router, one, "lang0"),
@@ -69,13 +79,13 @@ def main() -> None:
             args.repeats,
             device=args.device,
         )
-        times_c = interleaved_medians(
+        times_c = interleaved_samples(
             {
                 "one mask": lambda: router.forward(batch, ["lang0"] * len(batch)),
                 "all different": lambda: router.forward(batch, names),
                 "one by one": lambda: one_by_one.forward(batch, names),
             },
-            max(2, args.repeats // 2),
+            args.batch_repeats,
             warmup=1,
             device=args.device,
         )
@@ -89,22 +99,24 @@ def main() -> None:
         print(graph_b)
 
 
-def _table(args: argparse.Namespace, n: int, times_b: dict[str, float], times_c: dict[str, float]) -> str:
-    """Rows (b), (b') and (c): baseline and measured seconds, and their ratio."""
+def _table(args: argparse.Namespace, n: int, times_b: dict[str, list[float]], times_c: dict[str, list[float]]) -> str:
+    """Rows (b), (b') and (c): median baseline and measured seconds, and the ratio of the two in each round
+    (median, range)."""
     seconds = f"{args.seconds:g}s"
     rows = [
-        (f"(b) 1 x {seconds} forward", "dense (no mask)", times_b["dense"], "masked 0.9 FFN", times_b["masked"]),
-        (f"(b') 1 x {seconds} request", "dense (no mask)", times_b["dense"], "Router.forward (+ head, decoding)",
-         times_b["request"]),
-        (f"(c) {n} x {seconds} batch", f"{n} x one mask", times_c["one mask"], f"{n} different masks",
-         times_c["all different"]),
-        (f"(c') {n} x {seconds} batch", f"{n} x one mask", times_c["one mask"], f"{n} masks, segments one by one",
-         times_c["one by one"]),
+        (f"(b) 1 x {seconds} forward", "dense (no mask)", times_b, "dense", "masked 0.9 FFN", "masked"),
+        (f"(b') 1 x {seconds} request", "dense (no mask)", times_b, "dense", "Router.forward (+ head, decoding)",
+         "request"),
+        (f"(c) {n} x {seconds} batch", f"{n} x one mask", times_c, "one mask", f"{n} different masks",
+         "all different"),
+        (f"(c') {n} x {seconds} batch", f"{n} x one mask", times_c, "one mask", f"{n} masks, segments one by one",
+         "one by one"),
     ]
     return markdown_table(
-        ["benchmark", "baseline", "baseline s", "measured", "measured s", "ratio"],
-        [[what, base, f"{base_s:.3f}", got, f"{got_s:.3f}", f"{got_s / base_s:.3f}"]
-         for what, base, base_s, got, got_s in rows],
+        ["benchmark", "baseline", "baseline s", "measured", "measured s", "ratio per round: median (range)"],
+        [[what, base, f"{statistics.median(times[base_key]):.3f}", got, f"{statistics.median(times[got_key]):.3f}",
+          ratio_summary(round_ratios(times, base_key)[got_key])]
+         for what, base, times, base_key, got, got_key in rows],
     )
 
 

@@ -4,8 +4,8 @@ Run: ``python -m bench.bench_masks [--device cuda] [--skip-batches]`` (``bench/g
 GPU). A wav2vec2-base-shaped backbone (random weights) with random 0.9-keep feed-forward masks:
 
 1. **Batches** of 8 and 32 items (5 s clips) carrying 1, 8 or 32 distinct masks: throughput and
-   p50/p95 latency of ``Router.forward``, as ratios against the same batch with one mask (target at 8
-   masks: <= 1.10x).
+   p50/p95 latency of ``Router.forward``, and its time against the same batch with one mask in the same
+   round (median and range of the rounds; target at 8 masks: <= 1.10x).
 2. **Memory** with 1, 100 and 1,000 masks resident (budget set to hold them): growth of the process
    (host RSS, or CUDA memory allocated) per mask, against the packed-bit lower bound (1 bit per masked
    weight plus the head's float32 weights).
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import random
 import statistics
 import tempfile
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from bench.timing import machine_name, markdown_table
+from bench.timing import interleaved_samples, machine_name, markdown_table, ratio_summary, round_ratios
 from router_core import Backbone, DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, random_mask
 from router_core.mask_file import decode_mask
 
@@ -59,24 +60,17 @@ def _batches(router: Router, names: list[str], seconds: float, repeats: int, dev
     rows = []
     for size in (8, 32):
         waves = [torch.randn(int(seconds * 16_000)) * 0.1 for _ in range(size)]
-        times: dict[int, list[float]] = {1: [], 8: [], 32: []}
-        router.forward(waves[:2], names[:2])  # warm
-        for _ in range(repeats):
-            for distinct in times:  # interleaved: drift hits every variant alike
-                masks = [names[i % distinct] for i in range(size)]
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                router.forward(waves, masks)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times[distinct].append(time.perf_counter() - start)
-        base = statistics.median(times[1])
+        batches = {distinct: [names[i % distinct] for i in range(size)] for distinct in (1, 8, 32)}
+        times = interleaved_samples(
+            {distinct: functools.partial(router.forward, waves, masks) for distinct, masks in batches.items()},
+            repeats, warmup=1, device=device,
+        )
+        ratios = round_ratios(times, 1)
         for distinct, samples in times.items():
             p50 = statistics.median(samples)
             p95 = _percentile(samples, 0.95)
             rate = size * seconds / p50
-            rows.append([size, distinct, f"{rate:.1f}", f"{p50:.3f}", f"{p95:.3f}", f"{p50 / base:.3f}"])
+            rows.append([size, distinct, f"{rate:.1f}", f"{p50:.3f}", f"{p95:.3f}", ratio_summary(ratios[distinct])])
     return rows
 
 
@@ -159,7 +153,8 @@ def main() -> None:
             router = Router(backbone, registry)
             router.prepare_kernels(32, args.seconds)
             print(f"\n1. batches of {args.seconds:g} s clips ({args.repeats} repeats, interleaved)")
-            print(markdown_table(["items", "distinct masks", "audio s per s", "p50 s", "p95 s", "p50 / 1 mask"],
+            print(markdown_table(["items", "distinct masks", "audio s per s", "p50 s", "p95 s",
+                                  "time / 1 mask's, per round: median (range)"],
                                  _batches(router, names, args.seconds, args.repeats, args.device)))
         if args.batches_only:
             return

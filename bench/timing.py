@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
+from typing import TypeVar
 
 import torch
+
+K = TypeVar("K", bound=Hashable)  # what names a timed function: a label, a count
 
 
 def _sync(device: str) -> None:
@@ -14,10 +17,11 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def interleaved_medians(
-    fns: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu", inner: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each function, run round-robin so drift hits them all alike.
+def interleaved_samples(
+    fns: Mapping[K, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu", inner: int = 1
+) -> dict[K, list[float]]:
+    """Seconds per call of each function, one sample per round, the functions run round-robin so drift
+    hits them all alike.
 
     Each sample times ``inner`` back-to-back calls between two device synchronisations and divides by
     ``inner``: on a GPU, ``inner > 1`` measures calls as a model issues them (launches queued behind
@@ -25,7 +29,7 @@ def interleaved_medians(
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
+    samples: dict[K, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             _sync(device)
@@ -34,7 +38,30 @@ def interleaved_medians(
                 fn()
             _sync(device)
             samples[name].append((time.perf_counter() - start) / inner)
+    return samples
+
+
+def interleaved_medians(
+    fns: Mapping[K, Callable[[], object]], repeats: int, warmup: int = 2, device: str = "cpu", inner: int = 1
+) -> dict[K, float]:
+    """Median seconds per call of each function over :func:`interleaved_samples`' rounds."""
+    samples = interleaved_samples(fns, repeats, warmup, device, inner)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def round_ratios(samples: Mapping[K, list[float]], baseline: K) -> dict[K, list[float]]:
+    """Each function's time over the baseline's in the same round of :func:`interleaved_samples`.
+
+    A ratio of two medians lets a slow stretch of the machine (seen here: one configuration's time moved
+    by up to 30% between processes) land on one side only; the ratio within a round compares calls made
+    seconds apart, so its median and spread say how far the comparison itself can be trusted."""
+    base = samples[baseline]
+    return {name: [t / b for t, b in zip(values, base, strict=True)] for name, values in samples.items()}
+
+
+def ratio_summary(ratios: list[float]) -> str:
+    """``median (min-max, n rounds)`` of per-round ratios."""
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}, {len(ratios)} rounds)"
 
 
 def cuda_graph_medians(
