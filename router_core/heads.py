@@ -3,7 +3,9 @@
 Input features ``h[t]`` of one item (``D`` wide) are either the last hidden states or, with
 ``layer_mix``, a learned softmax-weighted sum over every hidden state the encoder produces (its input
 embeddings and each layer's output, ``S = layers + 1`` of them; SUPERB's weighted-layer sum):
-``h[t] = sum_s softmax(a)_s * H_s[t]``.
+``h[t] = sum_s softmax(a)_s * H_s[t]``. A classification head may instead read them side by side,
+``layer_concat``: ``h[t] = [H_1[t] ; ... ; H_S[t]]`` (``S * D`` wide), which keeps what each layer knows
+apart (speaker identity fades layer by layer in a backbone trained for transcription).
 
 * CTC head: ``logits[t] = h[t] @ W^T + b`` over a vocabulary (``W [V, D]``), decoded with CTC.
 * Classification head: pool the valid frames, ``p = softmax(pool(h) @ W^T + b)``, where ``pool`` is
@@ -24,6 +26,7 @@ from router_core.errors import InvalidInputError
 MaskKind = Literal["ctc", "classify"]
 MASK_KINDS: tuple[str, ...] = ("ctc", "classify")
 POOLINGS: tuple[str, ...] = ("mean", "mean_std")
+PROBES: tuple[str, ...] = ("softmax", "lda")  # how OutputHead.fit_probe fits a classification head
 _STD_EPS = 1e-5
 
 
@@ -39,14 +42,22 @@ class HeadSpec:
     word_delimiter: str = "|"
     pooling: str = "mean"  # classification: "mean" | "mean_std"
     layer_mix: bool = False  # read a learned weighted sum of all hidden states, not the last one
+    layer_concat: bool = False  # classification: read all hidden states side by side
 
     @property
     def num_outputs(self) -> int:
         return len(self.vocab) if self.kind == "ctc" else len(self.labels)
 
-    def input_size(self, hidden_size: int) -> int:
-        """Width of the projection's input: ``D``, or ``2D`` for statistics pooling."""
-        return 2 * hidden_size if self.kind == "classify" and self.pooling == "mean_std" else hidden_size
+    @property
+    def all_layers(self) -> bool:
+        """Whether the head reads every hidden state (``Backbone.encode(..., all_layers=True)``)."""
+        return self.layer_mix or self.layer_concat
+
+    def input_size(self, hidden_size: int, num_hidden_states: int) -> int:
+        """Width of the projection's input: ``D`` (``S * D`` with ``layer_concat``), twice that for
+        statistics pooling."""
+        width = hidden_size * (num_hidden_states if self.layer_concat else 1)
+        return 2 * width if self.kind == "classify" and self.pooling == "mean_std" else width
 
     def validate(self) -> None:
         if self.kind not in MASK_KINDS:
@@ -59,6 +70,8 @@ class HeadSpec:
             raise InvalidInputError(f"blank id {self.blank_id} is outside the vocabulary of {len(self.vocab)}")
         if self.pooling not in POOLINGS or (self.kind == "ctc" and self.pooling != "mean"):
             raise InvalidInputError(f"pooling {self.pooling!r} is not one of {POOLINGS} (classification heads only)")
+        if self.layer_concat and (self.kind != "classify" or self.layer_mix):
+            raise InvalidInputError("layer_concat is for classification heads, and excludes layer_mix")
         names = self.vocab if self.kind == "ctc" else self.labels
         if len(set(names)) != len(names):
             raise InvalidInputError(f"the {self.kind} head has duplicate entries")
@@ -81,7 +94,7 @@ class OutputHead(nn.Module):
         super().__init__()
         spec.validate()
         self.spec = spec
-        self.proj = nn.Linear(spec.input_size(hidden_size), spec.num_outputs)
+        self.proj = nn.Linear(spec.input_size(hidden_size, num_hidden_states), spec.num_outputs)
         # [S] softmax logits over hidden states; zeros = equal weights
         self.layer_weights = nn.Parameter(torch.zeros(num_hidden_states)) if spec.layer_mix else None
         self.register_buffer("input_shift", None)
@@ -89,7 +102,14 @@ class OutputHead(nn.Module):
 
     def features(self, hidden: torch.Tensor) -> torch.Tensor:
         """The encoder output ``[B, T, D]``, or ``[S + 1, B, T, D]`` (all hidden states, then the encoder
-        output; :meth:`Backbone.encode` with ``all_layers``) -> the head's input ``[B, T, D]``."""
+        output; :meth:`Backbone.encode` with ``all_layers``) -> the head's input ``[B, T, D]`` (``[B, T, S * D]``
+        with ``layer_concat``)."""
+        if self.spec.layer_concat:
+            width = self.proj.in_features // (2 if self.spec.pooling == "mean_std" else 1)
+            if hidden.dim() != 4 or (hidden.shape[0] - 1) * hidden.shape[-1] != width:
+                raise InvalidInputError(f"this head reads {width} features per frame; got {tuple(hidden.shape)}")
+            s, b, t, d = hidden[:-1].shape
+            return hidden[:-1].permute(1, 2, 0, 3).reshape(b, t, s * d)  # [B, T, S * D]
         if self.layer_weights is None:
             return hidden[-1] if hidden.dim() == 4 else hidden
         if hidden.dim() != 4 or hidden.shape[0] != self.layer_weights.shape[0] + 1:
@@ -122,21 +142,33 @@ class OutputHead(nn.Module):
         return (pooled - self.input_shift) / self.input_scale
 
     def fit_probe(self, pooled: torch.Tensor, labels: torch.Tensor, steps: int = 300, lr: float = 1e-2,
-                  weight_decay: float = 1e-3) -> float:
+                  weight_decay: float = 1e-3, method: str = "softmax", shrinkage: float = 0.3) -> float:
         """Linear probing before mask learning (LP-FT): standardise on pooled features ``[N, F]``, then fit
-        the projection to ``labels [N]`` by full-batch softmax regression,
-        ``min_W,b CE(W (p - mu) / sigma + b, y) + weight_decay ||W||^2``. Mask learning then starts from a
-        head that already separates the classes, instead of from zero with a few items per step.
-        Returns the probe's training accuracy."""
+        the projection to ``labels [N]``. Mask learning then starts from a head that already separates the
+        classes, instead of from zero with a few items per step. Returns the probe's training accuracy.
+
+        * ``softmax``: full-batch softmax regression, ``min_W,b CE(W (p - mu) / sigma + b, y) +
+          weight_decay ||W||^2``;
+        * ``lda``: shrinkage linear discriminant analysis in closed form (:func:`lda_projection`), the
+          classic back end of speaker recognition: with many features and few items per class it
+          generalises where softmax regression overfits."""
+        if method not in PROBES:
+            raise InvalidInputError(f"probe {method!r} is not one of {PROBES}")
         self.standardize_inputs(pooled)
         inputs = self.standardized(pooled).detach()  # [N, F]
         probe = nn.Linear(inputs.shape[1], self.proj.out_features).to(inputs)
-        optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-        with torch.enable_grad():
-            for _ in range(steps):
-                optimizer.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(probe(inputs), labels).backward()
-                optimizer.step()
+        if method == "lda":
+            weight, bias = lda_projection(inputs, labels, self.proj.out_features, shrinkage)
+            with torch.no_grad():
+                probe.weight.copy_(weight)
+                probe.bias.copy_(bias)
+        else:
+            optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+            with torch.enable_grad():
+                for _ in range(steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(probe(inputs), labels).backward()
+                    optimizer.step()
         with torch.no_grad():
             self.proj.weight.copy_(probe.weight)
             self.proj.bias.copy_(probe.bias)
@@ -158,3 +190,40 @@ def folded_projection(head_state: dict[str, torch.Tensor]) -> tuple[torch.Tensor
         return weight, bias
     scaled = weight / head_state["input_scale"][None, :]  # [O, F]
     return scaled, bias - scaled @ head_state["input_shift"]
+
+
+def lda_projection(
+    inputs: torch.Tensor, labels: torch.Tensor, classes: int, shrinkage: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrinkage LDA as a linear layer: ``(weight [K, F], bias [K])`` for features ``inputs [N, F]`` and
+    ``labels [N]`` in ``[0, K)``.
+
+    Each class is a Gaussian with mean ``mu_k`` and one covariance shared by all, the pooled within-class
+    ``C = sum_i (x_i - mu_{y_i})(x_i - mu_{y_i})^T / (N - K)``, shrunk toward its mean variance:
+    ``C_l = (1 - l) C + l (tr C / F) I``. The class posterior is then a softmax of
+    ``W_k = C_l^{-1} mu_k``, ``b_k = -1/2 mu_k^T C_l^{-1} mu_k + log pi_k`` with ``pi_k = (n_k + 1) / (N + K)``.
+    A class absent from ``labels`` gets the overall mean (zero for standardised inputs). With more
+    features than items, ``C_l^{-1}`` is applied through the ``N x N`` Gram matrix (Woodbury):
+    ``(a I + c R^T R)^{-1} = (I - R^T (a/c I + R R^T)^{-1} R) / a`` with ``R`` the centred items."""
+    if not 0.0 < shrinkage <= 1.0:
+        raise InvalidInputError(f"LDA shrinkage must be in (0, 1], got {shrinkage}")
+    x = inputs.double()  # [N, F]
+    n, f = x.shape
+    counts = torch.bincount(labels, minlength=classes).to(x)  # [K]
+    means = torch.zeros(classes, f, dtype=x.dtype, device=x.device).index_add_(0, labels, x)
+    means /= counts.clamp_min(1.0)[:, None]  # [K, F]
+    centred = x - means[labels]  # [N, F]
+    dof = max(n - int((counts > 0).sum()), 1)
+    a = shrinkage * float(centred.pow(2).sum()) / dof / f  # l tr(C) / F
+    c = (1.0 - shrinkage) / dof
+    if f <= n:
+        cov = c * centred.T @ centred + a * torch.eye(f, dtype=x.dtype, device=x.device)  # [F, F]
+        weight = torch.linalg.solve(cov, means.T).T  # [K, F]
+    elif c == 0.0:
+        weight = means / a
+    else:
+        gram = centred @ centred.T + (a / c) * torch.eye(n, dtype=x.dtype, device=x.device)  # [N, N]
+        weight = (means - torch.linalg.solve(gram, centred @ means.T).T @ centred) / a  # [K, F]
+    prior = (counts + 1.0) / (n + classes)
+    bias = -0.5 * (weight * means).sum(dim=1) + prior.log()
+    return weight.to(inputs.dtype), bias.to(inputs.dtype)

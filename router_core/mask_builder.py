@@ -65,7 +65,8 @@ def random_mask(
     """A mask with random scores (exact top-k per layer) and a random head: for tests and benchmarks."""
     gen = torch.Generator().manual_seed(seed)
     keep = {layer: topk_keep(torch.randn(spec.layer_shapes[layer], generator=gen), keep_ratio) for layer in layers}
-    weight = torch.randn(head.num_outputs, head.input_size(spec.hidden_size), generator=gen) * 0.1
+    width = head.input_size(spec.hidden_size, spec.num_hidden_states)
+    weight = torch.randn(head.num_outputs, width, generator=gen) * 0.1
     bias = torch.zeros(head.num_outputs)
     mix = torch.randn(spec.num_hidden_states, generator=gen) if head.layer_mix else None
     return build_mask(spec, name, head, weight, bias, keep, head_layer_weights=mix)

@@ -1,7 +1,7 @@
 """The mask file: one safetensors file (never pickle) with packed bits, head tensors and JSON metadata.
 
-Layout (format version 3; versions 1 and 2, which predate ``pooling``/``layer_mix`` and the language
-model, still load):
+Layout (format version 4, written only for ``layer_concat`` heads; every other mask is written as
+version 3; versions 1 and 2, which predate ``pooling``/``layer_mix`` and the language model, still load):
 
 * tensors ``bits/<layer name>`` — ``uint8 [N, ceil(K/8)]`` per masked layer (bit order in
   :mod:`router_core.kernels.bits`); ``head/weight`` ``[O, D]`` (``[O, 2D]`` with ``mean_std``
@@ -9,7 +9,8 @@ model, still load):
 * safetensors metadata key ``s3router`` — JSON with ``format_version``, ``name``, ``kind``
   (``ctc`` | ``classify``), ``fingerprint`` (of the backbone), ``layers`` (``{name: [N, K]}``),
   ``keep_ratios`` (``{name: kept / (N*K)}``), ``vocab`` / ``labels``, ``blank_id``, ``word_delimiter``,
-  ``pooling``, ``layer_mix``, ``created_at`` (ISO 8601, UTC), ``metrics``, ``lm`` and ``checksum``;
+  ``pooling``, ``layer_mix``, (version 4) ``layer_concat``, ``created_at`` (ISO 8601, UTC), ``metrics``,
+  ``lm`` and ``checksum``;
 * optionally (CTC masks) a character language model for beam search: tensors ``lm/ngrams``,
   ``lm/logprob``, ``lm/contexts``, ``lm/backoff`` (:meth:`CharNgramLM.to_tensors`) and metadata ``lm``
   = ``{order, tokens, alpha, beta, beam_width, token_prune, max_candidates, info}``; ``null`` without one;
@@ -50,8 +51,11 @@ from router_core.errors import (
 from router_core.heads import HeadSpec, MaskKind
 from router_core.kernels.bits import count_kept, packed_row_bytes
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+# A file is written as the lowest version that holds it, so that replicas one release behind (a rolling
+# upgrade, one Redis registry) still read every mask that does not need the newer format.
+_CONCAT_VERSION = 4  # version 4 added layer_concat heads
 METADATA_KEY = "s3router"
 # Letters, digits, '_', '-', and single dots between them; starts with a letter or digit; at most 128.
 # Anchored for JSON Schema and pydantic (the HTTP API declares it); matched whole here ("$" admits a "\n").
@@ -110,7 +114,7 @@ class RoutingMask:
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata (without checksum) as written to and read from the file."""
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": _CONCAT_VERSION if self.head.layer_concat else 3,
             "name": self.name,
             "kind": self.head.kind,
             "fingerprint": self.fingerprint,
@@ -122,6 +126,7 @@ class RoutingMask:
             "word_delimiter": self.head.word_delimiter,
             "pooling": self.head.pooling,
             "layer_mix": self.head.layer_mix,
+            **({"layer_concat": True} if self.head.layer_concat else {}),
             "created_at": self.created_at,
             "metrics": self.metrics,
             "lm": None if self.lm is None else self.lm.metadata(),
@@ -202,6 +207,7 @@ def decode_mask(data: bytes) -> RoutingMask:
             word_delimiter=str(meta["word_delimiter"]),
             pooling=str(meta.get("pooling", "mean")),
             layer_mix=bool(meta.get("layer_mix", False)),
+            layer_concat=bool(meta.get("layer_concat", False)),
         )
         head.validate()
         shapes = {n: (int(s[0]), int(s[1])) for n, s in meta["layers"].items()}
@@ -270,10 +276,11 @@ def check_compatible(mask: RoutingMask, spec: BackboneSpec) -> None:
             raise LayerShapeMismatchError(
                 f"mask {mask.name!r} layer {name}: shape {list(shape)} but the backbone has {list(live)}"
             )
-    if mask.head_weight.shape[1] != mask.head.input_size(spec.hidden_size):
+    width = mask.head.input_size(spec.hidden_size, spec.num_hidden_states)
+    if mask.head_weight.shape[1] != width:
         raise LayerShapeMismatchError(
-            f"mask {mask.name!r} head takes {mask.head_weight.shape[1]} features, "
-            f"but {mask.head.input_size(spec.hidden_size)} come from a backbone of hidden size {spec.hidden_size}"
+            f"mask {mask.name!r} head takes {mask.head_weight.shape[1]} features, but {width} come from a backbone "
+            f"of hidden size {spec.hidden_size} with {spec.num_hidden_states} hidden states"
         )
     mix = mask.head_layer_weights
     if mix is not None and mix.shape[0] != spec.num_hidden_states:

@@ -133,7 +133,7 @@ class Router:
                 if m.kind != expect_kind:
                     raise MaskKindError(f"mask {m.name!r} is a {m.kind} mask; this call needs a {expect_kind} mask")
         order, plan = self.plan(masks)
-        all_layers = any(m.mask.head.layer_mix for m in masks)
+        all_layers = any(m.mask.head.all_layers for m in masks)
         with routing(plan):
             # [B, T, D] or, when a head mixes layers, [S + 1, B, T, D]; frames [B]
             hidden, frames = self.backbone.encode([checked[i] for i in order], all_layers)

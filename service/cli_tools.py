@@ -66,6 +66,9 @@ def _train_config(args: argparse.Namespace):
         progress=not args.quiet,
         pooling=args.pooling,
         layer_mix=args.layer_mix,
+        layer_concat=args.layer_concat,
+        probe=args.probe,
+        lda_shrinkage=args.lda_shrinkage,
     )
 
 
@@ -260,7 +263,7 @@ def _common(p: argparse.ArgumentParser, registry: bool = True) -> None:
 
 
 def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: bool) -> None:
-    from router_core.heads import POOLINGS
+    from router_core.heads import POOLINGS, PROBES
     from router_core.training.scores import SCORE_INITS
 
     p.add_argument("--train", required=True, help="manifest (JSONL or TSV)")
@@ -277,6 +280,11 @@ def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: boo
         default=None,
         help="head reads a learned weighted sum of all hidden states (default: on for classify)",
     )
+    p.add_argument("--layer-concat", action="store_true",
+                   help="classify: head reads all hidden states side by side (instead of --layer-mix)")
+    p.add_argument("--probe", choices=PROBES, default="softmax",
+                   help="how the classification head is fitted before mask learning (lda: shrinkage LDA)")
+    p.add_argument("--lda-shrinkage", type=float, default=0.3, help="with --probe lda, in (0, 1]")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate")

@@ -94,6 +94,8 @@ def add_masks(registry: MaskRegistry, bb: Backbone, names: list[str], keep: floa
         spec = classify_spec() if name.startswith("cls") else ctc_spec()
         if name.startswith("cls_mix"):  # statistics pooling over a weighted mix of all hidden states
             spec.pooling, spec.layer_mix = "mean_std", True
+        if name.startswith("cls_cat"):  # statistics pooling over all hidden states side by side
+            spec.pooling, spec.layer_concat = "mean_std", True
         mask = random_mask(bb.spec(), name, spec, bb.default_layer_names(attention), keep, seed=100 + i)
         registry.put(encode_mask(mask))
         out.append(mask)

@@ -34,7 +34,12 @@ def _stats_spec():
     return HeadSpec(kind="classify", labels=["a", "b", "c"], pooling="mean_std", layer_mix=True)
 
 
-@pytest.mark.parametrize("spec", [ctc_spec(), classify_spec(4), _stats_spec()], ids=["ctc", "classify", "mixed-stats"])
+def _concat_spec():
+    return HeadSpec(kind="classify", labels=["a", "b", "c"], pooling="mean_std", layer_concat=True)
+
+
+@pytest.mark.parametrize("spec", [ctc_spec(), classify_spec(4), _stats_spec(), _concat_spec()],
+                         ids=["ctc", "classify", "mixed-stats", "concat-stats"])
 def test_round_trip_keeps_everything(bb, spec):
     mask = _mask(bb, spec=spec, attention=True)
     mask.metrics = {"cer": 0.05, "steps": 1000}
@@ -48,6 +53,16 @@ def test_round_trip_keeps_everything(bb, spec):
     if spec.layer_mix:
         assert torch.equal(back.head_layer_weights, mask.head_layer_weights)
     check_compatible(back, bb.spec())
+
+
+def test_a_file_is_written_as_the_lowest_version_that_holds_it(bb):
+    """Only a head that reads all layers side by side needs version 4; every other mask stays version 3,
+    readable by replicas of the previous release (which share one Redis registry during an upgrade)."""
+    for spec, version in ((ctc_spec(), 3), (_stats_spec(), 3), (_concat_spec(), 4)):
+        meta = decode_mask(encode_mask(_mask(bb, spec=spec))).metadata()
+        assert meta["format_version"] == version
+        assert ("layer_concat" in meta) == (version == 4)
+    assert FORMAT_VERSION == 4
 
 
 def test_version_1_files_still_load_as_mean_pooled_last_layer_heads(bb):
@@ -74,6 +89,11 @@ def test_head_that_does_not_fit_the_backbone_is_refused(bb):
     mask.head_layer_weights = None
     with pytest.raises(MaskFormatError, match="layer_weights"):
         decode_mask(encode_mask(mask))
+    mask = _mask(bb, spec=_concat_spec())
+    assert mask.head_weight.shape[1] == 2 * spec.hidden_size * spec.num_hidden_states
+    mask.head_weight = torch.zeros(3, 2 * spec.hidden_size)  # a mixed head's width: one state's statistics
+    with pytest.raises(LayerShapeMismatchError, match=f"with {spec.num_hidden_states} hidden states"):
+        check_compatible(decode_mask(encode_mask(mask)), spec)
 
 
 @pytest.mark.parametrize("keep", [0.0, 0.3, 0.9, 1.0])

@@ -68,10 +68,10 @@ def test_mixed_mask_batch_equals_items_alone(make_registry, arch, backend, monke
         backend = "cpu"
     bb = Backbone.from_model(tiny_model(arch), device=_device_for(backend))
     registry = make_registry(bb)
-    add_masks(registry, bb, ["fr", "de", "cls_speaker", "cls_mix_lang"], keep=0.8)
+    add_masks(registry, bb, ["fr", "de", "cls_speaker", "cls_mix_lang", "cls_cat_voice"], keep=0.8)
     router = _router(bb, registry, backend)
-    batch = waves(1600, 3211, 800, 2500, 2000, 1900)
-    names = ["de", "fr", "cls_speaker", "de", "fr", "cls_mix_lang"]
+    batch = waves(1600, 3211, 800, 2500, 2000, 1900, 2700)
+    names = ["de", "fr", "cls_speaker", "de", "fr", "cls_mix_lang", "cls_cat_voice"]
     together = router.forward(batch, names)
     for wave, name, out in zip(batch, names, together, strict=True):
         alone = router.forward([wave], [name])[0]
@@ -80,6 +80,7 @@ def test_mixed_mask_batch_equals_items_alone(make_registry, arch, backend, monke
         assert torch.allclose(out.logits, alone.logits, atol=1e-4 if bb.device.type == "cpu" else 2e-3)
     assert together[2].classification is not None and together[0].transcript is not None
     assert together[5].classification is not None and together[5].logits.shape == (3,)
+    assert together[6].classification is not None and together[6].logits.shape == (3,)
 
 
 def test_kind_unknown_mask_and_bad_input_are_refused(make_registry):

@@ -84,12 +84,31 @@ def test_resume_continues_from_the_saved_step(corpus, tmp_path, kind, manifest):
     first = train_mask(_backbone(corpus), _config(tmp_path, kind=kind, steps=10, eval_every=5), examples, examples)
     resumed = train_mask(_backbone(corpus), _config(tmp_path, kind=kind, steps=15, eval_every=5, resume=True),
                          examples, examples)
-    assert [h["step"] for h in resumed.history] == [5, 10, 15]
-    assert resumed.history[:2] == first.history
+    start = [0] if kind == "classify" else []  # a probed head is evaluated before the first step
+    assert [h["step"] for h in resumed.history] == [*start, 5, 10, 15]
+    assert resumed.history[:-1] == first.history
     straight = train_mask(_backbone(corpus), _config(tmp_path / "straight", kind=kind, steps=15, eval_every=5),
                           examples, examples)
     untimed = [[{k: v for k, v in h.items() if k != "seconds"} for h in run.history] for run in (resumed, straight)]
     assert untimed[0] == untimed[1]  # the resumed head (a probed one for classify) is the one saved
+
+
+def test_cli_trains_a_concatenated_layer_head_fitted_by_lda(corpus, tmp_path):
+    """``--layer-concat --probe lda``: the head reads every hidden state side by side and starts from the
+    shrinkage-LDA fit; the mask is written as format version 4 and served."""
+    registry = tmp_path / "registry"
+    args = ["--backbone", str(corpus / "backbone"), "--registry", str(registry), "--offline", "--quiet",
+            "--steps", "4", "--eval-every", "2", "--batch-size", "4", "--work-dir", str(tmp_path / "w")]
+    assert main(["train", "--name", "spk", "--kind", "classify", "--train", str(corpus / "cls.tsv"),
+                 "--layer-concat", "--probe", "lda", "--lda-shrinkage", "0.2", *args]) == 0
+    bb = _backbone(corpus)
+    served = MaskRegistry(DirectoryStore(registry), bb.spec()).get("spk")
+    assert served.mask.head.layer_concat and not served.mask.head.layer_mix
+    assert served.mask.metadata()["format_version"] == 4
+    assert served.mask.head_weight.shape == (3, 2 * bb.hidden_size * bb.num_hidden_states)
+    wave = torch.from_numpy(sf.read(corpus / "clip2.wav", dtype="float32")[0])
+    result = Router(bb, MaskRegistry(DirectoryStore(registry), bb.spec())).classify([wave], ["spk"])[0]
+    assert result.label in ("speaker0", "speaker1", "speaker2")
 
 
 def test_cli_train_writes_a_mask_the_registry_serves_and_eval_reports_it(corpus, tmp_path, capsys):
@@ -172,12 +191,13 @@ def test_exported_classifier_matches_the_router(corpus, tmp_path, layer_mix):
     assert theirs[0]["score"] == pytest.approx(ours.probabilities[ours.label], abs=1e-4)
 
 
-def test_statistics_pooling_has_no_hugging_face_export(corpus, tmp_path):
+@pytest.mark.parametrize("pooling,concat,refusal", [("mean_std", False, "mean_std"), ("mean", True, "side by side")])
+def test_heads_without_a_hugging_face_twin_are_not_exported(corpus, tmp_path, pooling, concat, refusal):
     bb = _backbone(corpus)
     spec = classify_spec(3)
-    spec.pooling = "mean_std"
+    spec.pooling, spec.layer_concat = pooling, concat
     mask = random_mask(bb.spec(), "spk", spec, bb.default_layer_names(), 0.9, seed=4)
-    with pytest.raises(InvalidInputError, match="mean_std"):
+    with pytest.raises(InvalidInputError, match=refusal):
         export_mask(bb, mask, tmp_path / "export")
 
 

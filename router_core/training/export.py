@@ -78,6 +78,11 @@ def model_with_head(backbone: Backbone, spec: HeadSpec, base: dict[str, torch.Te
         config.num_labels = len(spec.labels)
         config.id2label = dict(enumerate(spec.labels))
         config.label2id = {label: i for i, label in enumerate(spec.labels)}
+        if spec.layer_concat:
+            raise InvalidInputError(
+                "a classification head that reads all hidden states side by side has no Hugging Face equivalent; "
+                "serve the mask with s3router instead"
+            )
         if spec.pooling != "mean":
             raise InvalidInputError(
                 f"a classification head with {spec.pooling!r} pooling has no Hugging Face equivalent (mean only); "

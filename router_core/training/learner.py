@@ -86,13 +86,14 @@ class MaskLearner(nn.Module):
         and frame lengths ``[B]``."""
         backbone: Backbone = self.__dict__["backbone"]
         with weight_transform(self.scores):
-            hidden, frames = backbone.encode_with_grad(waves, self.head_spec.layer_mix)  # [(S + 1,) B, T, D], [B]
+            hidden, frames = backbone.encode_with_grad(waves, self.head_spec.all_layers)  # [(S + 1,) B, T, D], [B]
         return self.head(hidden.float(), frames), frames
 
     def loss(self, outputs: torch.Tensor, frames: torch.Tensor, targets: Sequence[str]) -> torch.Tensor:
         return head_loss(outputs, frames, targets, self.head_spec)
 
-    def probe_head(self, batches: Iterable[tuple[list[torch.Tensor], list[str]]]) -> float:
+    def probe_head(self, batches: Iterable[tuple[list[torch.Tensor], list[str]]], method: str = "softmax",
+                   shrinkage: float = 0.3) -> float:
         """Classification: fit the head by linear probing (:meth:`OutputHead.fit_probe`) on the pooled
         features of these batches of (training waveforms, labels) under the initial mask; returns the
         probe's training accuracy."""
@@ -101,10 +102,11 @@ class MaskLearner(nn.Module):
         pooled, labels = [], []
         with torch.no_grad(), weight_transform(self.scores):
             for waves, targets in batches:
-                hidden, frames = backbone.encode_with_grad(waves, self.head_spec.layer_mix)
+                hidden, frames = backbone.encode_with_grad(waves, self.head_spec.all_layers)
                 pooled.append(self.head.pooled(hidden.float(), frames))  # [B, F]
                 labels += [index[t] for t in targets]
-        return self.head.fit_probe(torch.cat(pooled), torch.tensor(labels, device=pooled[0].device))
+        return self.head.fit_probe(torch.cat(pooled), torch.tensor(labels, device=pooled[0].device),
+                                   method=method, shrinkage=shrinkage)
 
 
 def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ class LoopConfig:
     max_seconds: float | None = None  # time budget: after a few timed steps, ``steps`` shrinks to fit it
     seed: int = 0
     progress: bool = True
+    evaluate_start: bool = False  # also evaluate before the first step: the starting point competes for best
 
 
 @dataclass
@@ -160,6 +161,17 @@ def _due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
 
+def _track(task: TrainingTask, state: LoopState, metrics: dict[str, float], name: str, loss: float | None,
+           seconds: float) -> None:
+    """Record one dev evaluation at ``state.step`` and keep it if it is the best so far."""
+    entry = {"step": state.step, "loss": loss, "seconds": seconds, **metrics}
+    state.history.append(entry)
+    log.info("%s step %d: %s", name, state.step, entry)
+    if is_better(task.kind, metrics, state.best):
+        state.best, state.best_step = metrics, state.step
+        task.on_best(state.step)
+
+
 def run_loop(
     task: TrainingTask,
     train: Sequence[Example],
@@ -181,6 +193,8 @@ def run_loop(
 
     bar = tqdm(total=config.steps, initial=state.step, disable=not config.progress or rank != 0, desc=config.name)
     budget = _Budget(config, state.step)
+    if rank == 0 and config.evaluate_start and state.step == 0 and not state.history:
+        _track(task, state, evaluate(task, dev, config.batch_size), config.name, None, 0.0)
     task.module.train()
     while state.step < config.steps:
         budget.refit(state.step, bar)
@@ -192,13 +206,7 @@ def run_loop(
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if rank == 0 and _due(state.step, config.eval_every, config.steps):
             metrics = evaluate(task, dev, config.batch_size)
-            entry = {"step": state.step, "loss": float(loss.item()), "seconds": time.monotonic() - budget.started,
-                     **metrics}
-            state.history.append(entry)
-            log.info("%s step %d: %s", config.name, state.step, entry)
-            if is_better(task.kind, metrics, state.best):
-                state.best, state.best_step = metrics, state.step
-                task.on_best(state.step)
+            _track(task, state, metrics, config.name, float(loss.item()), time.monotonic() - budget.started)
         if rank == 0 and checkpoint is not None and _due(state.step, config.checkpoint_every or config.eval_every,
                                                           config.steps):
             save_checkpoint(checkpoint, task, state, gen)

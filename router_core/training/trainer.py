@@ -52,6 +52,9 @@ class TrainConfig:
     progress: bool = True
     pooling: str | None = None  # classification pooling; None: "mean_std" (statistics pooling)
     layer_mix: bool | None = None  # weighted sum of all hidden states; None: on for classification only
+    layer_concat: bool = False  # classification: all hidden states side by side (instead of layer_mix)
+    probe: str = "softmax"  # how a classification head is fitted before mask learning (heads.PROBES)
+    lda_shrinkage: float = 0.3  # with probe="lda"
 
 
 @dataclass
@@ -66,9 +69,9 @@ def head_spec_for(config: TrainConfig, train: Sequence[Example]) -> HeadSpec:
     if config.kind == "ctc":
         vocab = config.vocab or build_vocab([e.target for e in train])
         return HeadSpec(kind="ctc", vocab=vocab, blank_id=0, layer_mix=bool(config.layer_mix))
-    mix = True if config.layer_mix is None else config.layer_mix
+    mix = (True if config.layer_mix is None else config.layer_mix) and not config.layer_concat
     return HeadSpec(kind="classify", labels=sorted({e.target for e in train}), pooling=config.pooling or "mean_std",
-                    layer_mix=mix)
+                    layer_mix=mix, layer_concat=config.layer_concat)
 
 
 class AudioCache:
@@ -138,8 +141,9 @@ def _probe_head(learner: MaskLearner, config: TrainConfig, train: Sequence[Examp
     sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:PROBE_ITEMS]
     items = [train[i] for i in sample.tolist()]
     batches = (items[i : i + config.batch_size] for i in range(0, len(items), config.batch_size))
-    accuracy = learner.probe_head(([load(e) for e in batch], [e.target for e in batch]) for batch in batches)
-    log.info("linear probe on %d training items: training accuracy %.3f", len(items), accuracy)
+    labelled = (([load(e) for e in batch], [e.target for e in batch]) for batch in batches)
+    accuracy = learner.probe_head(labelled, config.probe, config.lda_shrinkage)
+    log.info("%s probe on %d training items: training accuracy %.3f", config.probe, len(items), accuracy)
 
 
 def train_mask(
@@ -166,13 +170,16 @@ def train_mask(
             learner.head.proj.weight.copy_(initial_head[0])
             learner.head.proj.bias.copy_(initial_head[1])
     checkpoint = work / CHECKPOINT
+    probed = spec.kind == "classify" and initial_head is None
     if not (config.resume and checkpoint.is_file()):
         checkpoint.unlink(missing_ok=True)  # a fresh run: never resume a stale one
-        if spec.kind == "classify" and initial_head is None:  # a resumed head comes from its checkpoint
+        if probed:  # a resumed head comes from its checkpoint
             _probe_head(learner, config, train, load)
     task = _MaskTask(learner, backbone, config, load, distributed)
+    # A probed head on the initial mask is a classifier already (the LDA probe's can be the best one): it is
+    # evaluated as step 0 and kept if no later step beats it.
     loop = LoopConfig(config.name, config.steps, config.batch_size, config.eval_every, seed=config.seed,
-                      progress=config.progress)
+                      progress=config.progress, evaluate_start=probed)
     state = run_loop(task, train, dev, loop, checkpoint, distributed)
     if distributed and torch.distributed.get_rank() != 0:
         return None
