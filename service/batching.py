@@ -34,7 +34,7 @@ from router_core.router import RoutedOutput
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a queued item is itself, and its fields hold tensors
 class Pending:
     """One queued request."""
 

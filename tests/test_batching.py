@@ -119,6 +119,22 @@ def test_deadline_and_a_bad_item_do_not_take_the_batch_down():
     assert _run(scenario()).mask_name == "fr"
 
 
+def test_a_caller_anywhere_in_the_queue_can_go_away():
+    """Cancelling an item behind others removes exactly it. (Queued items once compared equal field by
+    field, tensors included: removing any but the first raised RuntimeError, and its work still ran. A
+    loaded CI machine, on which the first item had not yet left the queue, showed it.)"""
+
+    async def scenario():
+        batcher = Batcher(RecordingModel(), max_batch=1, max_wait_s=0.0, max_queue=8)  # not started: all wait
+        first, middle, last = (batcher.submit(torch.zeros(10), m, "ctc", 5.0) for m in ("fr", "de", "es"))
+        batcher.cancel(middle)
+        assert list(batcher.queue) == [first, last] and middle.cancelled
+        batcher.cancel(middle)  # again, or after its batch was taken: nothing to remove
+        assert list(batcher.queue) == [first, last]
+
+    _run(scenario())
+
+
 def test_work_of_a_caller_that_went_away_is_dropped():
     gate = threading.Event()
     model = RecordingModel(gate=gate)

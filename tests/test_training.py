@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +20,8 @@ from router_core.router import Router
 from router_core.training.analyze import mask_similarity, save_heatmap
 from router_core.training.export import export_mask
 from router_core.training.learner import MaskLearner
-from router_core.training.manifest import read_manifest
-from router_core.training.trainer import TrainConfig, train_mask
+from router_core.training.manifest import Example, read_manifest
+from router_core.training.trainer import TrainConfig, head_spec_for, train_mask
 from service.cli import main
 
 TEXTS = ["abc", "bad cab", "ace"]
@@ -109,6 +110,14 @@ def test_cli_trains_a_concatenated_layer_head_fitted_by_lda(corpus, tmp_path):
     wave = torch.from_numpy(sf.read(corpus / "clip2.wav", dtype="float32")[0])
     result = Router(bb, MaskRegistry(DirectoryStore(registry), bb.spec())).classify([wave], ["spk"])[0]
     assert result.label in ("speaker0", "speaker1", "speaker2")
+
+
+@pytest.mark.parametrize("kind,mix", [("ctc", None), ("classify", True)])
+def test_layer_concat_is_refused_where_it_cannot_apply(kind, mix):
+    examples = [Example(audio=Path("a.wav"), target="x", source="m:1")]
+    config = TrainConfig(name="x", kind=kind, layer_mix=mix, layer_concat=True)
+    with pytest.raises(InvalidInputError, match="--layer-concat"):
+        head_spec_for(config, examples)
 
 
 def test_cli_train_writes_a_mask_the_registry_serves_and_eval_reports_it(corpus, tmp_path, capsys):

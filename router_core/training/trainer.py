@@ -19,7 +19,7 @@ from torch import nn
 
 from router_core.audio import load_audio_file
 from router_core.backbone import Backbone
-from router_core.errors import S3RouterError, UnsupportedAudioError
+from router_core.errors import InvalidInputError, S3RouterError, UnsupportedAudioError
 from router_core.heads import HeadSpec, MaskKind, folded_projection
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.mask_builder import build_mask
@@ -66,6 +66,8 @@ class TrainResult:
 
 
 def head_spec_for(config: TrainConfig, train: Sequence[Example]) -> HeadSpec:
+    if config.layer_concat and (config.kind != "classify" or config.layer_mix):
+        raise InvalidInputError("--layer-concat is for classification heads, and excludes --layer-mix")
     if config.kind == "ctc":
         vocab = config.vocab or build_vocab([e.target for e in train])
         return HeadSpec(kind="ctc", vocab=vocab, blank_id=0, layer_mix=bool(config.layer_mix))
