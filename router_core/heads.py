@@ -71,7 +71,9 @@ class HeadSpec:
         if self.pooling not in POOLINGS or (self.kind == "ctc" and self.pooling != "mean"):
             raise InvalidInputError(f"pooling {self.pooling!r} is not one of {POOLINGS} (classification heads only)")
         if self.layer_concat and (self.kind != "classify" or self.layer_mix):
-            raise InvalidInputError("layer_concat is for classification heads, and excludes layer_mix")
+            raise InvalidInputError(
+                "layer_concat (--layer-concat) is for classification heads, and excludes layer_mix (--layer-mix)"
+            )
         names = self.vocab if self.kind == "ctc" else self.labels
         if len(set(names)) != len(names):
             raise InvalidInputError(f"the {self.kind} head has duplicate entries")

@@ -55,7 +55,7 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 # A file is written as the lowest version that holds it, so that replicas one release behind (a rolling
 # upgrade, one Redis registry) still read every mask that does not need the newer format.
-_CONCAT_VERSION = 4  # version 4 added layer_concat heads
+_PLAIN_VERSION = 3  # what a mask whose head needs nothing of version 4 (layer_concat) is written as
 METADATA_KEY = "s3router"
 # Letters, digits, '_', '-', and single dots between them; starts with a letter or digit; at most 128.
 # Anchored for JSON Schema and pydantic (the HTTP API declares it); matched whole here ("$" admits a "\n").
@@ -114,7 +114,7 @@ class RoutingMask:
     def metadata(self) -> dict[str, Any]:
         """The JSON metadata (without checksum) as written to and read from the file."""
         return {
-            "format_version": _CONCAT_VERSION if self.head.layer_concat else 3,
+            "format_version": FORMAT_VERSION if self.head.layer_concat else _PLAIN_VERSION,
             "name": self.name,
             "kind": self.head.kind,
             "fingerprint": self.fingerprint,

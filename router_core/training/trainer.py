@@ -19,7 +19,7 @@ from torch import nn
 
 from router_core.audio import load_audio_file
 from router_core.backbone import Backbone
-from router_core.errors import InvalidInputError, S3RouterError, UnsupportedAudioError
+from router_core.errors import S3RouterError, UnsupportedAudioError
 from router_core.heads import HeadSpec, MaskKind, folded_projection
 from router_core.kernels.bits import pack_bits, unpack_bits
 from router_core.mask_builder import build_mask
@@ -66,14 +66,17 @@ class TrainResult:
 
 
 def head_spec_for(config: TrainConfig, train: Sequence[Example]) -> HeadSpec:
-    if config.layer_concat and (config.kind != "classify" or config.layer_mix):
-        raise InvalidInputError("--layer-concat is for classification heads, and excludes --layer-mix")
+    """The head ``config`` asks for, validated (an impossible combination of flags fails before training)."""
     if config.kind == "ctc":
         vocab = config.vocab or build_vocab([e.target for e in train])
-        return HeadSpec(kind="ctc", vocab=vocab, blank_id=0, layer_mix=bool(config.layer_mix))
-    mix = (True if config.layer_mix is None else config.layer_mix) and not config.layer_concat
-    return HeadSpec(kind="classify", labels=sorted({e.target for e in train}), pooling=config.pooling or "mean_std",
-                    layer_mix=mix, layer_concat=config.layer_concat)
+        spec = HeadSpec(kind="ctc", vocab=vocab, blank_id=0, layer_mix=bool(config.layer_mix),
+                        layer_concat=config.layer_concat)
+    else:
+        mix = not config.layer_concat if config.layer_mix is None else config.layer_mix  # default: mix, unless concat
+        spec = HeadSpec(kind="classify", labels=sorted({e.target for e in train}),
+                        pooling=config.pooling or "mean_std", layer_mix=mix, layer_concat=config.layer_concat)
+    spec.validate()
+    return spec
 
 
 class AudioCache:
