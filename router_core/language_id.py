@@ -21,7 +21,7 @@ labels; when its best probability reaches ``confident`` it is taken as is and no
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -101,19 +101,42 @@ def lm_log_probability(lm: CharNgramLM | None, text: str) -> float:
     return total + lm.score(state, lm.eos_id)
 
 
-def language_score(
-    settings: DecodingLanguageId, mask: RoutingMask, logits: torch.Tensor, text: str, lid_probability: float
-) -> float:
-    """``score(l)`` of the module docstring for one candidate: ``mask``'s CTC output ``logits [T, V]`` (raw or
-    log-softmaxed), the transcript it gave, and the language-ID probability of its language."""
+@dataclass(frozen=True)
+class CandidateTerms:
+    """The terms of ``score(l)`` (module docstring) for one candidate language, before weighting."""
+
+    ctc: float  # log p_ctc(y_l | x)
+    lm: float  # log P_lm_l(y_l)
+    length: int  # |y_l|, characters with single spaces
+    lid: float  # log P_lid(l | x), floored at log 1e-12
+
+    def score(self, settings: DecodingLanguageId) -> float:
+        return (self.ctc + settings.lm_weight * self.lm + settings.length_bonus * self.length
+                + settings.lid_weight * self.lid)
+
+
+def candidate_terms(mask: RoutingMask, logits: torch.Tensor, text: str, lid_probability: float) -> CandidateTerms:
+    """The score terms of one candidate: ``mask``'s CTC output ``logits [T, V]`` (raw or log-softmaxed), the
+    transcript it gave, and the language-ID probability of its language."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]; idempotent on log posteriors
     lm = mask.lm.model if mask.lm is not None else None
-    return (
-        ctc_log_likelihood(log_probs, text, mask.head)
-        + settings.lm_weight * lm_log_probability(lm, text)
-        + settings.length_bonus * len(" ".join(text.split()))
-        + settings.lid_weight * math.log(max(lid_probability, 1e-12))
+    return CandidateTerms(
+        ctc=ctc_log_likelihood(log_probs, text, mask.head),
+        lm=lm_log_probability(lm, text),
+        length=len(" ".join(text.split())),
+        lid=math.log(max(lid_probability, 1e-12)),
     )
+
+
+def decide(settings: DecodingLanguageId, lid: Classification, terms: Mapping[str, CandidateTerms]) -> str:
+    """The language ``lang=auto`` answers for one clip, given the score terms of every language it may decode
+    (``terms``, by language; the transcription masks usable for the clip): the language-ID answer when it is
+    confident or nothing else can be decoded, else the best-scoring candidate (the first of equals). What
+    :func:`identify_languages` and the service decide, as a pure function (fitting the settings uses it)."""
+    candidates = settings.candidates(lid, set(terms))
+    if len(candidates) < 2:
+        return candidates[0] if candidates else lid.label
+    return max(candidates, key=lambda language: terms[language].score(settings))
 
 
 def identify_languages(
@@ -145,14 +168,17 @@ def best_candidate(
     settings: DecodingLanguageId, registry: MaskRegistry, outs: Sequence[RoutedOutput], lid: Classification
 ) -> int:
     """Which of ``outs`` (the candidate languages' transcriptions of one piece of audio, ``lid`` its
-    language-ID answer) has the highest :func:`language_score`; the first of equals."""
-    scores = []
-    for out in outs:
-        if out.transcript is None:  # callers ask for "ctc" outputs; never a bare assert in the service's path
-            raise MaskKindError(f"mask {out.mask_name!r} did not produce a transcript")
-        scores.append(language_score(settings, registry.get(out.mask_name).mask, out.logits, out.transcript.text,
-                                     lid.probabilities[out.mask_name]))
+    language-ID answer) has the highest ``score(l)``; the first of equals."""
+    scores = [candidate_terms_of(registry, out, lid).score(settings) for out in outs]
     return max(range(len(scores)), key=scores.__getitem__)
+
+
+def candidate_terms_of(registry: MaskRegistry, out: RoutedOutput, lid: Classification) -> CandidateTerms:
+    """:func:`candidate_terms` of one transcription output of a candidate language (``lid``: the clip's answer)."""
+    if out.transcript is None:  # callers ask for "ctc" outputs; never a bare assert in the service's path
+        raise MaskKindError(f"mask {out.mask_name!r} did not produce a transcript")
+    return candidate_terms(registry.get(out.mask_name).mask, out.logits, out.transcript.text,
+                           lid.probabilities[out.mask_name])
 
 
 def transcription_masks(registry: MaskRegistry, labels: Sequence[str]) -> list[str]:

@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", help="also check the mask fits this backbone")
     inspect.add_argument("--offline", action="store_true", help="never contact the hub")
     inspect.set_defaults(run=_inspect)
+    from service.cli_language_id import add_language_id_commands
     from service.cli_lm import add_lm_command
     from service.cli_masks import add_masks_commands
     from service.cli_stream import add_stream_command
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_tool_commands(sub)
     add_lm_command(sub)
+    add_language_id_commands(sub)
     add_masks_commands(sub)
     add_stream_command(sub)
     serve = sub.add_parser("serve", help="run the HTTP service")

@@ -22,13 +22,13 @@ def _log_to(work_dir: Path) -> None:
     root.setLevel(logging.INFO)
 
 
-def _backbone(args: argparse.Namespace):
+def backbone_from_args(args: argparse.Namespace):
     from router_core.backbone import load_backbone
 
     return load_backbone(args.backbone, device=args.device, local_files_only=args.offline)
 
 
-def _registry(args: argparse.Namespace, backbone):
+def registry_from_args(args: argparse.Namespace, backbone):
     from router_core.registry import MaskRegistry
     from router_core.stores import open_store
 
@@ -89,7 +89,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
     dev = read_manifest(args.dev, args.kind) if args.dev else train
     config = _train_config(args)
     _log_to(Path(config.work_dir))
-    backbone = _backbone(args)
+    backbone = backbone_from_args(args)
     initial_head = None
     head = backbone.ctc_head
     if args.kind == "ctc" and head is not None and head.vocab and config.vocab is None:
@@ -99,7 +99,7 @@ def run_train(args: argparse.Namespace) -> dict[str, Any]:
         torch.distributed.destroy_process_group()
     if result is None:
         return {"rank": "worker", "done": True}
-    _registry(args, backbone).put(encode_mask(result.mask))
+    registry_from_args(args, backbone).put(encode_mask(result.mask))
     return {
         "mask": result.mask.name,
         "registry": args.registry,
@@ -119,7 +119,7 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
     args.name = "finetune"
     config = _train_config(args)
     _log_to(Path(args.out))
-    backbone = _backbone(args)
+    backbone = backbone_from_args(args)
     initial_head = None
     if args.kind == "ctc" and backbone.ctc_head is not None and backbone.ctc_head.vocab and config.vocab is None:
         config.vocab, initial_head = ctc_head_for(backbone.ctc_head, train)  # as `train` does
@@ -155,8 +155,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         from router_core.decoding import ctc_greedy_decode
         from router_core.router import Router
 
-        backbone = _backbone(args)
-        router = Router(backbone, _registry(args, backbone), decoder=args.decoder)
+        backbone = backbone_from_args(args)
+        router = Router(backbone, registry_from_args(args, backbone), decoder=args.decoder)
         loaded = router.registry.get(args.mask)
         kind = loaded.kind
         examples = read_manifest(args.manifest, kind)
@@ -193,8 +193,8 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.training.export import export_mask
 
-    backbone = _backbone(args)
-    loaded = _registry(args, backbone).get(args.mask)
+    backbone = backbone_from_args(args)
+    loaded = registry_from_args(args, backbone).get(args.mask)
     return export_mask(backbone, loaded.mask, args.out)
 
 
@@ -254,7 +254,7 @@ def add_registry_args(p: argparse.ArgumentParser, required: bool = True) -> None
     p.add_argument("--redis-prefix", default=DEFAULT_PREFIX, help="key prefix of the masks in Redis")
 
 
-def _common(p: argparse.ArgumentParser, registry: bool = True) -> None:
+def add_backbone_args(p: argparse.ArgumentParser, registry: bool = True) -> None:
     p.add_argument("--backbone", required=True, help="checkpoint folder or hub id")
     if registry:
         add_registry_args(p)
@@ -308,19 +308,19 @@ def add_tool_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_training_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="learn a mask (and head) for a language or task")
-    _common(train)
+    add_backbone_args(train)
     train.add_argument("--name", required=True, help="mask name, e.g. fr or speaker")
     _training(train, keep=0.9, init="weight_rank", attention=False)
     train.set_defaults(run=run_train)
 
     prune = sub.add_parser("prune", help="learn a sparse mask (keep 0.3-0.7, magnitude init) for pruning")
-    _common(prune)
+    add_backbone_args(prune)
     prune.add_argument("--name", required=True)
     _training(prune, keep=0.5, init="weight_magnitude", attention=True)
     prune.set_defaults(run=run_train)
 
     finetune = sub.add_parser("finetune", help="weight-finetuning baseline -> Hugging Face checkpoint")
-    _common(finetune, registry=False)
+    add_backbone_args(finetune, registry=False)
     finetune.add_argument("--out", required=True)
     _training(finetune, keep=1.0, init="kaiming", attention=False)
     finetune.set_defaults(run=run_finetune, lr=1e-4)
@@ -344,7 +344,7 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=run_eval)
 
     export = sub.add_parser("export", help="bake a mask into a pruned Hugging Face checkpoint")
-    _common(export)
+    add_backbone_args(export)
     export.add_argument("--mask", required=True)
     export.add_argument("--out", required=True)
     export.set_defaults(run=run_export)

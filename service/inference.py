@@ -113,7 +113,10 @@ AUTO = "auto"
 
 def language_picker(state: AppState) -> DecodingLanguageId:
     """How ``lang=auto`` decides (:mod:`router_core.language_id`), from the settings."""
-    return DecodingLanguageId(top=state.settings.lid_candidates, confident=state.settings.lid_confident)
+    settings = state.settings
+    return DecodingLanguageId(top=settings.lid_candidates, confident=settings.lid_confident,
+                              lm_weight=settings.lid_lm_weight, length_bonus=settings.lid_length_bonus,
+                              lid_weight=settings.lid_weight)
 
 
 def allowed_for(request: Request, state: AppState) -> Callable[[str], bool]:

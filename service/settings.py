@@ -7,7 +7,10 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from router_core.language_id import DecodingLanguageId
 from router_core.redis_store import DEFAULT_PREFIX
+
+_LID = DecodingLanguageId()  # lang=auto's defaults, fitted on the bundled model
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16"}
 
@@ -57,14 +60,27 @@ class ServiceSettings(BaseSettings):
     model_id: str = Field(default="s3router", description="model id reported to OpenAI-compatible clients")
     language_mask: str = Field(default="language", description="classification mask used for lang=auto")
     lid_candidates: int = Field(
-        default=3, ge=1, le=64,
+        default=_LID.top, ge=1, le=64,
         description="lang=auto: the language-ID mask's best labels transcribed, the best-explained one kept; 1: the "
         "mask alone",
     )
     lid_confident: float = Field(
-        default=1.0, gt=0.0, le=1.0,
+        default=_LID.confident, gt=0.0, le=1.0,
         description="lang=auto: the language-ID probability at which its answer is taken without trying others "
         "(1.0 suits the bundled LDA-fitted head; 0.99 a softmax-probed one)",
+    )
+    lid_lm_weight: float = Field(
+        default=_LID.lm_weight, ge=0.0, le=100.0,
+        description="lang=auto: weight of a candidate transcript's language-model log probability "
+        "(`s3router fit-lid` fits every S3R_LID_* setting to your masks)",
+    )
+    lid_length_bonus: float = Field(
+        default=_LID.length_bonus, ge=-100.0, le=100.0,
+        description="lang=auto: score added per character of a candidate transcript",
+    )
+    lid_weight: float = Field(
+        default=_LID.lid_weight, ge=0.0, le=100.0,
+        description="lang=auto: weight of the language-ID log probability of a candidate",
     )
 
     max_batch_size: int = Field(default=8, ge=1, le=256, description="most requests in one forward pass")

@@ -2,25 +2,43 @@
 model score, which candidates are tried, and the decision on a tiny router whose language-ID mask is wrong."""
 
 import itertools
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
+import soundfile as sf
 import torch
 
-from helpers import CTC_VOCAB, ctc_spec, tiny_backbone, unsure_language_masks
+from helpers import CTC_VOCAB, ctc_spec, tiny_backbone, tiny_model, unsure_language_masks
+from router_core.backbone import load_backbone
 from router_core.char_lm import train_char_lm
 from router_core.decoding import Classification
 from router_core.errors import InvalidInputError
 from router_core.kernels.backend import select_backend
 from router_core.language_id import (
+    CandidateTerms,
     DecodingLanguageId,
     ctc_log_likelihood,
+    decide,
     identify_languages,
     lm_log_probability,
     transcription_masks,
 )
+from router_core.mask_file import decode_mask
 from router_core.registry import DirectoryStore, MaskRegistry
 from router_core.router import Router
+from router_core.training.language_id_fit import (
+    ClipTerms,
+    DecisionGrid,
+    collect_terms,
+    fit_decision,
+    mask_alone,
+    score_decision,
+)
+from service.cli import main
+from service.inference import language_picker
+from service.settings import ServiceSettings
 
 
 def _collapse(path: tuple[int, ...], blank: int) -> list[int]:
@@ -97,3 +115,81 @@ def test_a_language_without_a_transcription_mask_is_identified_and_not_transcrib
 
 def test_only_transcription_masks_are_candidates(unsure_router):
     assert transcription_masks(unsure_router.registry, ["fr", "language", "xx", "de"]) == ["fr", "de"]
+
+
+def _clips(n=3):
+    return [torch.randn(16_000, generator=torch.Generator().manual_seed(i)) * 0.1 for i in range(n)]
+
+
+@pytest.mark.parametrize("settings", [DecodingLanguageId(), DecodingLanguageId(top=1),
+                                      DecodingLanguageId(confident=0.5), DecodingLanguageId(lid_weight=1e4)])
+def test_the_pure_decision_is_what_identify_languages_answers(unsure_router, settings):
+    """decide() over terms collected once (what fit-lid scores) answers as the router path does, which serves."""
+    waves = _clips()
+    clips = collect_terms(unsure_router, waves, ["de"] * 3, "language", batch_size=2)
+    assert [sorted(c.terms) for c in clips] == [["de", "fr"]] * 3  # every transcription mask, not only candidates
+    served = [label for label, _, _ in identify_languages(unsure_router, waves, "language", settings)]
+    assert [decide(settings, c.lid, c.terms) for c in clips] == served
+    assert served == (["fr"] * 3 if settings.top == 1 or settings.confident <= 0.55 or settings.lid_weight > 1e3
+                      else ["de"] * 3)
+
+
+def test_fitting_finds_the_decision_the_masks_need(unsure_router):
+    """The language-ID mask says fr on every clip and decoding says de: labelled de, the fit must decode."""
+    clips = collect_terms(unsure_router, _clips(), ["de"] * 3, "language")
+    assert mask_alone(clips).accuracy == 0.0
+    ranked = fit_decision(clips)
+    assert len(ranked) == len(DecisionGrid()) and ranked[0].accuracy == 1.0 and ranked[0].decoded == 1.0
+    assert ranked[0].settings.top == 2  # as right as 3 or 6 candidates, and fewer items decoded
+    fitted = [label for label, _, _ in identify_languages(unsure_router, _clips(), "language", ranked[0].settings)]
+    assert fitted == ["de"] * 3
+
+
+def _terms(ctc_right: float, ctc_wrong: float) -> dict[str, CandidateTerms]:
+    return {"fr": CandidateTerms(ctc_right, 0.0, 5, math.log(0.995)),
+            "de": CandidateTerms(ctc_wrong, 0.0, 5, math.log(0.005))}
+
+
+def test_among_equally_right_settings_the_fit_decodes_least():
+    """A mask right at p = 0.995 and transcription scores that lean wrong: trusting the mask at 0.99 is right
+    and decodes nothing; decoding everything is right only with a heavy language-ID weight, so it ranks after."""
+    lid = Classification("fr", {"fr": 0.995, "de": 0.005})
+    clips = [ClipTerms("fr", lid, _terms(-20.0, -10.0 - i)) for i in range(4)]
+    grid = DecisionGrid(top=(3, 2), confident=(1.0, 0.99), lm_weight=(1.0,), length_bonus=(0.0,), lid_weight=(0.0, 5.0))
+    ranked = fit_decision(clips, grid)
+    assert [(s.settings.top, s.settings.confident, s.settings.lid_weight, s.accuracy, s.decoded) for s in ranked] == [
+        (3, 0.99, 0.0, 1.0, 0.0), (3, 0.99, 5.0, 1.0, 0.0), (2, 0.99, 0.0, 1.0, 0.0), (2, 0.99, 5.0, 1.0, 0.0),
+        (2, 1.0, 5.0, 1.0, 1.0), (3, 1.0, 5.0, 1.0, 1.0), (2, 1.0, 0.0, 0.0, 1.0), (3, 1.0, 0.0, 0.0, 1.0),
+    ]
+    with pytest.raises(InvalidInputError):
+        score_decision(DecodingLanguageId(), [])
+
+
+def test_collect_terms_refuses_unlabelled_clips(unsure_router):
+    with pytest.raises(InvalidInputError, match="3 clips but 2 labels"):
+        collect_terms(unsure_router, _clips(), ["de", "de"], "language")
+
+
+def test_fit_lid_cli_prints_settings_the_service_takes(tmp_path, capsys):
+    tiny_model().save_pretrained(tmp_path / "bb")
+    bb = load_backbone(tmp_path / "bb", local_files_only=True)
+    store = DirectoryStore(tmp_path / "reg")
+    for data in unsure_language_masks(bb):
+        store.write(decode_mask(data).name, data)
+    rows = []
+    for i, wave in enumerate(_clips()):
+        sf.write(tmp_path / f"c{i}.wav", wave.numpy(), 16_000)
+        rows.append(json.dumps({"audio": f"c{i}.wav", "label": "de"}))
+    (tmp_path / "dev.jsonl").write_text("\n".join(rows) + "\n")
+    assert main(["fit-lid", "--backbone", str(tmp_path / "bb"), "--registry", str(tmp_path / "reg"), "--offline",
+                 "--manifest", str(tmp_path / "dev.jsonl"), "--show", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["clips"] == 3 and report["mask_alone"] == 0.0 and len(report["best"]) == 3
+    assert report["best"][0]["accuracy"] == 1.0 and report["defaults"]["accuracy"] == 1.0
+    fitted = {name.removeprefix("S3R_").lower(): value for name, value in report["settings"].items()}
+    picker = language_picker(SimpleNamespace(settings=ServiceSettings(**fitted)))  # every name is a real setting
+    assert picker == ranked_settings(report["best"][0])
+
+
+def ranked_settings(row: dict) -> DecodingLanguageId:
+    return DecodingLanguageId(row["top"], row["confident"], row["lm_weight"], row["length_bonus"], row["lid_weight"])

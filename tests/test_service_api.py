@@ -245,13 +245,17 @@ def test_request_past_its_deadline_gets_504(tmp_path):
         assert r.status_code == 504 and "deadline" in r.json()["error"]["message"]
 
 
-def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path):
-    factory = tiny_engine_factory(more_masks=lambda bb: [language_id_mask(bb, (-3.0, 3.0))])  # de, p = sigmoid(6)
-    with TestClient(create_app(_settings(tmp_path), factory)) as c:
+@pytest.mark.parametrize("margin, confident", [(6.0, {"lid_confident": 0.99}), (40.0, {})])
+def test_lang_auto_detects_then_transcribes_with_that_language(tmp_path, margin, confident):
+    """A confident language-ID mask decides alone: p = sigmoid(6) against S3R_LID_CONFIDENT=0.99, and with the
+    default (1.0) a probability that rounds to 1 (an LDA-fitted head's usual answer)."""
+    bias = (-margin / 2, margin / 2)  # [fr, de]: de, p = sigmoid(margin)
+    factory = tiny_engine_factory(more_masks=lambda bb: [language_id_mask(bb, bias)])
+    with TestClient(create_app(_settings(tmp_path, **confident), factory)) as c:
         wav = audio_bytes(1.0)
         auto = c.post("/transcribe?lang=auto", content=wav).json()
         assert auto["language"] == "de" and auto["mask"] == "de"
-        assert auto["language_probability"] == pytest.approx(1 / (1 + math.exp(-6)), abs=1e-5)
+        assert auto["language_probability"] == pytest.approx(1 / (1 + math.exp(-margin)), abs=1e-5)
         assert auto["text"] == c.post("/transcribe?lang=de", content=wav).json()["text"]
         files = {"file": ("a.wav", wav, "audio/wav")}
         assert (
