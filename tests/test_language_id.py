@@ -165,6 +165,15 @@ def test_among_equally_right_settings_the_fit_decodes_least():
         score_decision(DecodingLanguageId(), [])
 
 
+def test_clips_without_a_transcription_mask_are_answered_by_the_mask_alone(unsure_router):
+    unsure_router.registry.delete("de")
+    unsure_router.registry.delete("fr")
+    clips = collect_terms(unsure_router, _clips(2), ["fr", "de"], "language")
+    assert [c.terms for c in clips] == [{}, {}]
+    scored = score_decision(DecodingLanguageId(), clips)
+    assert (scored.accuracy, scored.decoded) == (0.5, 0.0)
+
+
 def test_collect_terms_refuses_unlabelled_clips(unsure_router):
     with pytest.raises(InvalidInputError, match="3 clips but 2 labels"):
         collect_terms(unsure_router, _clips(), ["de", "de"], "language")

@@ -19,7 +19,7 @@ decoded clip costs ``top`` transcription items), then the first in grid order.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -93,6 +93,7 @@ def collect_terms(
         lids = router.classify(chunk, [language_mask] * len(chunk))
         languages = transcription_masks(router.registry, list(lids[0].probabilities))
         outs = router.forward([w for w in chunk for _ in languages], [lang for _ in chunk for lang in languages], "ctc")
+        # (no transcription mask among the labels: no outputs, and every clip is answered by the mask alone)
         for i, lid in enumerate(lids):
             mine = outs[i * len(languages):(i + 1) * len(languages)]
             terms = {out.mask_name: candidate_terms_of(router.registry, out, lid) for out in mine}
@@ -109,17 +110,9 @@ def score_decision(settings: DecodingLanguageId, clips: Sequence[ClipTerms]) -> 
     return DecisionScore(settings, right / len(clips), decoded / len(clips))
 
 
-def fit_decision(
-    clips: Sequence[ClipTerms], grid: DecisionGrid | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> list[DecisionScore]:
+def fit_decision(clips: Sequence[ClipTerms], grid: DecisionGrid | None = None) -> list[DecisionScore]:
     """Every setting of ``grid`` scored over ``clips``, best first (see the module docstring for the order)."""
-    grid = grid or DecisionGrid()
-    scores = []
-    for i, settings in enumerate(grid.settings()):
-        scores.append(score_decision(settings, clips))
-        if progress is not None:
-            progress(i + 1, len(grid))
+    scores = [score_decision(settings, clips) for settings in (grid or DecisionGrid()).settings()]
     def rank(i: int) -> tuple[float, float, int]:  # accuracy first, then candidates decoded per clip, then grid order
         return -scores[i].accuracy, scores[i].decoded * scores[i].settings.top, i
 
