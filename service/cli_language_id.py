@@ -24,7 +24,7 @@ def run_fit_language_id(args: argparse.Namespace) -> dict[str, Any]:
     examples = read_manifest(args.manifest, "classify")
     load = AudioCache()
     clips = collect_terms(router, [load(e) for e in examples], [e.target for e in examples], args.mask,
-                          args.batch_size)
+                          args.batch_size, progress=not args.quiet)
     ranked = fit_decision(clips)
     best = ranked[0].as_dict()
     return {
@@ -46,4 +46,5 @@ def add_language_id_commands(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--mask", default="language", help="the language-ID mask")
     fit.add_argument("--batch-size", type=int, default=8, help="clips per batch (each decoded by every language)")
     fit.add_argument("--show", type=int, default=10, help="best settings listed")
+    fit.add_argument("--quiet", action="store_true", help="no progress bar")
     fit.set_defaults(run=run_fit_language_id)

@@ -80,14 +80,18 @@ class DecisionScore:
 
 
 def collect_terms(
-    router: Router, waves: Sequence[torch.Tensor], truths: Sequence[str], language_mask: str, batch_size: int = 8
+    router: Router, waves: Sequence[torch.Tensor], truths: Sequence[str], language_mask: str, batch_size: int = 8,
+    progress: bool = False,
 ) -> list[ClipTerms]:
     """Each clip classified by ``language_mask`` and transcribed by every transcription mask among its labels,
-    ``batch_size`` clips at a time (``batch_size`` x languages items per batch): the terms of
-    step 1 of the module docstring. ``truths``: each clip's language."""
+    ``batch_size`` clips at a time (``batch_size`` x languages items per batch): step 1 of the module
+    docstring. ``truths``: each clip's language; ``progress``: a progress bar (clips)."""
+    from tqdm.auto import tqdm
+
     if len(waves) != len(truths):
         raise InvalidInputError(f"{len(waves)} clips but {len(truths)} labels")
     clips: list[ClipTerms] = []
+    bar = tqdm(total=len(waves), disable=not progress, desc="clips transcribed in every language")
     for start in range(0, len(waves), batch_size):
         chunk = list(waves[start:start + batch_size])
         lids = router.classify(chunk, [language_mask] * len(chunk))
@@ -98,6 +102,8 @@ def collect_terms(
             mine = outs[i * len(languages):(i + 1) * len(languages)]
             terms = {out.mask_name: candidate_terms_of(router.registry, out, lid) for out in mine}
             clips.append(ClipTerms(truths[start + i], lid, terms))
+        bar.update(len(chunk))
+    bar.close()
     return clips
 
 
@@ -113,6 +119,7 @@ def score_decision(settings: DecodingLanguageId, clips: Sequence[ClipTerms]) -> 
 def fit_decision(clips: Sequence[ClipTerms], grid: DecisionGrid | None = None) -> list[DecisionScore]:
     """Every setting of ``grid`` scored over ``clips``, best first (see the module docstring for the order)."""
     scores = [score_decision(settings, clips) for settings in (grid or DecisionGrid()).settings()]
+
     def rank(i: int) -> tuple[float, float, int]:  # accuracy first, then candidates decoded per clip, then grid order
         return -scores[i].accuracy, scores[i].decoded * scores[i].settings.top, i
 
