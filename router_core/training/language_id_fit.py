@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -129,4 +129,4 @@ def fit_decision(clips: Sequence[ClipTerms], grid: DecisionGrid | None = None) -
 
 def mask_alone(clips: Sequence[ClipTerms]) -> DecisionScore:
     """The language-ID mask's own answers (``top`` 1: nothing decoded)."""
-    return score_decision(replace(DecodingLanguageId(), top=1), clips)
+    return score_decision(DecodingLanguageId(top=1), clips)
