@@ -73,7 +73,7 @@ train() {
     --warmup 200 --eval-every 500 --dev-per-lang 40 --dev-split dev_unheard --max-seconds "$seconds" \
     --seed 3 --quiet ${PRETRAIN_ARGS:-} 2>&1 | tee "$out/pretrain.txt"
   # every evaluation (the command prints the last three): greedy CER on the held-out voices, to compare with
-  # the shipped backbone's (docs/bundled-model.md: 0.265 for v7, 40 utterances per language, pooled)
+  # the shipped backbone's (docs/bundled-model.md: 0.230 for v8, 40 utterances per language, pooled)
   "$python" -c "import json, sys, torch
 for entry in torch.load(sys.argv[1], weights_only=False)['history']:
     print(json.dumps({key: entry[key] for key in ('step', 'cer', 'wer', 'loss', 'seconds')}))" \
