@@ -7,10 +7,6 @@ from typing import Any
 
 from service.cli_tools import add_backbone_args, backbone_from_args, registry_from_args
 
-# the setting each field of DecodingLanguageId is served from
-_SETTING_OF = {"top": "S3R_LID_CANDIDATES", "confident": "S3R_LID_CONFIDENT", "lm_weight": "S3R_LID_LM_WEIGHT",
-               "length_bonus": "S3R_LID_LENGTH_BONUS", "lid_weight": "S3R_LID_WEIGHT"}
-
 
 def run_fit_language_id(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.language_id import DecodingLanguageId
@@ -18,6 +14,7 @@ def run_fit_language_id(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.training.language_id_fit import collect_terms, fit_decision, mask_alone, score_decision
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import AudioCache
+    from service.settings import LID_SETTINGS, ServiceSettings
 
     backbone = backbone_from_args(args)
     router = Router(backbone, registry_from_args(args, backbone))
@@ -27,12 +24,13 @@ def run_fit_language_id(args: argparse.Namespace) -> dict[str, Any]:
                           args.batch_size, progress=not args.quiet)
     ranked = fit_decision(clips)
     best = ranked[0].as_dict()
+    prefix = ServiceSettings.model_config.get("env_prefix", "")
     return {
         "clips": len(clips),
         "mask_alone": mask_alone(clips).accuracy,
         "defaults": score_decision(DecodingLanguageId(), clips).as_dict(),
         "best": [score.as_dict() for score in ranked[: args.show]],
-        "settings": {setting: best[field] for field, setting in _SETTING_OF.items()},
+        "settings": {f"{prefix}{name.upper()}": best[field] for field, name in LID_SETTINGS.items()},
     }
 
 

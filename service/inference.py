@@ -23,6 +23,7 @@ from router_core.heads import MaskKind
 from router_core.language_id import DecodingLanguageId, best_candidate, transcription_masks
 from router_core.router import RoutedOutput
 from service.batching import Pending
+from service.settings import LID_SETTINGS
 from service.state import AppState
 
 DISCONNECT_POLL_S = 0.1
@@ -113,10 +114,7 @@ AUTO = "auto"
 
 def language_picker(state: AppState) -> DecodingLanguageId:
     """How ``lang=auto`` decides (:mod:`router_core.language_id`), from the settings."""
-    settings = state.settings
-    return DecodingLanguageId(top=settings.lid_candidates, confident=settings.lid_confident,
-                              lm_weight=settings.lid_lm_weight, length_bonus=settings.lid_length_bonus,
-                              lid_weight=settings.lid_weight)
+    return DecodingLanguageId(**{field: getattr(state.settings, name) for field, name in LID_SETTINGS.items()})
 
 
 def allowed_for(request: Request, state: AppState) -> Callable[[str], bool]:

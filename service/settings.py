@@ -11,6 +11,9 @@ from router_core.language_id import DecodingLanguageId
 from router_core.redis_store import DEFAULT_PREFIX
 
 _LID = DecodingLanguageId()  # lang=auto's defaults, fitted on the bundled model
+# each field of lang=auto's DecodingLanguageId -> the setting it is served from (variable: S3R_ + name, upper case)
+LID_SETTINGS = {"top": "lid_candidates", "confident": "lid_confident", "lm_weight": "lid_lm_weight",
+                "length_bonus": "lid_length_bonus", "lid_weight": "lid_weight"}
 
 DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "bfloat16": "bfloat16"}
 
