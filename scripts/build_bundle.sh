@@ -112,8 +112,9 @@ add_lm() {  # mask
   if [ -f "$LM_TEXT/$1.txt" ] && [[ " $LM_TEXT_LANGS " == *" $1 "* ]]; then
     text=(--text "$own" --text "$own" --text "$LM_TEXT/$1.txt" --min-count 4)
   fi
+  # alpha/beta fitted on the dev sentences in the training voices and in the held-out dev voices together
   s3r_job lm --registry masks/registry --mask "$1" "${text[@]}" --dev "$CORPUS/${1}_dev.jsonl" \
-    --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
+    --dev "$CORPUS/${1}_dev_unheard.jsonl" --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
 }
 for lang in $LANGS $HELD_OUT; do
   in_background add_lm "$lang"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from router_core.errors import InvalidInputError
@@ -20,7 +21,7 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.router import Router
     from router_core.stores import open_store
     from router_core.training.evaluation import predict_in_batches
-    from router_core.training.lm_builder import read_texts, with_language_model
+    from router_core.training.lm_builder import read_texts, with_language_model, with_refitted_weights
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import AudioCache
 
@@ -29,8 +30,8 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
     if args.remove:
         store.write(args.mask, encode_mask(replace(mask, lm=None)))
         return {"mask": args.mask, "lm": None}
-    if not args.text:
-        raise InvalidInputError("s3router lm needs --text (or --remove)")
+    if not args.text and not args.dev:
+        raise InvalidInputError("s3router lm needs --text, --dev (refit the weights) or --remove")
     settings = BeamSettings(beam_width=args.beam_width, alpha=args.alpha, beta=args.beta)
     dev = None
     if args.dev:
@@ -39,7 +40,7 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
         backbone = load_backbone(args.backbone, device=args.device, local_files_only=args.offline)
         registry = MaskRegistry(store, backbone.spec(), device=backbone.device, budget_bytes=2**40)
         router = Router(backbone, registry, decoder="greedy")
-        examples = read_manifest(args.dev, "ctc")
+        examples = [e for path in args.dev for e in read_manifest(path, "ctc")]  # pooled
 
         def log_posteriors(waves: list[torch.Tensor]) -> list[torch.Tensor]:
             outs = router.forward(waves, [args.mask] * len(waves), "ctc")
@@ -47,8 +48,15 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
 
         log_probs = predict_in_batches(examples, log_posteriors, AudioCache(), args.batch_size)
         dev = (log_probs, [e.target for e in examples])
-    texts = [t for path in args.text for t in read_texts(path)]
-    updated = with_language_model(mask, texts, args.order, args.min_count, settings, dev)
+    if args.text:
+        texts = [t for path in args.text for t in read_texts(path)]
+        updated = with_language_model(mask, texts, args.order, args.min_count, settings, dev)
+    else:
+        assert dev is not None
+        updated = with_refitted_weights(mask, dev)
+    if args.dev:
+        assert updated.lm is not None
+        updated.lm.info["dev_sets"] = [Path(path).name for path in args.dev]
     data = encode_mask(updated)
     store.write(args.mask, data)
     assert updated.lm is not None
@@ -67,7 +75,9 @@ def add_lm_command(sub: Any) -> None:
                          "(a file given twice counts twice: weights a mask's own transcripts against general text)")
     lm.add_argument("--order", type=int, default=8, help="n-gram order in characters")
     lm.add_argument("--min-count", type=int, default=2, help="prune n-grams (3+ tokens) seen fewer times")
-    lm.add_argument("--dev", help="dev manifest: fit alpha/beta on it (needs --backbone)")
+    lm.add_argument("--dev", action="append",
+                    help="dev manifest: fit alpha/beta on it (needs --backbone); repeatable: the sets are pooled. "
+                         "Without --text: keep the mask's language model and only refit its weights")
     lm.add_argument("--backbone", help="checkpoint folder or hub id the mask was learned on")
     lm.add_argument("--device", default="cpu")
     lm.add_argument("--offline", action="store_true", help="never contact the hub")
@@ -88,8 +98,6 @@ def add_lm_command(sub: Any) -> None:
 
 
 def run_lm_text(args: argparse.Namespace) -> dict[str, Any]:
-    from pathlib import Path
-
     from router_core.training.lm_builder import read_texts
     from router_core.training.lm_text import REGISTRY, write_language_model_texts
     from router_core.training.text_sources import normalize

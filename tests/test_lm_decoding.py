@@ -20,7 +20,14 @@ from router_core.mask_file import METADATA_KEY, _checksum, decode_mask, encode_m
 from router_core.registry import DirectoryStore
 from router_core.router import Router
 from router_core.training.evaluation import error_rates
-from router_core.training.lm_builder import fit_weights, read_texts, with_language_model
+from router_core.training.lm_builder import (
+    _half_step,
+    _neighbours,
+    fit_weights,
+    read_texts,
+    with_language_model,
+    with_refitted_weights,
+)
 from service.cli import main
 
 TEXTS = ["hello", "a bad lad", "a cold hell", "hello old lad", "a bold deal"]
@@ -148,6 +155,40 @@ def test_fit_weights_finds_weights_that_beat_greedy():
         fit_weights([], [], spec, lm, settings)
 
 
+def test_fit_weights_refines_around_the_grids_best_point():
+    assert _half_step([0.4, 1.2, 0.8]) == pytest.approx(0.2) and _half_step([2.0]) == 0.0
+    assert _neighbours(0.4, 0.0, 0.2, 0.5) == [(0.2, 0.0), (0.6, 0.0), (0.4, 0.5)]  # no negative bonus
+    assert _neighbours(0.4, 1.0, 0.4, 0.0) == [(0.8, 1.0)]  # alpha stays positive; a zero step adds nothing
+    spec = ctc_spec()
+    lm = train_char_lm(TEXTS * 4, 5, spec.vocab[1:])
+    log_probs = _close_calls(TEXTS, spec.vocab)
+
+    def cer(alpha, beta):
+        settings = BeamSettings(beam_width=8, alpha=alpha, beta=beta)
+        return error_rates(TEXTS, [ctc_beam_decode(x, spec, 1.0, lm, settings).text for x in log_probs])["cer"]
+
+    alphas, betas = (0.2, 4.0), (0.0, 6.0)
+    grid = {(a, b): cer(a, b) for a in alphas for b in betas}
+    grid_best = min(grid, key=lambda k: (grid[k], k))
+    around = {k: cer(*k) for k in _neighbours(*grid_best, 1.9, 3.0)}
+    settings, cers = fit_weights(log_probs, TEXTS, spec, lm, BeamSettings(beam_width=8), alphas, betas)
+    expected = min({**grid, **around}.items(), key=lambda kv: (kv[1], kv[0]))
+    assert (settings.alpha, settings.beta) == pytest.approx(expected[0]) and cers["beam_lm"] == expected[1]
+    assert cers["beam_lm"] <= min(grid.values())
+
+
+def test_refitting_keeps_the_model_and_fits_the_weights(bb):
+    spec = ctc_spec()
+    mask = _with_lm(_ctc_mask(bb), order=5, settings=BeamSettings(beam_width=8, alpha=3.0, beta=5.0))
+    log_probs = _close_calls(TEXTS, spec.vocab)
+    refitted = with_refitted_weights(mask, (log_probs, TEXTS))
+    assert refitted.lm is not None and refitted.lm.model is mask.lm.model and refitted.lm.settings.beam_width == 8
+    assert refitted.lm.info["sentences"] == 5 and refitted.lm.info["dev_examples"] == len(TEXTS)
+    assert refitted.lm.info["dev_cer_beam_lm"] < refitted.lm.info["dev_cer_greedy"]
+    with pytest.raises(InvalidInputError, match="no language model"):
+        with_refitted_weights(_ctc_mask(bb), (log_probs, TEXTS))
+
+
 def test_only_ctc_masks_take_a_language_model(bb):
     mask = random_mask(bb.spec(), "speaker", classify_spec(), bb.default_layer_names(), 0.9)
     with pytest.raises(MaskKindError, match="CTC"):
@@ -185,8 +226,20 @@ def test_cli_trains_fits_and_removes_a_masks_language_model(tmp_path, capsys):
     assert with_lm["greedy"]["cer"] == pytest.approx(greedy["cer"])
     assert greedy["cer"] == pytest.approx(mask.lm.info["dev_cer_greedy"], abs=1e-4)
     assert with_lm["cer"] == pytest.approx(mask.lm.info["dev_cer_beam_lm"], abs=1e-4)
+    model_before = mask.lm.model.grams
+    dev_args = ["--dev", str(tmp_path / "dev.jsonl"), "--dev", str(tmp_path / "dev.jsonl")]
+    assert main([*common, *dev_args, "--backbone", str(tmp_path / "bb"), "--offline"]) == 0  # refit only
+    capsys.readouterr()
+    refitted = decode_mask(store.read("fr"))
+    assert refitted.lm is not None and refitted.lm.model.grams == model_before
+    assert refitted.lm.info["dev_examples"] == 10 and refitted.lm.info["dev_sets"] == ["dev.jsonl", "dev.jsonl"]
+    assert refitted.lm.info["sentences"] == 5 and refitted.lm.settings.beam_width == 4
     assert main([*common, "--remove"]) == 0
     assert decode_mask(store.read("fr")).lm is None
+    assert main([*common, *dev_args, "--backbone", str(tmp_path / "bb"), "--offline"]) == 1
+    assert "no language model to refit" in capsys.readouterr().err
+    assert main(common) == 1
+    assert "needs --text, --dev" in capsys.readouterr().err
     assert main(["lm", "--registry", str(tmp_path / "reg"), "--mask", "fr", "--dev", str(tmp_path / "dev.jsonl"),
                  "--text", str(tmp_path / "dev.jsonl")]) == 1
     assert "needs --backbone" in capsys.readouterr().err

@@ -1,9 +1,11 @@
 """Giving a CTC mask a character language model: train it on text, fit its weights on dev audio.
 
 The model is estimated by :func:`router_core.char_lm.train_char_lm` over the mask's own alphabet.
-``alpha`` and ``beta`` (see :mod:`router_core.ctc_beam`) are chosen by grid search for the lowest dev
-CER, with the head's log posteriors computed once; the greedy CER of the same posteriors is kept
-beside it, so the mask's ``lm.info`` says what the model buys.
+``alpha`` and ``beta`` (see :mod:`router_core.ctc_beam`) are chosen for the lowest dev CER, with the
+head's log posteriors computed once: a grid, then one refinement around its best point at half the
+grid's spacing. The greedy CER of the same posteriors is kept beside it, so the mask's ``lm.info`` says
+what the model buys. The dev audio may pool several sets (the bundle fits on its training voices and on
+voices it never trained on: the bonus ``beta`` that suits the second is larger).
 """
 
 from __future__ import annotations
@@ -64,8 +66,12 @@ def fit_weights(
     alphas: Sequence[float] = ALPHAS,
     betas: Sequence[float] = BETAS,
 ) -> tuple[BeamSettings, dict[str, float]]:
-    """The ``(alpha, beta)`` of the grid with the lowest CER over ``log_probs`` (``[T_i, V]`` each),
-    and the CERs: ``greedy``, ``beam_no_lm`` and ``beam_lm`` (at the chosen weights)."""
+    """The ``(alpha, beta)`` with the lowest CER over ``log_probs`` (``[T_i, V]`` each), and the CERs:
+    ``greedy``, ``beam_no_lm`` and ``beam_lm`` (at the chosen weights).
+
+    Search: every point of ``alphas x betas``; then the four neighbours of the best one at half the
+    grid's spacing (``alpha +- da/2``, ``beta +- db/2``, kept where ``alpha > 0`` and ``beta >= 0``).
+    Ties go to the smaller weights."""
     if not log_probs or len(log_probs) != len(references):
         raise InvalidInputError("fitting language-model weights needs dev examples with references")
 
@@ -76,10 +82,29 @@ def fit_weights(
             hyps = [ctc_beam_decode(x, spec, 1.0, model, settings).text for x in log_probs]
         return error_rates(references, hyps)["cer"]
 
+    def best() -> tuple[float, float]:
+        return min(results, key=lambda k: (results[k], k))
+
     results = {(a, b): cer(replace(base, alpha=a, beta=b), lm) for a in alphas for b in betas}
-    alpha, beta = min(results, key=lambda k: (results[k], k))
+    alpha, beta = best()
+    for a, b in _neighbours(alpha, beta, _half_step(alphas), _half_step(betas)):
+        if (a, b) not in results:
+            results[(a, b)] = cer(replace(base, alpha=a, beta=b), lm)
+    alpha, beta = best()
     chosen = replace(base, alpha=alpha, beta=beta)
     return chosen, {"greedy": cer(None, None), "beam_no_lm": cer(base, None), "beam_lm": results[(alpha, beta)]}
+
+
+def _half_step(grid: Sequence[float]) -> float:
+    """Half the smallest spacing of a grid's values (0 for a single value: nothing to refine)."""
+    values = sorted(set(grid))
+    return min((b - a for a, b in zip(values, values[1:], strict=False)), default=0.0) / 2
+
+
+def _neighbours(alpha: float, beta: float, da: float, db: float) -> list[tuple[float, float]]:
+    """The points beside ``(alpha, beta)`` at distances ``da`` and ``db`` that are valid weights."""
+    points = [(alpha - da, beta), (alpha + da, beta), (alpha, beta - db), (alpha, beta + db)]
+    return [(round(a, 6), round(b, 6)) for a, b in points if a > 0 and b >= 0 and (a, b) != (alpha, beta)]
 
 
 def with_language_model(
@@ -100,5 +125,18 @@ def with_language_model(
                             "ngrams": len(model.grams)}
     if dev is not None:
         settings, cers = fit_weights(dev[0], dev[1], mask.head, model, settings)
-        info.update({f"dev_cer_{k}": round(v, 4) for k, v in cers.items()}, dev_examples=len(dev[1]))
+        info.update(_fit_info(cers, dev[1]))
     return replace(mask, lm=LMDecoding(model, settings, info))
+
+
+def with_refitted_weights(mask: RoutingMask, dev: tuple[Sequence[torch.Tensor], Sequence[str]]) -> RoutingMask:
+    """``mask`` with its language model kept and ``alpha``/``beta`` fitted anew on ``dev`` (log
+    posteriors and their references), starting from its own search settings (beam width, pruning)."""
+    if mask.lm is None:
+        raise InvalidInputError(f"mask {mask.name!r} has no language model to refit: give --text to train one")
+    settings, cers = fit_weights(dev[0], dev[1], mask.head, mask.lm.model, mask.lm.settings)
+    return replace(mask, lm=LMDecoding(mask.lm.model, settings, {**mask.lm.info, **_fit_info(cers, dev[1])}))
+
+
+def _fit_info(cers: dict[str, float], references: Sequence[str]) -> dict[str, Any]:
+    return {**{f"dev_cer_{k}": round(v, 4) for k, v in cers.items()}, "dev_examples": len(references)}
