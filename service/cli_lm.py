@@ -21,7 +21,12 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.router import Router
     from router_core.stores import open_store
     from router_core.training.evaluation import predict_in_batches
-    from router_core.training.lm_builder import read_texts, with_language_model, with_refitted_weights
+    from router_core.training.lm_builder import (
+        read_texts,
+        require_language_model,
+        with_language_model,
+        with_refitted_weights,
+    )
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import AudioCache
 
@@ -32,6 +37,8 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
         return {"mask": args.mask, "lm": None}
     if not args.text and not args.dev:
         raise InvalidInputError("s3router lm needs --text, --dev (refit the weights) or --remove")
+    if not args.text:
+        require_language_model(mask)  # before the dev audio is run through the backbone
     settings = BeamSettings(beam_width=args.beam_width, alpha=args.alpha, beta=args.beta)
     dev = None
     if args.dev:

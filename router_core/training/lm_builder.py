@@ -132,10 +132,16 @@ def with_language_model(
 def with_refitted_weights(mask: RoutingMask, dev: tuple[Sequence[torch.Tensor], Sequence[str]]) -> RoutingMask:
     """``mask`` with its language model kept and ``alpha``/``beta`` fitted anew on ``dev`` (log
     posteriors and their references), starting from its own search settings (beam width, pruning)."""
+    lm = require_language_model(mask)
+    settings, cers = fit_weights(dev[0], dev[1], mask.head, lm.model, lm.settings)
+    return replace(mask, lm=LMDecoding(lm.model, settings, {**lm.info, **_fit_info(cers, dev[1])}))
+
+
+def require_language_model(mask: RoutingMask) -> LMDecoding:
+    """The language model ``mask`` carries; a mask without one cannot have its weights refitted."""
     if mask.lm is None:
         raise InvalidInputError(f"mask {mask.name!r} has no language model to refit: give --text to train one")
-    settings, cers = fit_weights(dev[0], dev[1], mask.head, mask.lm.model, mask.lm.settings)
-    return replace(mask, lm=LMDecoding(mask.lm.model, settings, {**mask.lm.info, **_fit_info(cers, dev[1])}))
+    return mask.lm
 
 
 def _fit_info(cers: dict[str, float], references: Sequence[str]) -> dict[str, Any]:
