@@ -61,12 +61,11 @@ def run_lm(args: argparse.Namespace) -> dict[str, Any]:
     else:
         assert dev is not None
         updated = with_refitted_weights(mask, dev)
+    assert updated.lm is not None
     if args.dev:
-        assert updated.lm is not None
         updated.lm.info["dev_sets"] = [Path(path).name for path in args.dev]
     data = encode_mask(updated)
     store.write(args.mask, data)
-    assert updated.lm is not None
     return {"mask": args.mask, "bytes": len(data), **updated.lm.metadata(), "tokens": len(updated.lm.model.tokens)}
 
 
