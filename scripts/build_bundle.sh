@@ -9,7 +9,8 @@
 #   4. a character language model in each CTC mask       -> masks/registry (8-gram of its training text,
 #      and for en, fr of everyday sentences fetched from the npm registry: needs network at build time)
 #   5. evaluate every mask on the held-out test sets     -> masks/QUALITY.json (also in held-out voices)
-#   6. check lang=auto's decision weights against `s3router fit-lid` on held-out-voice dev -> $RUNS/fit-lid.json
+#   6. check lang=auto's decision weights against `s3router fit-lid` on the held-out-voice and everyday dev sets
+#      -> $RUNS/fit-lid.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S3R=${S3R:-.venv/bin/s3router}  # may be a command line, e.g. "python3 -m service.cli"
@@ -112,9 +113,11 @@ add_lm() {  # mask
   if [ -f "$LM_TEXT/$1.txt" ] && [[ " $LM_TEXT_LANGS " == *" $1 "* ]]; then
     text=(--text "$own" --text "$own" --text "$LM_TEXT/$1.txt" --min-count 4)
   fi
-  # alpha/beta fitted on the dev sentences in the training voices and in the held-out dev voices together
+  # alpha/beta fitted on the dev sentences in the training voices and in the held-out dev voices, and on the
+  # written everyday dev sentences (in both kinds of voice), all together
   s3r_job lm --registry masks/registry --mask "$1" "${text[@]}" --dev "$CORPUS/${1}_dev.jsonl" \
-    --dev "$CORPUS/${1}_dev_unheard.jsonl" --backbone masks/backbone --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
+    --dev "$CORPUS/${1}_dev_unheard.jsonl" --dev "$CORPUS/${1}_dev_everyday.jsonl" --backbone masks/backbone \
+    --offline --device "$DEVICE" > "$RUNS/lm-$1.json"
 }
 for lang in $LANGS $HELD_OUT; do
   in_background add_lm "$lang"
@@ -162,13 +165,13 @@ PY
 # lang=auto's decision weights are DecodingLanguageId's defaults, fitted to the shipped heads: check that they
 # still are fitted to these (a refit is code: router_core/language_id.py, then the two evaluate_decided runs)
 s3r fit-lid --backbone masks/backbone --registry masks/registry --offline --quiet \
-  --manifest "$CORPUS/language_dev_unheard.jsonl" > "$RUNS/fit-lid.json"
+  --manifest "$CORPUS/language_dev_unheard.jsonl" --manifest "$CORPUS/language_dev_everyday.jsonl" > "$RUNS/fit-lid.json"
 "${PYTHON:-.venv/bin/python}" - "$RUNS/fit-lid.json" <<'PY'
 import json, sys
 fit = json.load(open(sys.argv[1]))
 best, defaults = fit["best"][0], fit["defaults"]
 if best["accuracy"] > defaults["accuracy"]:
-    print(f"lang=auto: fit-lid's best scores {best['accuracy']:.3f} on held-out-voice dev, the defaults "
+    print(f"lang=auto: fit-lid's best scores {best['accuracy']:.3f} on held-out-voice and everyday dev, the defaults "
           f"{defaults['accuracy']:.3f}; consider its settings as DecodingLanguageId's defaults: {fit['settings']}")
 PY
 "${PYTHON:-.venv/bin/python}" -m bench.bench_quality --write  # everyday sentences, unheard voices, no speech

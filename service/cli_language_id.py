@@ -18,7 +18,7 @@ def run_fit_language_id(args: argparse.Namespace) -> dict[str, Any]:
 
     backbone = backbone_from_args(args)
     router = Router(backbone, registry_from_args(args, backbone))
-    examples = read_manifest(args.manifest, "classify")
+    examples = [e for path in args.manifest for e in read_manifest(path, "classify")]  # pooled
     load = AudioCache()
     clips = collect_terms(router, [load(e) for e in examples], [e.target for e in examples], args.mask,
                           args.batch_size, progress=not args.quiet)
@@ -39,8 +39,9 @@ def add_language_id_commands(sub: argparse._SubParsersAction) -> None:
         "fit-lid", help="fit lang=auto's decision settings (S3R_LID_*) to your masks on labelled clips"
     )
     add_backbone_args(fit)
-    fit.add_argument("--manifest", required=True,
-                     help="clips labelled with their language (label field), ideally in voices the masks never heard")
+    fit.add_argument("--manifest", required=True, action="append",
+                     help="clips labelled with their language (label field), ideally in voices the masks never heard; "
+                          "repeatable: the sets are pooled")
     fit.add_argument("--mask", default="language", help="the language-ID mask")
     fit.add_argument("--batch-size", type=int, default=8, help="clips per batch (each decoded by every language)")
     fit.add_argument("--show", type=int, default=10, help="best settings listed")

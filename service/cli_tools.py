@@ -221,7 +221,7 @@ def run_synth(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.training.synth import plan_corpus, read_plan, synth_corpus, write_plan
 
     langs = [x.strip() for x in args.langs.split(",") if x.strip()]
-    counts = {"train": args.train, "dev": args.dev, "test": args.test}
+    counts = {"train": args.train, "dev": args.dev, "test": args.test, "dev_everyday": args.dev_everyday}
     if args.write_plan:
         planned = plan_corpus(langs, counts, args.seed)
         write_plan(planned, args.write_plan)
@@ -369,6 +369,9 @@ def _add_data_commands(sub: argparse._SubParsersAction) -> None:
     )
     synth.add_argument("--dev", type=int, default=100)
     synth.add_argument("--test", type=int, default=100)
+    synth.add_argument("--dev-everyday", type=int, default=20, metavar="N",
+                       help="written everyday dev sentences per language, each spoken by a voice of the speaker "
+                            "task and by two held-out dev voices (at most 20; 0: none)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=2)
     synth.add_argument(

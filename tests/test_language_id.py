@@ -189,9 +189,11 @@ def test_fit_lid_cli_prints_settings_the_service_takes(tmp_path, capsys):
     for i, wave in enumerate(_clips()):
         sf.write(tmp_path / f"c{i}.wav", wave.numpy(), 16_000)
         rows.append(json.dumps({"audio": f"c{i}.wav", "label": "de"}))
-    (tmp_path / "dev.jsonl").write_text("\n".join(rows) + "\n")
+    (tmp_path / "dev.jsonl").write_text("\n".join(rows[:2]) + "\n")  # two sets, pooled
+    (tmp_path / "dev_everyday.jsonl").write_text("\n".join(rows[2:]) + "\n")
     assert main(["fit-lid", "--backbone", str(tmp_path / "bb"), "--registry", str(tmp_path / "reg"), "--offline",
-                 "--manifest", str(tmp_path / "dev.jsonl"), "--show", "3"]) == 0
+                 "--manifest", str(tmp_path / "dev.jsonl"), "--manifest", str(tmp_path / "dev_everyday.jsonl"),
+                 "--show", "3"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["clips"] == 3 and report["mask_alone"] == 0.0 and len(report["best"]) == 3
     assert report["best"][0]["accuracy"] == 1.0 and report["defaults"]["accuracy"] == 1.0

@@ -232,3 +232,41 @@ def test_speaker_id_examples_are_its_voices_at_the_pitches_it_is_tested_at():
     assert any(u.augment and EVAL_PITCHES[0] <= u.pitch <= EVAL_PITCHES[1] for u in train)  # and left out
     assert all(speaks_for_speaker_id(u) for u in plan if u.split in ("dev", "test"))
     assert not any(speaks_for_speaker_id(u) for u in plan if u.split.endswith("_unheard") or u.speaker in OTHER_VOICES)
+
+
+def test_everyday_dev_sentences_are_new_and_spoken_by_seen_and_held_out_voices():
+    """The written ``dev_everyday`` sentences choose the language models' weights: they must pass the corpus
+    filter, be no corpus or bench_quality sentence, and leave every other split as it was planned."""
+    from bench.speech_corpus import SENTENCES
+    from router_core.training.everyday_dev import DEV_EVERYDAY
+
+    for lang, written in DEV_EVERYDAY.items():
+        assert len({normalize(s) for s in written}) == len(written) == 20, lang
+        assert all(good_sentence(s, lang) for s in written), lang
+        known = {normalize(s) for s in sentences(lang) + everyday_sentences(lang) + SENTENCES.get(lang, [])}
+        assert not {normalize(s) for s in written} & known, lang
+    counts = {"train": 30, "dev": 5, "test": 5}
+    without = plan_corpus(["fr", "pt"], counts, seed=1)
+    plan = plan_corpus(["fr", "pt"], {**counts, "dev_everyday": 7}, seed=1)
+    assert [u for u in plan if u.split != "dev_everyday"] == without
+    for lang in ("fr", "pt"):
+        spoken = [u for u in plan if u.split == "dev_everyday" and u.lang == lang]
+        assert [u.index for u in spoken] == list(range(21))
+        triples = [spoken[i : i + 3] for i in range(0, 21, 3)]
+        assert [t[0].sentence for t in triples] == DEV_EVERYDAY[lang][:7]
+        for first, *unheard in triples:
+            assert {u.sentence for u in unheard} == {first.sentence} and first.speaker in SPEAKERS
+            assert {u.speaker for u in unheard} <= set(DEV_VOICES) and len({u.speaker for u in unheard}) == 2
+    everyday_dev = {u.sentence for u in plan if u.split == "dev_everyday"}
+    assert everyday_dev and not everyday_dev & {u.sentence for u in plan if u.split == "train"}
+
+
+def test_language_model_text_leaves_out_every_held_out_split(tmp_path):
+    """`s3router lm-text` drops the sentences of every dev and test manifest, the everyday dev set's too."""
+    from router_core.training.lm_text import held_out_transcripts
+
+    for split, text in (("dev", "Une phrase du dev."), ("test_unheard", "Une phrase du test."),
+                        ("dev_everyday", "Il va pleuvoir plus tard dans la journée"), ("train", "Un exemple.")):
+        (tmp_path / f"fr_{split}.jsonl").write_text(json.dumps({"audio": "a.flac", "text": text}) + "\n")
+    assert held_out_transcripts(tmp_path, "fr") == {
+        "une phrase du dev", "une phrase du test", "il va pleuvoir plus tard dans la journée"}

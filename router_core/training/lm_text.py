@@ -26,7 +26,8 @@ from router_core.training.lm_builder import read_texts
 from router_core.training.text_sources import filter_sentences, normalize
 
 REGISTRY = "https://registry.npmjs.org"
-HELD_OUT_SPLITS = ("dev", "test", "dev_unheard", "test_unheard")  # manifests whose sentences are left out
+# manifests whose sentences are left out
+HELD_OUT_SPLITS = ("dev", "test", "dev_unheard", "test_unheard", "dev_everyday")
 
 
 @dataclass(frozen=True)

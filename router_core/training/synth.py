@@ -30,6 +30,7 @@ import torch
 
 from router_core.audio import decode_audio
 from router_core.errors import InvalidInputError
+from router_core.training.everyday_dev import DEV_EVERYDAY
 from router_core.training.text_sources import ciphered_sentences, everyday_sentences, normalize, sentences
 
 VOICES = {"en": "en-us", "fr": "fr", "de": "de", "es": "es", "it": "it", "pt": "pt-br"}
@@ -97,10 +98,16 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
     :func:`~router_core.training.text_sources.everyday_sentences` on top. ``dev_unheard`` and
     ``test_unheard`` speak the dev and test sentences in voices no training utterance has
     (:data:`DEV_VOICES`, :data:`TEST_VOICES`). ROT13 ciphertext is left out of every split.
+    ``counts["dev_everyday"]`` (optional, 0 when absent) takes that many of the language's written
+    everyday dev sentences (:data:`~router_core.training.everyday_dev.DEV_EVERYDAY`), each spoken three
+    times (:func:`_everyday_dev_split`).
     """
     plan = []
+    everyday = counts.get("dev_everyday", 0)
+    counts = {split: n for split, n in counts.items() if split != "dev_everyday"}
     for lang in langs:
         pool = sentences(lang)
+        plan += _everyday_dev_split(lang, everyday, seed)
         held = _held_splits(lang, list(pool), counts, seed)
         plan += _training_split(lang, held.get("train", []), {normalize(s) for s in pool}, seed)
         for split, utts in held.items():
@@ -111,6 +118,19 @@ def plan_corpus(langs: list[str], counts: dict[str, int], seed: int) -> list[Utt
             plan += [Utterance(lang, split, u.index, u.sentence, rng.choice(voices), rng.randint(*EVAL_SPEEDS),
                                rng.randint(*EVAL_PITCHES)) for u in held.get(source, [])]
     return plan
+
+
+def _everyday_dev_split(lang: str, count: int, seed: int) -> list[Utterance]:
+    """The first ``count`` written everyday dev sentences of ``lang``, each spoken by one voice of the
+    speaker task and by two of the held-out :data:`DEV_VOICES` (the two kinds of voice the bundle's
+    targets are stated for), at the dev and test speeds and pitches."""
+    rng = random.Random(f"{seed}:{lang}:dev_everyday")
+    out: list[Utterance] = []
+    for sentence in DEV_EVERYDAY.get(lang, [])[:count]:
+        for voice in (rng.choice(SPEAKERS), *rng.sample(DEV_VOICES, 2)):
+            out.append(Utterance(lang, "dev_everyday", len(out), sentence, voice, rng.randint(*EVAL_SPEEDS),
+                                 rng.randint(*EVAL_PITCHES)))
+    return out
 
 
 def _held_splits(lang: str, pool: list[str], counts: dict[str, int], seed: int) -> dict[str, list[Utterance]]:
