@@ -270,3 +270,15 @@ def test_language_model_text_leaves_out_every_held_out_split(tmp_path):
         (tmp_path / f"fr_{split}.jsonl").write_text(json.dumps({"audio": "a.flac", "text": text}) + "\n")
     assert held_out_transcripts(tmp_path, "fr") == {
         "une phrase du dev", "une phrase du test", "il va pleuvoir plus tard dans la journée"}
+
+
+def test_an_everyday_dev_sentence_never_trains_even_if_a_text_package_ships_it(monkeypatch):
+    import router_core.training.synth as synth
+
+    counts = {"train": 40, "dev": 3, "test": 3}
+    before = [u.sentence for u in plan_corpus(["es"], counts, seed=0) if u.split == "train"]
+    shipped = [before[5], everyday_sentences("es")[0]]  # one fortune, one typing-tutor sentence
+    monkeypatch.setattr(synth, "DEV_EVERYDAY", {"es": [s.upper() for s in shipped]})  # matched as transcripts
+    after = [u.sentence for u in plan_corpus(["es"], counts, seed=0) if u.split == "train"]
+    assert shipped[0] in before and shipped[1] in before
+    assert not set(shipped) & set(after) and set(after) < set(before) | set(everyday_sentences("es"))

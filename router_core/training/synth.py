@@ -159,10 +159,12 @@ def _held_splits(lang: str, pool: list[str], counts: dict[str, int], seed: int) 
 
 def _training_split(lang: str, planned: list[Utterance], known: set[str], seed: int) -> list[Utterance]:
     """The training utterances: ``planned``'s sentences plus as many everyday ones at most whose
-    transcripts are not in ``known`` (every planned sentence's), re-voiced."""
+    transcripts are not in ``known`` (every planned sentence's), re-voiced. A written everyday dev
+    sentence never trains, should a text package ever ship it."""
     rng = random.Random(f"{seed}:{lang}:train")
-    texts = [u.sentence for u in planned]
-    texts += [s for s in everyday_sentences(lang) if normalize(s) not in known][: len(texts)]
+    written = {normalize(s) for s in DEV_EVERYDAY.get(lang, [])}
+    texts = [u.sentence for u in planned if normalize(u.sentence) not in written]
+    texts += [s for s in everyday_sentences(lang) if normalize(s) not in known | written][: len(texts)]
     out = []
     for i, sentence in enumerate(texts):
         voice = rng.choice(SPEAKERS) if rng.random() < 0.5 else rng.choice(OTHER_VOICES)
