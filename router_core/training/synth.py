@@ -164,7 +164,8 @@ def _training_split(lang: str, planned: list[Utterance], known: set[str], seed: 
     rng = random.Random(f"{seed}:{lang}:train")
     written = {normalize(s) for s in DEV_EVERYDAY.get(lang, [])}
     texts = [u.sentence for u in planned if normalize(u.sentence) not in written]
-    texts += [s for s in everyday_sentences(lang) if normalize(s) not in known | written][: len(texts)]
+    excluded = known | written
+    texts += [s for s in everyday_sentences(lang) if normalize(s) not in excluded][: len(texts)]
     out = []
     for i, sentence in enumerate(texts):
         voice = rng.choice(SPEAKERS) if rng.random() < 0.5 else rng.choice(OTHER_VOICES)
