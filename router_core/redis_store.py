@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "s3router:"  # the one place the default key prefix is written
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its credentials shown as ``***`` (for messages and logs); anything without ``@`` as is."""
+    _, sep, tail = url.rpartition("@")
+    return f"{url.split('://')[0]}://***@{tail}" if sep else url
+
+
 class RedisStore:
     """Mask files in Redis, versioned, with change notifications. Credentials/TLS come from the URL."""
 
@@ -52,8 +58,7 @@ class RedisStore:
 
     @property
     def url_without_password(self) -> str:
-        head, sep, tail = self.url.rpartition("@")
-        return f"{self.url.split('://')[0]}://***@{tail}" if sep else self.url
+        return redact_url(self.url)
 
     def names(self) -> list[str]:
         members = self._call("SMEMBERS", self.client.smembers, f"{self.prefix}names")
@@ -74,14 +79,38 @@ class RedisStore:
         values = self._call("version scan", pipe.execute)
         return {n: int(v) for n, v in zip(names, values, strict=True) if v is not None}
 
-    def write(self, name: str, data: bytes) -> None:
-        version = int(self._call("INCR", self.client.incr, f"{self.prefix}version"))
-        pipe = self.client.pipeline(transaction=True)
+    def _queue_put(self, pipe: Any, name: str, data: bytes, version: int) -> None:
         pipe.hset(self._key(name), mapping={"data": data, "version": version,
                                             "sha256": hashlib.sha256(data).hexdigest()})
         pipe.sadd(f"{self.prefix}names", name)
         pipe.publish(self.channel, json.dumps({"op": "put", "name": name, "version": version}))
+
+    def write(self, name: str, data: bytes) -> None:
+        version = int(self._call("INCR", self.client.incr, f"{self.prefix}version"))
+        pipe = self.client.pipeline(transaction=True)
+        self._queue_put(pipe, name, data, version)
         self._call("MULTI/EXEC", pipe.execute)
+
+    def add(self, name: str, data: bytes) -> bool:
+        """:meth:`write` unless ``name`` exists: the key is WATCHed, so a writer that gets in between the check
+        and the transaction makes it abort (False) rather than be overwritten."""
+        key = self._key(name)
+
+        def attempt() -> bool:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.watch(key)
+                if pipe.exists(key):
+                    return False
+                version = int(self.client.incr(f"{self.prefix}version"))
+                pipe.multi()
+                self._queue_put(pipe, name, data, version)
+                try:
+                    pipe.execute()
+                except redis.WatchError:
+                    return False
+                return True
+
+        return bool(self._call("WATCH/MULTI/EXEC", attempt))
 
     def delete(self, name: str) -> bool:
         version = int(self._call("INCR", self.client.incr, f"{self.prefix}version"))

@@ -43,6 +43,8 @@ class MaskStore(Protocol):
 
     def write(self, name: str, data: bytes) -> None: ...
 
+    def add(self, name: str, data: bytes) -> bool: ...  # write unless ``name`` exists (atomically); False then
+
     def delete(self, name: str) -> bool: ...  # False when there was nothing to delete
 
 
@@ -67,8 +69,8 @@ class DirectoryStore:
         except OSError as exc:
             raise StoreUnavailableError(f"cannot read mask {name!r} from {self.root}: {exc}") from exc
 
-    def write(self, name: str, data: bytes) -> None:
-        target = self._path(name)
+    def _staged(self, name: str, data: bytes) -> Path:
+        """``data`` in a complete, synced temporary file beside ``name``'s (for an atomic rename or link)."""
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.root)
         try:
             os.fchmod(fd, 0o644)  # mkstemp makes 0600; mask files are meant to be readable by the server user
@@ -76,10 +78,30 @@ class DirectoryStore:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp, target)  # atomic on POSIX: readers see old or new, never partial
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        return Path(tmp)
+
+    def write(self, name: str, data: bytes) -> None:
+        target = self._path(name)
+        tmp = self._staged(name, data)
+        try:
+            os.replace(tmp, target)  # atomic on POSIX: readers see old or new, never partial
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def add(self, name: str, data: bytes) -> bool:
+        target = self._path(name)
+        tmp = self._staged(name, data)
+        try:
+            os.link(tmp, target)  # fails if the name exists: never replaces, and never shows a partial file
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def delete(self, name: str) -> bool:
         try:

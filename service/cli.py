@@ -137,12 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TRAIN_EXTRA = {"jiwer", "matplotlib"}  # pyproject.toml's train extra: installed by make install, not in the image
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
     except (S3RouterError, OSError, SettingsError) as exc:
         print(f"s3router {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA:
+            raise
+        print(f"s3router {args.command}: needs {exc.name}, from the train extra: pip install 's3router[train]' "
+              "(the image carries only what serving needs)", file=sys.stderr)
         return 1
     if result is not None:  # commands that print their own output return None
         print(json.dumps(result, indent=2, sort_keys=True, default=str))

@@ -1,4 +1,4 @@
-"""``s3router masks``: ls, push, pull, rm and copy between stores (folder <-> Redis)."""
+"""``s3router masks``: ls, push, pull, rm, copy between stores (folder <-> Redis), and seed an empty store."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ from typing import Any
 from router_core.errors import InvalidInputError
 from router_core.mask_file import decode_mask
 from router_core.redis_store import DEFAULT_PREFIX
-from router_core.stores import open_store
+from router_core.stores import open_store, redact_url, seed_store
+
+
+def _prefix(args: argparse.Namespace) -> str:
+    from service.settings import load_settings
+
+    return str(args.redis_prefix) if args.redis_prefix is not None else load_settings().redis_prefix
 
 
 def _ls(args: argparse.Namespace) -> dict[str, Any]:
-    store = open_store(args.registry, args.redis_prefix)
+    store = open_store(args.registry, _prefix(args))
     rows = []
     for name in store.names():
         data = store.read(name)
@@ -24,7 +30,7 @@ def _ls(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _push(args: argparse.Namespace) -> dict[str, Any]:
-    store = open_store(args.registry, args.redis_prefix)
+    store = open_store(args.registry, _prefix(args))
     pushed = []
     for path in args.files:
         data = Path(path).read_bytes()
@@ -35,7 +41,7 @@ def _push(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _pull(args: argparse.Namespace) -> dict[str, Any]:
-    store = open_store(args.registry, args.redis_prefix)
+    store = open_store(args.registry, _prefix(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = args.names or store.names()
@@ -45,7 +51,7 @@ def _pull(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _rm(args: argparse.Namespace) -> dict[str, Any]:
-    store = open_store(args.registry, args.redis_prefix)
+    store = open_store(args.registry, _prefix(args))
     missing = [n for n in args.names if not store.delete(n)]
     if missing:
         raise InvalidInputError(f"not in {args.registry}: {', '.join(missing)}")
@@ -53,8 +59,8 @@ def _rm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _copy(args: argparse.Namespace) -> dict[str, Any]:
-    source = open_store(args.source, args.redis_prefix)
-    target = open_store(args.target, args.redis_prefix)
+    source = open_store(args.source, _prefix(args))
+    target = open_store(args.target, _prefix(args))
     names = args.names or source.names()
     for name in names:
         data = source.read(name)
@@ -63,9 +69,29 @@ def _copy(args: argparse.Namespace) -> dict[str, Any]:
     return {"copied": names, "from": args.source, "to": args.target}
 
 
+def _seed(args: argparse.Namespace) -> dict[str, Any]:
+    """The bundled masks (or ``--from``'s) into an empty ``registry`` (default: ``S3R_REGISTRY``)."""
+    from service.engine import bundle_dir
+    from service.settings import load_settings
+
+    settings = load_settings()
+    target = args.registry or settings.registry
+    if target is None:
+        raise InvalidInputError("name the store to seed, or set S3R_REGISTRY")
+    source = args.source
+    if source is None:
+        bundle = bundle_dir(settings.bundle_dir)
+        if bundle is None:
+            raise InvalidInputError("no bundled model found: give --from FOLDER (or set S3R_BUNDLE_DIR)")
+        source = str(bundle / "registry")
+    report = seed_store(open_store(target, _prefix(args)), open_store(source, _prefix(args)))
+    return {"registry": redact_url(target), "from": redact_url(source), "seeded": report.seeded,
+            "kept": report.kept, "already_held": report.already_held}
+
+
 def add_masks_commands(sub: argparse._SubParsersAction) -> None:
     masks = sub.add_parser("masks", help="manage mask stores (folder or redis:// URL)")
-    masks.add_argument("--redis-prefix", default=DEFAULT_PREFIX)
+    masks.add_argument("--redis-prefix", help=f"key prefix in Redis; default: S3R_REDIS_PREFIX, else {DEFAULT_PREFIX}")
     verbs = masks.add_subparsers(dest="masks_command", required=True)
     ls = verbs.add_parser("ls", help="list masks")
     ls.add_argument("registry")
@@ -88,3 +114,7 @@ def add_masks_commands(sub: argparse._SubParsersAction) -> None:
     copy.add_argument("target")
     copy.add_argument("names", nargs="*")
     copy.set_defaults(run=_copy)
+    seed = verbs.add_parser("seed", help="give an empty store the bundled masks (a store holding any: untouched)")
+    seed.add_argument("registry", nargs="?", help="folder or redis:// URL; default: S3R_REGISTRY")
+    seed.add_argument("--from", dest="source", help="folder or URL to seed from; default: the bundled masks")
+    seed.set_defaults(run=_seed)

@@ -21,13 +21,15 @@ from router_core.mask_file import encode_mask
 from router_core.redis_store import RedisStore, RegistryWatcher
 from router_core.registry import DirectoryStore, MaskRegistry
 from router_core.router import RoutedOutput, Router
-from router_core.stores import open_store
+from router_core.stores import is_store_url, open_store, redact_url
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "masks"
-"""The bundled default model: ``masks/backbone`` (a HF checkpoint) and ``masks/registry`` (mask files)."""
+"""Where the bundled default model lies in a source checkout: ``masks/backbone`` (a HF checkpoint) and
+``masks/registry`` (mask files). An installed package has no such folder beside it: the image names its copy
+with ``S3R_BUNDLE_DIR``."""
 
 DEMO_DESCRIPTION = (
     "built-in demo: a tiny wav2vec2 with random weights and random masks 'en' (ctc) and 'speaker' "
@@ -85,14 +87,31 @@ def demo_backbone(device: str = "cpu", dtype: torch.dtype = torch.float32) -> Ba
     return Backbone.from_model(Wav2Vec2Model(config), device=device, dtype=dtype)
 
 
+def bundle_dir(configured: str | None) -> Path | None:
+    """The bundled default model's folder: ``configured`` (``S3R_BUNDLE_DIR``), which must hold one, else the
+    source checkout's ``masks/`` when it does; ``None`` when there is no bundle."""
+    if configured is not None:
+        folder = Path(configured).expanduser()
+        if not (folder / "backbone" / "config.json").is_file():
+            raise BackboneError(f"S3R_BUNDLE_DIR={configured} holds no bundled model (no backbone/config.json)")
+        return folder
+    return BUNDLE_DIR if (BUNDLE_DIR / "backbone" / "config.json").is_file() else None
+
+
 def build_engine(settings: ServiceSettings) -> Engine:
-    """Load what ``settings`` name; with no backbone configured, the built-in demo model."""
+    """Load what ``settings`` name. With no backbone configured, the bundled default model (its masks from
+    ``S3R_REGISTRY`` when set, e.g. a Redis store seeded by ``s3router masks seed``), else the built-in demo."""
     dtype = getattr(torch, settings.dtype)
     budget = int(settings.mask_budget_mb * 2**20)
     backbone_source, registry_dir = settings.backbone, settings.registry
-    if backbone_source is None and (BUNDLE_DIR / "backbone" / "config.json").is_file():
-        backbone_source = str(BUNDLE_DIR / "backbone")
-        registry_dir = registry_dir or str(BUNDLE_DIR / "registry")
+    bundle = bundle_dir(settings.bundle_dir) if backbone_source is None else None
+    if bundle is not None:
+        backbone_source = str(bundle / "backbone")
+        registry_dir = registry_dir or str(bundle / "registry")
+    if backbone_source is None and registry_dir is not None and is_store_url(registry_dir):
+        raise BackboneError(f"S3R_REGISTRY={redact_url(registry_dir)} is a shared store, but no backbone is "
+                            "configured and no bundled model was found: set S3R_BACKBONE or S3R_BUNDLE_DIR (the "
+                            "random demo model never writes into a shared store)")
     if backbone_source is None:
         backbone = demo_backbone(settings.device, dtype)
         folder = registry_dir or tempfile.mkdtemp(prefix="s3router-demo-masks-")

@@ -30,6 +30,11 @@ class ServiceSettings(BaseSettings):
         default=None,
         description="mask registry: a folder path or a redis:// URL (credentials, TLS); unset = the bundled masks",
     )
+    bundle_dir: str | None = Field(
+        default=None,
+        description="folder of the bundled default model (backbone/ + registry/); unset = masks/ beside the "
+        "source tree (the image sets /app/masks)",
+    )
     redis_prefix: str = Field(default=DEFAULT_PREFIX, description="key prefix of the masks in Redis")
     max_mask_bytes: int = Field(default=512 * 2**20, ge=1024, description="largest mask file PUT /masks accepts")
     device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1, ...")

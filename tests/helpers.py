@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
 
@@ -104,6 +105,7 @@ def add_masks(registry: MaskRegistry, bb: Backbone, names: list[str], keep: floa
 
 # --- service fixtures ------------------------------------------------------------------------------
 ADMIN_TOKEN = "test-admin-token-123"
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the real Redis the suite runs against (make test starts one)
 
 
 def audio_bytes(seconds: float = 1.0, rate: int = 16_000, channels: int = 1, fmt: str = "WAV", seed: int = 0) -> bytes:
@@ -225,3 +227,22 @@ def unsure_language_masks(bb: Backbone) -> list[bytes]:
         mask.head_bias[CTC_VOCAB.index(token)] = logit
         files.append(encode_mask(mask))
     return files
+
+
+def dashboard_panels_without_data(prometheus_url: str, gpu: bool = False) -> list[str]:
+    """Titles of the Grafana dashboard's panels whose queries return nothing from that Prometheus (GPU-only
+    panels are left out unless ``gpu``)."""
+    import json
+
+    import httpx
+
+    dashboard = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dashboards" / "s3router.json"
+    missing = []
+    for panel in json.loads(dashboard.read_text())["panels"]:
+        if "gpu" in panel["title"].lower() and not gpu:
+            continue  # GPU memory exists only on GPU replicas
+        for target in panel["targets"]:
+            r = httpx.get(f"{prometheus_url}/api/v1/query", params={"query": target["expr"]}, timeout=10).json()
+            if r["status"] != "success" or not r["data"]["result"]:
+                missing.append(panel["title"])
+    return missing

@@ -24,3 +24,15 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     (tmp_path / "bad.s3mask").write_bytes(b"not a mask")
     assert main(["inspect", str(tmp_path / "bad.s3mask")]) == 1
     assert "s3router inspect:" in capsys.readouterr().err
+
+
+def test_a_training_command_without_the_train_extra_says_how_to_get_it(tmp_path, capsys, monkeypatch):
+    """The image installs only what serving needs: `s3router eval` there names the extra, no traceback."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "jiwer", None)  # as if not installed: importing it fails
+    monkeypatch.delitem(sys.modules, "router_core.training.evaluation", raising=False)
+    (tmp_path / "m.jsonl").write_text("")
+    assert main(["eval", "--manifest", str(tmp_path / "m.jsonl"), "--checkpoint", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "s3router eval: needs jiwer" in err and "s3router[train]" in err

@@ -4,13 +4,11 @@ import contextlib
 import socket
 import threading
 import time
-import uuid
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 
-from helpers import audio_bytes, ctc_spec, tiny_backbone
+from helpers import REDIS_URL, audio_bytes, ctc_spec, tiny_backbone
 from router_core.errors import MaskNotFoundError, StoreUnavailableError
 from router_core.kernels.backend import select_backend
 from router_core.mask_builder import random_mask
@@ -24,17 +22,7 @@ from service.cli import main
 from service.engine import Engine
 from service.settings import ServiceSettings
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN = {"Authorization": "Bearer redis-test-token"}
-
-
-@pytest.fixture
-def prefix():
-    name = f"s3r-test-{uuid.uuid4().hex[:8]}:"
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{name}*"):
-        client.delete(key)
 
 
 def _mask_bytes(bb, name, seed=0):
