@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # s3router image: one image for CPU and GPU hosts.
 #   docker build -t s3router .
 #   docker run -p 8000:8000 s3router                  # CPU
@@ -37,6 +36,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824 \
     TORCH_EXTENSIONS_DIR=/opt/torch_extensions \
     TRITON_CACHE_DIR=/var/cache/s3router/triton \
+    S3R_KERNEL_CACHE_DIR=/var/cache/s3router/kernels \
+    S3R_BUNDLE_DIR=/app/masks \
     S3R_HOST=0.0.0.0 \
     S3R_PORT=8000
 # gcc + libc headers: on a GPU, Triton compiles its small C launcher on first use (triton/runtime/build.py
@@ -45,13 +46,16 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc=4:12.2.0-3 libc6-dev \
  && rm -rf /var/lib/apt/lists/*
-# TRITON_CACHE_DIR (GPU hosts): compiled kernels and the tile choices tuned at start-up, writable by the
-# service user; docker-compose keeps it on a volume so that a restart does not tune again
+# /var/cache/s3router, writable by the service user: Triton's compiled kernels and tuned tiles (GPU hosts) and
+# the CPU kernel's timed schedules (S3R_KERNEL_CACHE_DIR); docker-compose keeps it on a volume so that a
+# restart does not time them again
 RUN groupadd --system --gid 999 s3router && useradd --system --uid 999 --gid 999 --home-dir /app s3router \
- && mkdir -p /var/cache/s3router/triton && chown -R 999:999 /var/cache/s3router
+ && mkdir -p /var/cache/s3router/triton /var/cache/s3router/kernels && chown -R 999:999 /var/cache/s3router
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/torch_extensions /opt/torch_extensions
 WORKDIR /app
+# the bundled default model (S3R_BUNDLE_DIR): served as is, or its masks seeded into Redis by
+# `s3router masks seed` (docker-compose's masks-init)
 COPY --chown=999:999 masks ./masks
 USER 999:999
 EXPOSE 8000

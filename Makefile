@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 UV_PIN := $(shell grep -m1 -oE '^uv==[^ ]+' $(LOCK))
 LOCK_FLAGS := --universal --python-version 3.11 --generate-hashes --quiet
 
-.PHONY: install sync system-test system-serve check-lock lock test quick lint typecheck unit bench serve bundle clean
+.PHONY: install sync system-test system-serve check-lock lock test quick lint typecheck unit bench serve bundle clean docker-test
 
 # A venv holding exactly the lock: `uv pip sync` installs what it names and removes anything else;
 # the project itself goes in editable, without resolving anything.
@@ -41,9 +41,9 @@ check-lock: install
 	$(PY) scripts/check_lock.py $(LOCK)
 
 # Refresh the locks from pyproject.toml, keeping current pins where they still fit (UPGRADE=1: newest).
-# requirements-serve.lock (the image's) holds the same pins without the dev and bundle-building tools.
+# requirements-serve.lock (the image's) holds the same pins without the dev, training and bundle-building tools.
 lock: install
-	$(UV) pip compile pyproject.toml --extra dev --extra bundle $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK)
+	$(UV) pip compile pyproject.toml --extra dev --extra train --extra bundle $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(LOCK)
 	$(UV) pip compile pyproject.toml $(LOCK_FLAGS) --constraint $(LOCK) -o $(SERVE_LOCK)
 
 lint: install
@@ -56,6 +56,10 @@ unit: install
 	$(PY) -m pytest -q
 
 test: system-test check-lock lint typecheck unit
+
+# the image and the compose stack built and run for real (root: installs Docker; about 8-9 min cold, 12 GB of disk)
+docker-test: system-test install
+	bash scripts/docker_test.sh
 
 # the inner loop: the suite without the tests marked slow
 quick: install

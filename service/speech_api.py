@@ -150,7 +150,9 @@ async def openai_transcriptions(request: Request) -> Response:
     mask = await _openai_mask(request, state, wave, fields) if plan.segments else str(fields.get("language") or "")
     if stream:
         events = stream_events(transcribe_segments(request, state, wave, mask, plan.segments))
-        return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        # x-accel-buffering: a proxy in front (nginx) passes each event on as it comes instead of buffering
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
     results = [r async for r in transcribe_segments(request, state, wave, mask, plan.segments)]
     views = [SegmentView(r.start, r.end, r.transcript, r.no_speech_prob) for r in results]
     body, media_type = render_transcription(joined(results), main_language(results) or mask,
