@@ -22,6 +22,7 @@ from router_core.errors import (
 from router_core.heads import MaskKind
 from router_core.language_id import DecodingLanguageId, best_candidate, transcription_masks
 from router_core.router import RoutedOutput
+from service.api_keys import ApiKey
 from service.batching import Pending
 from service.settings import LID_SETTINGS
 from service.state import AppState
@@ -30,12 +31,26 @@ DISCONNECT_POLL_S = 0.1
 ROOM_POLL_S = 0.05  # how often a long recording's next segment looks for room in a full queue
 
 
-async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKind) -> None:
-    """404 for an unknown mask (listing what exists), 422 for a mask of the other kind."""
-    engine, _ = state.ready_engine()
-    key = getattr(request.state, "api_key", None)
+def may_use(state: AppState, key: ApiKey | None) -> Callable[[str], bool]:
+    """Whether ``key`` may use a mask: every mask without keys, or for a key without a list. The one rule
+    for HTTP, server-sent events and streams (:func:`require_mask_right` is its refusal)."""
+    if key is None or state.api_keys is None or key.masks is None:
+        return lambda _: True
+    masks = key.masks
+    return lambda mask: mask in masks
+
+
+def require_mask_right(state: AppState, key: ApiKey | None, mask: str) -> None:
+    """:class:`MaskForbiddenError` (403) unless ``key`` may use ``mask``."""
     if key is not None and state.api_keys is not None:
         state.api_keys.allow_mask(key, mask)
+
+
+async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKind) -> None:
+    """403 for a mask the request's key may not use, 404 for an unknown mask (listing what exists), 422 for a
+    mask of the other kind."""
+    engine, _ = state.ready_engine()
+    require_mask_right(state, getattr(request.state, "api_key", None), mask)
     loaded = await run_in_threadpool(engine.registry.get, mask)
     request.state.mask = loaded.name
     if loaded.kind != kind:
@@ -118,11 +133,8 @@ def language_picker(state: AppState) -> DecodingLanguageId:
 
 
 def allowed_for(request: Request, state: AppState) -> Callable[[str], bool]:
-    """Whether the request's API key may use a mask (every mask without keys, or for a key without a list)."""
-    key = getattr(request.state, "api_key", None)
-    if key is None or state.api_keys is None or key.masks is None:
-        return lambda _: True
-    return lambda mask: mask in key.masks
+    """Whether the request's API key may use a mask (:func:`may_use`)."""
+    return may_use(state, getattr(request.state, "api_key", None))
 
 
 RunItem = Callable[[str, MaskKind], Awaitable[RoutedOutput]]

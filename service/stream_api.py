@@ -40,7 +40,16 @@ from router_core.heads import MaskKind
 from router_core.mask_file import MASK_NAME_PATTERN
 from router_core.router import RoutedOutput
 from router_core.vad import speech_segments
-from service.inference import AUTO, serve_item, transcribe_as, transcript_of, word_bodies
+from service.api_keys import ApiKey
+from service.inference import (
+    AUTO,
+    may_use,
+    require_mask_right,
+    serve_item,
+    transcribe_as,
+    transcript_of,
+    word_bodies,
+)
 from service.longform import fixed_windows, segment_settings, shifted
 from service.state import AppState, state_of
 
@@ -65,14 +74,14 @@ async def stream(
 ) -> None:
     state = state_of(ws)
     try:
-        await _admit(ws, state, lang)
+        key = await _admit(ws, state, lang)
     except StreamClosed as closed:
         await ws.close(closed.code, closed.reason[:120])
         return
     await ws.accept()
     state.open_streams += 1
     try:
-        await StreamSession(state, ws, lang, rate, audio == "encoded").run()
+        await StreamSession(state, ws, lang, rate, audio == "encoded", key).run()
     except StreamClosed as closed:
         await ws.close(closed.code, closed.reason[:120])
     except WebSocketDisconnect:
@@ -84,13 +93,15 @@ async def stream(
         state.open_streams -= 1
 
 
-async def _admit(ws: WebSocket, state: AppState, lang: str) -> None:
-    """API key, readiness, the bound on open streams and the mask, before the handshake completes."""
+async def _admit(ws: WebSocket, state: AppState, lang: str) -> ApiKey | None:
+    """API key, readiness, the bound on open streams and the mask, before the handshake completes; the key,
+    whose mask list every later step of the stream keeps to."""
+    key = None
     try:
         if state.api_keys is not None:
             key = state.api_keys.authenticate(ws.headers.get("authorization"))
             state.api_keys.admit(key)
-            state.api_keys.allow_mask(key, state.settings.language_mask if lang == AUTO else lang)
+        require_mask_right(state, key, state.settings.language_mask if lang == AUTO else lang)
         engine, _ = state.ready_engine()
         if state.open_streams >= state.settings.max_streams:
             raise StreamClosed(CLOSE_RETRY, f"{state.settings.max_streams} streams are open; try again later")
@@ -98,6 +109,7 @@ async def _admit(ws: WebSocket, state: AppState, lang: str) -> None:
         loaded = await run_in_threadpool(engine.registry.get, mask)
         if loaded.kind != kind:
             raise StreamClosed(CLOSE_POLICY, f"mask {mask!r} is a {loaded.kind} mask, not a {kind} mask")
+        return key
     except NotReadyError as exc:
         raise StreamClosed(CLOSE_RETRY, str(exc)) from exc
     except S3RouterError as exc:
@@ -107,8 +119,9 @@ async def _admit(ws: WebSocket, state: AppState, lang: str) -> None:
 class StreamSession:
     """One stream: the open segment's 16 kHz audio, where it starts, and what was received."""
 
-    def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int, encoded: bool = False) -> None:
-        self.state, self.ws, self.lang, self.rate, self.encoded = state, ws, lang, rate, encoded
+    def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int, encoded: bool = False,
+                 key: ApiKey | None = None) -> None:
+        self.state, self.ws, self.lang, self.rate, self.encoded, self.key = state, ws, lang, rate, encoded, key
         self.cut = segment_settings(state.settings)
         self.open = torch.zeros(0)  # [S] the open segment, 16 kHz
         self.offset = 0  # samples of the stream before the open segment
@@ -207,9 +220,11 @@ class StreamSession:
         deadline = time.monotonic() + self.state.settings.request_timeout_s
 
         async def run(mask: str, kind: MaskKind) -> RoutedOutput:
+            require_mask_right(self.state, self.key, mask)  # lang=auto's answer too, as HTTP's check_mask does
             return (await serve_item(self.state, piece, mask, kind, deadline, _never, wait_for_room=True))[0]
 
-        out, _ = await transcribe_as(run, self.state, self.lang, decide=kind == "final")  # partials: the mask alone
+        # partials: the language-ID mask alone; finals decide among the masks the key may use
+        out, _ = await transcribe_as(run, self.state, self.lang, may_use(self.state, self.key), decide=kind == "final")
         language = out.mask_name
         seconds = (self.offset + start) / SAMPLE_RATE
         transcript = shifted(transcript_of(out), seconds)

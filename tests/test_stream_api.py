@@ -8,7 +8,7 @@ import soundfile as sf
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from helpers import audio_bytes, tiny_engine_factory, unsure_language_masks
+from helpers import audio_bytes, language_id_mask, tiny_engine_factory, unsure_language_masks
 from service.app import create_app
 from service.settings import ServiceSettings
 
@@ -140,3 +140,46 @@ def test_a_stream_of_encoded_chunks_reads_each_as_a_file(tmp_path):
             messages.append(ws.receive_json())
     finals = [m for m in messages if m["type"] == "final"]
     assert len(finals) == 1 and finals[0]["end"] == pytest.approx(3.0, abs=0.01)
+
+
+LIMITED = "lim-key-0123456789abc"
+
+
+def _limited_settings(tmp_path, **kw):
+    """A key that may use the language-ID mask and fr only (as in the issue's live check)."""
+    return _settings(tmp_path, api_keys=f"lim:{LIMITED}:masks=language|fr", **kw)
+
+
+def test_an_auto_stream_decides_among_the_masks_its_key_may_use_as_http_does(tmp_path):
+    """The language-ID mask is unsure (fr 0.55, de 0.45) and decoding prefers de; the key may not use de."""
+    auth = {"Authorization": f"Bearer {LIMITED}"}
+    factory = tiny_engine_factory(more_masks=unsure_language_masks)
+    with TestClient(create_app(_limited_settings(tmp_path), factory)) as client:
+        http = client.post("/transcribe?lang=auto", content=audio_bytes(3.0), headers=auth)
+        with client.websocket_connect("/v1/stream?lang=auto", headers=auth) as ws:
+            messages = _stream(ws, _pcm(3.0))
+    assert http.status_code == 200 and http.json()["mask"] == "fr"
+    finals = [m for m in messages if m["type"] == "final"]
+    assert finals and {m["language"] for m in messages if "language" in m} == {"fr"}
+
+
+def test_an_auto_stream_that_hears_a_language_its_key_may_not_use_is_closed_as_http_refuses_it(tmp_path):
+    """The language-ID mask alone decides (lid_candidates=1) and hears de, which the key may not use: HTTP
+    answers 403, and the stream closes with 1008 rather than transcribe it."""
+    auth = {"Authorization": f"Bearer {LIMITED}"}
+    factory = tiny_engine_factory(more_masks=lambda bb: [language_id_mask(bb, (-5.0, 5.0))])
+    with TestClient(create_app(_limited_settings(tmp_path, lid_candidates=1), factory)) as client:
+        http = client.post("/transcribe?lang=auto", content=audio_bytes(3.0), headers=auth)
+        with client.websocket_connect("/v1/stream?lang=auto", headers=auth) as ws:
+            step = int(0.1 * 16_000) * 2
+            pcm = _pcm(3.0)
+            for i in range(0, len(pcm), step):
+                ws.send_bytes(pcm[i : i + step])
+            ws.send_text('{"type": "end"}')
+            received = []
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    received.append(ws.receive_json())
+    assert http.status_code == 403 and http.json()["error"]["type"] == "MaskForbiddenError"
+    assert closed.value.code == 1008 and "may not use mask 'de'" in closed.value.reason
+    assert not [m for m in received if m.get("language") == "de"]
