@@ -57,7 +57,7 @@ unit: install
 
 test: system-test check-lock lint typecheck unit
 
-# the image and the compose stack built and run for real (root: installs Docker; about 8-9 min cold, 12 GB of disk)
+# the image and the compose stack built and run for real (root: installs Docker; 6.5 min cold, 12 GB of disk)
 docker-test: system-test install
 	bash scripts/docker_test.sh
 
