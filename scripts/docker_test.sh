@@ -11,7 +11,7 @@
 # rebuild replaces is removed); `docker rmi` them to free the disk.
 # `docker_test.sh --why-not` prints why this machine cannot run it (exit 1) or nothing (exit 0).
 # A cold run (no Docker, no images) took 6 min 26 s on a 2-core Xeon, and needs about 12 GB free where Docker
-# keeps its data; with the images kept from an earlier run, about 2 min.
+# keeps its data; with the images kept from an earlier run, about 3.5 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
