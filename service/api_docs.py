@@ -27,13 +27,14 @@ class ErrorBody(BaseModel):
 _STATUS_TEXT = {
     400: "bad input (unreadable form, invalid option or empty audio)",
     401: "missing or wrong bearer token",
-    403: "admin endpoints are disabled (no S3R_ADMIN_TOKEN)",
+    403: "admin endpoints are disabled (no S3R_ADMIN_TOKEN), or the API key may not use the mask",
     404: "no such mask",
     408: "the upload was not received within S3R_UPLOAD_TIMEOUT_S",
     409: "the mask was made for another backbone",
     413: "over a size or length limit (the message names it)",
     415: "not decodable audio, or an unsupported rate or channel count",
     422: "invalid parameter, or a mask of the other kind",
+    429: "the API key is over its rate (S3R_API_KEYS rps=; with Retry-After)",
     503: "queue full, starting up, or the mask store unreachable (with Retry-After)",
     501: "not provided by this service (the message says what to use instead)",
     504: "not served before S3R_REQUEST_TIMEOUT_S",
@@ -45,7 +46,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": _STATUS_TEXT[code]} for code in codes}
 
 
-SPEECH_ERRORS = error_responses(400, 404, 408, 413, 415, 422, 503, 504)
+# 401, 403 and 429 come only with S3R_API_KEYS set
+SPEECH_ERRORS = error_responses(400, 401, 403, 404, 408, 413, 415, 422, 429, 503, 504)
+KEYED_ERRORS = error_responses(401, 429, 503)
 READ_ERRORS = error_responses(400, 404, 409, 422, 503)
 ADMIN_ERRORS = error_responses(400, 401, 403, 404, 408, 409, 413, 422, 503)
 

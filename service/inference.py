@@ -22,28 +22,13 @@ from router_core.errors import (
 from router_core.heads import MaskKind
 from router_core.language_id import DecodingLanguageId, best_candidate, transcription_masks
 from router_core.router import RoutedOutput
-from service.api_keys import ApiKey
+from service.admission import may_use, require_mask_right
 from service.batching import Pending
 from service.settings import LID_SETTINGS
 from service.state import AppState
 
 DISCONNECT_POLL_S = 0.1
 ROOM_POLL_S = 0.05  # how often a long recording's next segment looks for room in a full queue
-
-
-def may_use(state: AppState, key: ApiKey | None) -> Callable[[str], bool]:
-    """Whether ``key`` may use a mask: every mask without keys, or for a key without a list. The one rule
-    for HTTP, server-sent events and streams (:func:`require_mask_right` is its refusal)."""
-    if key is None or state.api_keys is None or key.masks is None:
-        return lambda _: True
-    masks = key.masks
-    return lambda mask: mask in masks
-
-
-def require_mask_right(state: AppState, key: ApiKey | None, mask: str) -> None:
-    """:class:`MaskForbiddenError` (403) unless ``key`` may use ``mask``."""
-    if key is not None and state.api_keys is not None:
-        state.api_keys.allow_mask(key, mask)
 
 
 async def check_mask(request: Request, state: AppState, mask: str, kind: MaskKind) -> None:

@@ -21,8 +21,10 @@ from router_core.errors import (
     NotImplementedFeatureError,
     StoreUnavailableError,
 )
+from service.admission import admit_request, may_use
 from service.api_docs import (
     AUDIO_BODY,
+    KEYED_ERRORS,
     OPENAI_BODY,
     OPENAI_RESPONSES,
     SPEECH_ERRORS,
@@ -51,10 +53,7 @@ async def _decoded(request: Request, state: AppState, longform: bool = False) ->
     to ``max_longform_seconds``; one longer than a segment gets ``longform_seconds_per_audio_second`` more
     time per second of audio."""
     deadline = request.state.deadline = time.monotonic() + state.settings.request_timeout_s
-    if state.api_keys is not None:  # before anything is read
-        key = request.state.api_key = state.api_keys.authenticate(request.headers.get("authorization"))
-        request.state.api_key_id = key.id  # metrics count by this ID
-        state.api_keys.admit(key)
+    admit_request(request, state)  # before anything is read
     engine, batcher = state.ready_engine()
     batcher.check_room()
     data, fields = await read_upload(request, state.settings.max_upload_bytes)
@@ -173,16 +172,18 @@ async def openai_translations(request: Request) -> Response:
 
 
 @api.get("/v1/models", summary="OpenAI-compatible model list: the service model and its transcription masks",
-         responses=error_responses(503))
+         responses=KEYED_ERRORS)
 async def openai_models(request: Request) -> dict:
     """The service model (``model_id``, rooted in the backbone) and every mask that is not known to be a
     classification mask, each with ``parent`` the service model, as vLLM lists LoRA adapters. A mask's kind
     is known once it has been loaded; the store is listed (resident masks only when it is unreachable)."""
     state = state_of(request)
+    allowed = may_use(state, admit_request(request, state))  # a key sees the masks it may use, no others
     engine, _ = state.ready_engine()
     names = {m.name for m in engine.registry.resident()}
     with contextlib.suppress(StoreUnavailableError):
         names.update(await run_in_threadpool(engine.registry.available))
+    names = {n for n in names if allowed(n)}
     model_id, created = state.settings.model_id, int(state.started_at)
     entry = {"object": "model", "created": created, "owned_by": "s3router"}
     models = [{"id": model_id, **entry, "root": engine.description, "parent": None}]

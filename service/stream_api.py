@@ -14,10 +14,12 @@ transcription is an item of the batcher that serves HTTP requests, so many strea
 batches. The server reads the socket only between its own steps, so a client that sends faster than it
 transcribes is slowed by TCP.
 
-Close codes: 1000 done; 1008 a bad message, a stream idle for ``stream_idle_s``, or audio arriving faster
-than ``stream_max_speed`` times real time; 1009 a stream longer than ``max_longform_seconds``, or one
-message of more than a segment of audio; 1011 a server error; 1013 not ready, or ``max_streams`` streams
-open (try again later). The close reason says which.
+Close codes: 1000 done; 1008 a bad message, a stream idle for ``stream_idle_s``, audio arriving faster
+than ``stream_max_speed`` times real time, a missing or unknown API key, or a mask that is unknown, of the
+other kind or not the key's to use; 1009 a stream longer than ``max_longform_seconds``, or one message of
+more than a segment of audio; 1011 a server error; 1013 not ready, a key over its rate, or ``max_streams``
+streams open (try again later). The close reason says which. A stream refused before it starts is still
+accepted first, so that the client reads the code and the reason (a refused handshake is a bare HTTP 403).
 """
 
 from __future__ import annotations
@@ -35,21 +37,20 @@ from starlette.concurrency import run_in_threadpool
 
 from router_core.audio import MAX_RATE, MIN_RATE, decode_audio
 from router_core.backbone import SAMPLE_RATE
-from router_core.errors import NotReadyError, OverloadedError, PayloadTooLargeError, S3RouterError
+from router_core.errors import (
+    NotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RateLimitedError,
+    S3RouterError,
+)
 from router_core.heads import MaskKind
 from router_core.mask_file import MASK_NAME_PATTERN
 from router_core.router import RoutedOutput
 from router_core.vad import speech_segments
+from service.admission import admit_key, may_use, require_mask_right
 from service.api_keys import ApiKey
-from service.inference import (
-    AUTO,
-    may_use,
-    require_mask_right,
-    serve_item,
-    transcribe_as,
-    transcript_of,
-    word_bodies,
-)
+from service.inference import AUTO, serve_item, transcribe_as, transcript_of, word_bodies
 from service.longform import fixed_windows, segment_settings, shifted
 from service.state import AppState, state_of
 
@@ -73,14 +74,17 @@ async def stream(
     audio: Literal["pcm", "encoded"] = Query("pcm", description="pcm: 16-bit LE mono; encoded: each message a file"),
 ) -> None:
     state = state_of(ws)
-    try:
-        key = await _admit(ws, state, lang)
-    except StreamClosed as closed:
-        await ws.close(closed.code, closed.reason[:120])
+    if state.open_streams >= state.settings.max_streams:
+        await _refuse(ws, StreamClosed(CLOSE_RETRY, f"{state.settings.max_streams} streams are open; try again later"))
         return
-    await ws.accept()
-    state.open_streams += 1
+    state.open_streams += 1  # taken before the first await: connects arriving together cannot all pass the bound
     try:
+        try:
+            key = await _admit(ws, state, lang)
+        except StreamClosed as closed:
+            await _refuse(ws, closed)
+            return
+        await ws.accept()
         await StreamSession(state, ws, lang, rate, audio == "encoded", key).run()
     except StreamClosed as closed:
         await ws.close(closed.code, closed.reason[:120])
@@ -93,24 +97,26 @@ async def stream(
         state.open_streams -= 1
 
 
+async def _refuse(ws: WebSocket, closed: StreamClosed) -> None:
+    """Complete the handshake, then close with the code and reason: a close before it would reach the client
+    as a bare HTTP 403, without either."""
+    await ws.accept()
+    await ws.close(closed.code, closed.reason[:120])
+
+
 async def _admit(ws: WebSocket, state: AppState, lang: str) -> ApiKey | None:
-    """API key, readiness, the bound on open streams and the mask, before the handshake completes; the key,
-    whose mask list every later step of the stream keeps to."""
-    key = None
+    """API key, readiness and the mask, before the handshake completes; the key, whose mask list every later
+    step of the stream keeps to."""
     try:
-        if state.api_keys is not None:
-            key = state.api_keys.authenticate(ws.headers.get("authorization"))
-            state.api_keys.admit(key)
+        key = admit_key(state, ws.headers.get("authorization"))
         require_mask_right(state, key, state.settings.language_mask if lang == AUTO else lang)
         engine, _ = state.ready_engine()
-        if state.open_streams >= state.settings.max_streams:
-            raise StreamClosed(CLOSE_RETRY, f"{state.settings.max_streams} streams are open; try again later")
         mask, kind = (state.settings.language_mask, "classify") if lang == AUTO else (lang, "ctc")
         loaded = await run_in_threadpool(engine.registry.get, mask)
         if loaded.kind != kind:
             raise StreamClosed(CLOSE_POLICY, f"mask {mask!r} is a {loaded.kind} mask, not a {kind} mask")
         return key
-    except NotReadyError as exc:
+    except (NotReadyError, RateLimitedError) as exc:
         raise StreamClosed(CLOSE_RETRY, str(exc)) from exc
     except S3RouterError as exc:
         raise StreamClosed(CLOSE_POLICY, str(exc)) from exc

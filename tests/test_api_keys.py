@@ -77,6 +77,24 @@ def test_keys_guard_inference_and_leave_health_open(tmp_path):
         assert ALPHA not in metrics and BETA not in metrics
 
 
+def test_the_model_list_needs_a_key_and_shows_only_the_masks_it_may_use(tmp_path):
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, vad=False, api_keys=KEYS)
+    with TestClient(create_app(settings, tiny_engine_factory())) as c:
+        missing = c.get("/v1/models")
+        assert missing.status_code == 401 and missing.json()["error"]["type"] == "AuthenticationError"
+        limited = [m["id"] for m in c.get("/v1/models", headers=_bearer(ALPHA)).json()["data"]]
+        everything = [m["id"] for m in c.get("/v1/models", headers=_bearer(BETA)).json()["data"]]
+        assert limited == ["s3router", "fr"] and {"s3router", "fr", "de"} <= set(everything)
+        metrics = c.get("/metrics").text
+        assert 's3router_requests_by_key_total{key="alpha",status="200"} 1.0' in metrics
+        # the schema declares what keys add to every speech endpoint
+        paths = c.get("/openapi.json").json()["paths"]
+        for path, method in (("/transcribe", "post"), ("/classify", "post"), ("/v1/audio/transcriptions", "post"),
+                             ("/v1/models", "get")):
+            assert {"401", "429"} <= set(paths[path][method]["responses"]), path
+        assert "403" in paths["/transcribe"]["post"]["responses"]
+
+
 def test_the_compose_env_file_loads_with_its_empty_secrets(monkeypatch):
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
     for line in (root / ".env.example").read_text().splitlines():

@@ -183,3 +183,35 @@ def test_an_auto_stream_that_hears_a_language_its_key_may_not_use_is_closed_as_h
     assert http.status_code == 403 and http.json()["error"]["type"] == "MaskForbiddenError"
     assert closed.value.code == 1008 and "may not use mask 'de'" in closed.value.reason
     assert not [m for m in received if m.get("language") == "de"]
+
+
+def test_connects_arriving_together_never_pass_the_stream_bound_and_the_refused_read_1013(tmp_path):
+    """A real server (uvicorn): twelve clients connect at once to a bound of three. Exactly three streams
+    open; the others complete the handshake and read close code 1013 and its reason (not a bare 403)."""
+    import asyncio
+    import json
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from helpers import serve_in_thread
+
+    async def clients(url: str) -> list[tuple[str, object]]:
+        sockets = await asyncio.gather(*(connect(f"{url}/v1/stream?lang=fr") for _ in range(12)))
+        outcomes: list[tuple[str, object]] = []
+        for ws in sockets:  # every handshake is done before any stream ends
+            try:
+                await ws.send(json.dumps({"type": "end"}))
+                outcomes.append(("answered", json.loads(await ws.recv())["type"]))
+            except ConnectionClosed as closed:
+                outcomes.append(("closed", (closed.rcvd.code, closed.rcvd.reason) if closed.rcvd else None))
+            await ws.close()
+        return outcomes
+
+    app = create_app(_settings(tmp_path, max_streams=3), tiny_engine_factory())
+    with serve_in_thread(app, log_level="error") as url:
+        outcomes = asyncio.run(clients(url.replace("http", "ws")))
+    assert sorted(kind for kind, _ in outcomes) == ["answered"] * 3 + ["closed"] * 9, outcomes
+    assert all(what == "done" for kind, what in outcomes if kind == "answered")
+    assert {what for kind, what in outcomes if kind == "closed"} == {
+        (1013, "3 streams are open; try again later")}
