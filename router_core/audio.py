@@ -73,6 +73,13 @@ def effective_rate(rate: int) -> int:
     return rate if rate % RATE_QUANTUM == 0 else max(RATE_QUANTUM, round(rate / RATE_QUANTUM) * RATE_QUANTUM)
 
 
+def resampler_to_16k(rate: int) -> StreamingResampler | None:
+    """A :class:`StreamingResampler` from ``rate`` (read as :func:`effective_rate`) to 16 kHz, its filter
+    shared through a bounded cache; ``None`` when no resampling is needed. One per upload or stream."""
+    effective = effective_rate(rate)
+    return StreamingResampler(_RESAMPLERS.get(effective)) if effective != SAMPLE_RATE else None
+
+
 def _check_format(rate: int, channels: int) -> int:
     if not MIN_RATE <= rate <= MAX_RATE:
         raise UnsupportedAudioError(
@@ -94,8 +101,7 @@ def _read_16k(
     length is decoded into one array of the output's length (the 16 kHz signal is held once); with
     ``frames`` unknown, blocks are read until the end or until ``limit`` is passed (then refused), then
     joined."""
-    effective = effective_rate(handle.samplerate)
-    stream = StreamingResampler(_RESAMPLERS.get(effective)) if effective != SAMPLE_RATE else None
+    stream = resampler_to_16k(handle.samplerate)
     size = None
     if frames is not None:
         size = frames if stream is None else math.ceil(stream.new * frames / stream.orig)

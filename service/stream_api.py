@@ -31,11 +31,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torchaudio
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from router_core.audio import MAX_RATE, MIN_RATE, decode_audio
+from router_core.audio import MAX_RATE, MIN_RATE, decode_audio, resampler_to_16k
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import (
     NotReadyError,
@@ -134,6 +133,9 @@ class StreamSession:
         self.received = 0.0  # seconds of audio received
         self.since_step = 0  # samples received since the last step
         self.started = time.monotonic()
+        # PCM at another rate: one resampler for the whole stream (the same samples as resampling the whole
+        # recording at once, at an odd rate too: read as the nearest 25 Hz, as uploads are)
+        self.resampler = None if encoded else resampler_to_16k(rate)
 
     async def run(self) -> None:
         settings = self.state.settings
@@ -145,10 +147,12 @@ class StreamSession:
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("bytes") is not None:
-                self._append(message["bytes"])
+                await run_in_threadpool(self._append, message["bytes"])  # decoding and resampling off the loop
                 if self.since_step >= settings.stream_partial_interval_s * SAMPLE_RATE:
                     await self._step(final=False)
             elif _is_end(message.get("text")):
+                if self.resampler is not None:  # the filter's last samples
+                    self._add(torch.from_numpy(self.resampler.finish()), 0.0)
                 await self._step(final=True)
                 await self.ws.send_json({"type": "done"})
                 await self.ws.close(CLOSE_DONE)
@@ -160,21 +164,21 @@ class StreamSession:
         settings = self.state.settings
         if self.encoded:  # a short encoded file (WAV, FLAC, OGG, MP3): any rate, any channels
             try:
-                pcm = decode_audio(data, settings.segment_seconds)  # [n] 16 kHz
+                wave = decode_audio(data, settings.segment_seconds)  # [n] 16 kHz
             except S3RouterError as exc:
                 code = CLOSE_TOO_BIG if isinstance(exc, PayloadTooLargeError) else CLOSE_POLICY
                 raise StreamClosed(code, f"an encoded chunk: {exc}; send shorter chunks") from exc
-            self._add(pcm, pcm.shape[0] / SAMPLE_RATE)
+            self._add(wave, wave.shape[0] / SAMPLE_RATE)
             return
         if len(data) % 2:
             raise StreamClosed(CLOSE_POLICY, "16-bit PCM needs an even number of bytes per message")
         seconds = len(data) / 2 / self.rate
         if seconds > settings.segment_seconds:
             raise StreamClosed(CLOSE_TOO_BIG, f"a message holds {seconds:.1f} s of audio; send shorter chunks")
-        pcm = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)  # [n]
-        if self.rate != SAMPLE_RATE:
-            pcm = torchaudio.functional.resample(pcm, self.rate, SAMPLE_RATE)  # [n * 16000 / rate]
-        self._add(pcm, seconds)
+        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0  # [n]
+        if self.resampler is not None:
+            samples = self.resampler.push(samples)  # [~n * 16000 / rate]; the filter's delay waits for the end
+        self._add(torch.from_numpy(samples), seconds)
 
     def _add(self, pcm: torch.Tensor, seconds: float) -> None:
         """Append ``pcm [n]`` (16 kHz) after the stream's limits on length and speed."""

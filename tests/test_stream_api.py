@@ -71,6 +71,29 @@ def test_a_stream_at_another_rate_is_resampled(tmp_path):
     assert len(finals) == 1 and finals[0]["end"] == pytest.approx(3.0, abs=0.01)
 
 
+def test_a_stream_at_8_khz_in_20_ms_messages_gives_what_the_whole_file_gives(tmp_path):
+    """One resampler for the whole stream: its 16 kHz audio, hence its windows and transcripts, are the
+    upload's (resampling each message alone puts an edge into the audio every 20 ms)."""
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory())) as client:
+        with client.websocket_connect("/v1/stream?lang=fr&rate=8000") as ws:
+            finals = [m for m in _stream(ws, _pcm(6.0, 8000), chunk_s=0.02, rate=8000) if m["type"] == "final"]
+        whole = client.post("/transcribe?lang=fr", content=audio_bytes(6.0, 8000)).json()
+    assert [(f["start"], f["end"]) for f in finals] == [(0.0, 4.0), (4.0, 6.0)]
+    assert " ".join(f["text"] for f in finals) == whole["text"]
+    assert [w for f in finals for w in f["words"]] == whole["words"]
+
+
+def test_a_stream_at_an_odd_rate_is_read_at_the_nearest_25_hz_as_uploads_are(tmp_path):
+    """16,001 Hz is read as 16,000 Hz (resampling 16001:16000 exactly took gigabytes and blocked the loop)."""
+    pcm = _pcm(3.0)
+    with TestClient(create_app(_settings(tmp_path), tiny_engine_factory())) as client:
+        results = []
+        for rate in (16_000, 16_001):
+            with client.websocket_connect(f"/v1/stream?lang=fr&rate={rate}") as ws:
+                results.append([m for m in _stream(ws, pcm) if m["type"] == "final"])
+    assert results[0] and results[1] == results[0]
+
+
 @pytest.mark.parametrize(
     "query,settings,send,code,reason",
     [
