@@ -89,7 +89,9 @@ class ApiKeyChecker:
         self.keys = keys
 
     def authenticate(self, authorization: str | None) -> ApiKey:
-        """The key ``authorization`` presents, or :class:`AuthenticationError` (401)."""
+        """The key ``authorization`` presents, or :class:`AuthenticationError` (401). As RFC 7235 allows, the
+        scheme is matched without regard to case and ``1*SP`` may separate it from the key; the header
+        value's own surrounding whitespace is not part of it."""
         scheme, _, given = (authorization or "").partition(" ")
         presented = given.strip().encode()
         found: ApiKey | None = None

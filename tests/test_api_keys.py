@@ -5,7 +5,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from helpers import audio_bytes, tiny_engine_factory
-from router_core.errors import RateLimitedError
+from router_core.errors import AuthenticationError, RateLimitedError
 from service.api_keys import ApiKeyChecker, parse_api_keys
 from service.app import create_app
 from service.settings import ServiceSettings
@@ -44,6 +44,15 @@ def test_the_rate_limit_is_a_token_bucket():
         checker.admit(key, now=10.1)
     assert refused.value.retry_after == pytest.approx(0.4)  # 0.2 tokens came back; 0.8 more take 0.4 s at 2/s
     checker.admit(key, now=10.5)  # 1.0 token by then
+
+
+def test_the_bearer_scheme_is_read_as_rfc_7235_writes_it():
+    checker = ApiKeyChecker(parse_api_keys(KEYS))
+    for header in (f"Bearer {ALPHA}", f"bearer {ALPHA}", f"BEARER  {ALPHA}", f"Bearer {ALPHA} "):
+        assert checker.authenticate(header).id == "alpha", header
+    for header in (f"Bearer{ALPHA}", f"Basic {ALPHA}", f"Bearer {ALPHA}x", f"Bearer {ALPHA[:-1]}", ALPHA, "", None):
+        with pytest.raises(AuthenticationError):
+            checker.authenticate(header)
 
 
 def test_keys_guard_inference_and_leave_health_open(tmp_path):

@@ -1,14 +1,17 @@
 """Slow and broken clients against a real uvicorn server run as `s3router serve` runs it: a stalled upload
 is answered 408 within the upload timeout instead of holding its connection open forever, and a request
-that is not HTTP gets the service's JSON error body."""
+that is not HTTP gets the service's JSON error body; and a credential sent in the URL never reaches the log."""
 
 import json
 import socket
 import time
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
-from helpers import serve_in_thread, tiny_engine_factory
+from helpers import audio_bytes, serve_in_thread, tiny_engine_factory
 from service.app import create_app
 from service.http_server import uvicorn_options
 from service.settings import ServiceSettings
@@ -58,3 +61,19 @@ def test_a_malformed_http_request_gets_the_json_error_body(tmp_path, garbage):
     assert head.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in head.lower(), answer
     error = json.loads(body)["error"]
     assert error["type"] == "MalformedHTTPRequest" and error["message"]
+
+
+def test_a_key_sent_in_the_url_is_refused_and_never_written_to_the_log(tmp_path, capfd):
+    secret = "url-secret-0123456789"
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, vad=False,
+                               api_keys=f"alpha:{secret}")
+    with serve_in_thread(create_app(settings, tiny_engine_factory()), **uvicorn_options(settings)) as url:
+        refused = httpx.post(f"{url}/transcribe?lang=fr&api_key={secret}", content=audio_bytes(1.0), timeout=30)
+        stream = f"{url.replace('http', 'ws')}/v1/stream?token={secret}&lang=fr"
+        with pytest.raises(ConnectionClosed), connect(stream) as ws:
+            ws.recv(timeout=10)
+    assert refused.status_code == 401
+    logged = capfd.readouterr()
+    assert secret not in logged.out + logged.err
+    assert "/transcribe?lang=fr&api_key=***" in logged.out
+    assert "/v1/stream?token=***&lang=fr" in logged.out + logged.err
