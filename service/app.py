@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import masks_api, speech_api, stream_api
@@ -26,6 +27,7 @@ from service.settings import ServiceSettings
 from service.state import AppState
 
 RETRY_READY = {"Retry-After": "5"}  # /readyz while starting or cut off from the store
+CLIENT_CLOSED = 499  # nginx's "client closed request", as ClientClosedRequestError is answered
 
 
 class RequestMetricsMiddleware:
@@ -45,14 +47,27 @@ class RequestMetricsMiddleware:
             return
         started = time.perf_counter()
         status = [500]
+        sent = {"start": False, "end": False}
 
         async def send_and_record(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                sent["start"] = True
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent["end"] = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_and_record)
+            if sent["start"] and not sent["end"]:  # a streamed answer (SSE) whose client left before its end
+                status[0] = CLIENT_CLOSED
+        except ClientDisconnect:
+            status[0] = CLIENT_CLOSED
+            raise
+        except Exception:
+            if sent["start"] and not sent["end"]:  # failed after its status line was sent
+                status[0] = 500
+            raise
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
             request_state = scope.get("state", {})

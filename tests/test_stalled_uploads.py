@@ -3,6 +3,7 @@ is answered 408 within the upload timeout instead of holding its connection open
 that is not HTTP gets the service's JSON error body; and a credential sent in the URL never reaches the log."""
 
 import json
+import re
 import socket
 import time
 
@@ -77,3 +78,28 @@ def test_a_key_sent_in_the_url_is_refused_and_never_written_to_the_log(tmp_path,
     assert secret not in logged.out + logged.err
     assert "/transcribe?lang=fr&api_key=***" in logged.out
     assert "/v1/stream?token=***&lang=fr" in logged.out + logged.err
+
+
+def test_an_event_stream_whose_client_leaves_is_counted_as_499_not_200(tmp_path):
+    """Server-sent events of a four-segment recording, one segment per batch (each pass held 0.3 s): the
+    client reads the first event and leaves. The request is counted as the client's, 499."""
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, vad=False, max_batch_size=1,
+                               segment_max_s=4.0, max_audio_seconds=10, max_longform_seconds=60)
+    app = create_app(settings, tiny_engine_factory(run_delay=0.3))
+    with serve_in_thread(app, **uvicorn_options(settings)) as url:
+        form = {"model": "s3router", "language": "fr", "stream": "true"}
+        with httpx.stream("POST", f"{url}/v1/audio/transcriptions", data=form, timeout=30,
+                          files={"file": ("a.wav", audio_bytes(16.0))}) as r:
+            first = next(line for line in r.iter_lines() if line.startswith("data: "))
+        assert r.status_code == 200 and "transcript.text.delta" in first
+
+        def counted(status: str) -> float:
+            pattern = (r'^s3router_requests_total\{endpoint="/v1/audio/transcriptions",mask="[^"]*",'
+                       rf'status="{status}"\}} (\S+)$')
+            found = re.search(pattern, httpx.get(f"{url}/metrics").text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        deadline = time.monotonic() + 20
+        while counted("499") == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the server notices the departure at its next send
+        assert counted("499") == 1 and counted("200") == 0
