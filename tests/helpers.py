@@ -88,6 +88,11 @@ def waves(*lengths: int, seed: int = 1) -> list[torch.Tensor]:
     return [torch.randn(n, generator=gen) for n in lengths]
 
 
+def ctc_mask_bytes(bb: Backbone, name: str, seed: int = 0) -> bytes:
+    """A random CTC mask file for ``bb`` (keep 0.9 of the default layers)."""
+    return encode_mask(random_mask(bb.spec(), name, ctc_spec(), bb.default_layer_names(), 0.9, seed=seed))
+
+
 def add_masks(registry: MaskRegistry, bb: Backbone, names: list[str], keep: float = 0.9, attention=False):
     """Random masks (seeded by position) written through the registry; returns them."""
     out = []

@@ -8,11 +8,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from helpers import REDIS_URL, audio_bytes, ctc_spec, tiny_backbone
+from helpers import REDIS_URL, audio_bytes, ctc_mask_bytes, tiny_backbone
 from router_core.errors import MaskNotFoundError, StoreUnavailableError
 from router_core.kernels.backend import select_backend
-from router_core.mask_builder import random_mask
-from router_core.mask_file import encode_mask
 from router_core.redis_store import RedisStore, RegistryWatcher
 from router_core.registry import MaskRegistry
 from router_core.router import Router
@@ -23,10 +21,6 @@ from service.engine import Engine
 from service.settings import ServiceSettings
 
 ADMIN = {"Authorization": "Bearer redis-test-token"}
-
-
-def _mask_bytes(bb, name, seed=0):
-    return encode_mask(random_mask(bb.spec(), name, ctc_spec(), bb.default_layer_names(), 0.9, seed=seed))
 
 
 class Proxy:
@@ -87,9 +81,9 @@ def test_store_round_trip_versions_and_errors(prefix):
     bb = tiny_backbone()
     store = open_store(REDIS_URL, prefix)
     assert isinstance(store, RedisStore) and store.names() == []
-    newer = _mask_bytes(bb, "fr", seed=1)
-    store.write("fr", _mask_bytes(bb, "fr"))
-    store.write("de", _mask_bytes(bb, "de"))
+    newer = ctc_mask_bytes(bb, "fr", seed=1)
+    store.write("fr", ctc_mask_bytes(bb, "fr"))
+    store.write("de", ctc_mask_bytes(bb, "de"))
     store.write("fr", newer)
     assert store.names() == ["de", "fr"] and store.read("fr") == newer
     versions = store.versions()
@@ -129,16 +123,16 @@ def _wait_for(predicate, seconds):
 
 def test_upload_through_one_replica_is_served_by_the_other_within_a_second(prefix, tmp_path):
     bb = tiny_backbone()
-    RedisStore(REDIS_URL, prefix).write("fr", _mask_bytes(bb, "fr", seed=0))
+    RedisStore(REDIS_URL, prefix).write("fr", ctc_mask_bytes(bb, "fr", seed=0))
     a = TestClient(create_app(_settings(tmp_path / "a"), _engine_factory(REDIS_URL, prefix)))
     b = TestClient(create_app(_settings(tmp_path / "b"), _engine_factory(REDIS_URL, prefix)))
     with a, b:
         wav = audio_bytes(1.0)
         before = b.post("/transcribe?lang=fr", content=wav).json()["text"]  # fr now resident on b
         assert a.post("/transcribe?lang=es", content=wav).status_code == 404
-        assert a.put("/masks/es", content=_mask_bytes(bb, "es", seed=5), headers=ADMIN).status_code == 201
+        assert a.put("/masks/es", content=ctc_mask_bytes(bb, "es", seed=5), headers=ADMIN).status_code == 201
         assert b.post("/transcribe?lang=es", content=wav).status_code == 200  # new mask: read from Redis
-        new_fr = _mask_bytes(bb, "fr", seed=7)
+        new_fr = ctc_mask_bytes(bb, "fr", seed=7)
         new_fr_text = a.put("/masks/fr", content=new_fr, headers=ADMIN)
         assert new_fr_text.status_code == 201
         expected = a.post("/transcribe?lang=fr", content=wav).json()["text"]
@@ -153,7 +147,7 @@ def test_upload_through_one_replica_is_served_by_the_other_within_a_second(prefi
 def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_path):
     bb = tiny_backbone()
     direct = RedisStore(REDIS_URL, prefix)
-    direct.write("fr", _mask_bytes(bb, "fr", seed=0))
+    direct.write("fr", ctc_mask_bytes(bb, "fr", seed=0))
     proxy = Proxy()
     app = create_app(_settings(tmp_path), _engine_factory(f"redis://127.0.0.1:{proxy.port}/0", prefix))
     with TestClient(app) as client:
@@ -171,7 +165,7 @@ def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_p
         assert ready.status_code == 200 and ready.json()["registry"] == "degraded"
         down = client.post("/transcribe?lang=de", content=wav)  # not resident, store down
         assert down.status_code == 503 and int(down.headers["retry-after"]) >= 1
-        direct.write("fr", _mask_bytes(bb, "fr", seed=3))  # changed while this replica was cut off
+        direct.write("fr", ctc_mask_bytes(bb, "fr", seed=3))  # changed while this replica was cut off
         expected = Router(bb, MaskRegistry(direct, bb.spec())).transcribe([_decode(wav)], ["fr"])[0].text
         proxy.restore()
         assert _wait_for(lambda: client.get("/readyz").json()["registry"] == "ok", 5.0)
@@ -180,7 +174,7 @@ def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_p
 
 def test_a_frozen_redis_adds_nothing_to_requests_for_resident_masks(prefix, tmp_path):
     bb = tiny_backbone()
-    RedisStore(REDIS_URL, prefix).write("fr", _mask_bytes(bb, "fr", seed=0))
+    RedisStore(REDIS_URL, prefix).write("fr", ctc_mask_bytes(bb, "fr", seed=0))
     proxy = Proxy()
     app = create_app(_settings(tmp_path), _engine_factory(f"redis://127.0.0.1:{proxy.port}/0", prefix))
     with TestClient(app) as client:
@@ -207,7 +201,7 @@ def _decode(wav):
 
 def test_masks_cli_copies_between_folder_and_redis(prefix, tmp_path, capsys):
     bb = tiny_backbone()
-    fr = _mask_bytes(bb, "fr")
+    fr = ctc_mask_bytes(bb, "fr")
     (tmp_path / "fr.s3mask").write_bytes(fr)
     url = REDIS_URL
     assert main(["masks", "--redis-prefix", prefix, "push", url, str(tmp_path / "fr.s3mask")]) == 0

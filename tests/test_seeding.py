@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REDIS_URL, ctc_spec, tiny_backbone
+from helpers import REDIS_URL, ctc_mask_bytes, tiny_backbone
 from router_core.backbone import load_backbone
 from router_core.errors import BackboneError
-from router_core.mask_builder import random_mask
-from router_core.mask_file import encode_mask
 from router_core.redis_store import RedisStore
 from router_core.registry import DirectoryStore, MaskStore
 from router_core.stores import SeedReport, open_store, seed_store
@@ -30,8 +28,7 @@ needs_bundle = pytest.mark.skipif(not BUNDLED, reason="bundle not built (make bu
 
 def _masks(names: list[str], seed: int = 0) -> dict[str, bytes]:
     bb = tiny_backbone()
-    return {n: encode_mask(random_mask(bb.spec(), n, ctc_spec(), bb.default_layer_names(), 0.9, seed=seed + i))
-            for i, n in enumerate(names)}
+    return {n: ctc_mask_bytes(bb, n, seed + i) for i, n in enumerate(names)}
 
 
 def _stores(tmp_path: Path, prefix: str) -> dict[str, MaskStore]:
