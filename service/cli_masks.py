@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from router_core.errors import InvalidInputError
 from router_core.mask_file import decode_mask
 from router_core.redis_store import DEFAULT_PREFIX
 from router_core.stores import open_store, redact_url, seed_store
 
+if TYPE_CHECKING:
+    from service.settings import ServiceSettings
 
-def _prefix(args: argparse.Namespace) -> str:
+
+def _prefix(args: argparse.Namespace, settings: ServiceSettings | None = None) -> str:
+    """``--redis-prefix``, else ``S3R_REDIS_PREFIX`` (from ``settings`` when the caller has them loaded)."""
     from service.settings import load_settings
 
-    return str(args.redis_prefix) if args.redis_prefix is not None else load_settings().redis_prefix
+    if args.redis_prefix is not None:
+        return str(args.redis_prefix)
+    return (settings or load_settings()).redis_prefix
 
 
 def _ls(args: argparse.Namespace) -> dict[str, Any]:
@@ -59,8 +65,9 @@ def _rm(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _copy(args: argparse.Namespace) -> dict[str, Any]:
-    source = open_store(args.source, _prefix(args))
-    target = open_store(args.target, _prefix(args))
+    prefix = _prefix(args)
+    source = open_store(args.source, prefix)
+    target = open_store(args.target, prefix)
     names = args.names or source.names()
     for name in names:
         data = source.read(name)
@@ -84,7 +91,8 @@ def _seed(args: argparse.Namespace) -> dict[str, Any]:
         if bundle is None:
             raise InvalidInputError("no bundled model found: give --from FOLDER (or set S3R_BUNDLE_DIR)")
         source = str(bundle / "registry")
-    report = seed_store(open_store(target, _prefix(args)), open_store(source, _prefix(args)))
+    prefix = _prefix(args, settings)
+    report = seed_store(open_store(target, prefix), open_store(source, prefix))
     return {"registry": redact_url(target), "from": redact_url(source), "seeded": report.seeded,
             "kept": report.kept, "already_held": report.already_held}
 
