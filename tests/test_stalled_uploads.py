@@ -5,6 +5,7 @@ that is not HTTP gets the service's JSON error body; and a credential sent in th
 import json
 import re
 import socket
+import threading
 import time
 
 import httpx
@@ -81,25 +82,40 @@ def test_a_key_sent_in_the_url_is_refused_and_never_written_to_the_log(tmp_path,
 
 
 def test_an_event_stream_whose_client_leaves_is_counted_as_499_not_200(tmp_path):
-    """Server-sent events of a four-segment recording, one segment per batch (each pass held 0.3 s): the
-    client reads the first event and leaves. The request is counted as the client's, 499."""
+    """Server-sent events of a four-segment recording, one segment per batch: the client reads the first event
+    and leaves, and only then do the later passes run. The request is counted as the client's, 499."""
     settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, vad=False, max_batch_size=1,
                                segment_max_s=4.0, max_audio_seconds=10, max_longform_seconds=60)
-    app = create_app(settings, tiny_engine_factory(run_delay=0.3))
+    armed, client_left, passes = threading.Event(), threading.Event(), []
+
+    def hold_after_the_first_pass() -> None:  # the request's passes (not the start-up warm-up's)
+        if armed.is_set():
+            passes.append(None)
+            if len(passes) > 1:
+                client_left.wait(30)
+
+    app = create_app(settings, tiny_engine_factory(before_forward=hold_after_the_first_pass))
+    counted: list[int] = []
+    recorded = threading.Event()
+    metrics = app.state.s3r.metrics
+    observe = metrics.observe_request
+
+    def observe_and_tell(endpoint: str, mask: str, status: int, *rest: object) -> None:
+        observe(endpoint, mask, status, *rest)  # type: ignore[arg-type]
+        if endpoint == "/v1/audio/transcriptions":
+            counted.append(status)
+            recorded.set()
+
+    metrics.observe_request = observe_and_tell  # type: ignore[method-assign]
     with serve_in_thread(app, **uvicorn_options(settings)) as url:
+        armed.set()
         form = {"model": "s3router", "language": "fr", "stream": "true"}
         with httpx.stream("POST", f"{url}/v1/audio/transcriptions", data=form, timeout=30,
                           files={"file": ("a.wav", audio_bytes(16.0))}) as r:
             first = next(line for line in r.iter_lines() if line.startswith("data: "))
+        client_left.set()
         assert r.status_code == 200 and "transcript.text.delta" in first
-
-        def counted(status: str) -> float:
-            pattern = (r'^s3router_requests_total\{endpoint="/v1/audio/transcriptions",mask="[^"]*",'
-                       rf'status="{status}"\}} (\S+)$')
-            found = re.search(pattern, httpx.get(f"{url}/metrics").text, re.M)
-            return float(found.group(1)) if found else 0.0
-
-        deadline = time.monotonic() + 20
-        while counted("499") == 0 and time.monotonic() < deadline:
-            time.sleep(0.1)  # the server notices the departure at its next send
-        assert counted("499") == 1 and counted("200") == 0
+        assert recorded.wait(30), "the request was never counted"
+        exported = re.search(r'^s3router_requests_total\{endpoint="/v1/audio/transcriptions",mask="[^"]*",'
+                             r'status="499"\} 1\.0$', httpx.get(f"{url}/metrics").text, re.M)
+    assert counted == [499] and exported
