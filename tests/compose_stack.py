@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -26,7 +27,9 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
 
 
 def wait_for(what: str, condition: Callable[[], bool], seconds: float, every: float = 0.5) -> float:
-    """Poll ``condition`` until it holds; the seconds it took. Raises ``TimeoutError`` naming ``what``."""
+    """Poll ``condition`` until it holds; the seconds it took. Raises ``TimeoutError`` naming ``what``.
+    For state of other processes that offer no event to wait on (a Prometheus scrape, a replica's counters,
+    a mask reaching another replica); the engine's own changes are awaited with :meth:`ComposeStack.await_event`."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > seconds:
@@ -125,6 +128,27 @@ class ComposeStack:
         ips = docker("inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
                      self.container(service)).split()
         return f"http://{ips[0]}:{port}"
+
+    def await_event(self, service: str, status: str, since: str, seconds: float) -> None:
+        """Block until the engine reports ``status`` (e.g. ``health_status: healthy``) for the service's
+        container at or after ``since`` (an engine timestamp: events before the call are not missed)."""
+        watch = subprocess.Popen(["docker", "events", "--since", since, "--filter",
+                                  f"container={self.container(service)}", "--format", "{{.Status}}"],
+                                 stdout=subprocess.PIPE, text=True)
+        timer = threading.Timer(seconds, watch.kill)  # ends the stream, and with it the loop below
+        timer.start()
+        try:
+            assert watch.stdout is not None
+            if not any(line.strip() == status for line in watch.stdout):
+                raise TimeoutError(f"{service}: no {status!r} within {seconds:g} s")
+        finally:
+            timer.cancel()
+            watch.kill()
+            watch.wait()
+
+    def engine_time(self) -> str:
+        """The engine's clock now, as ``docker events --since`` takes it."""
+        return docker("info", "-f", "{{.SystemTime}}")
 
     def exec(self, service: str, *cmd: str) -> str:
         return docker("exec", self.container(service), *cmd)
