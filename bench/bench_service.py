@@ -30,7 +30,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 from bench.serving import serving
 from bench.timing import markdown_table
 from router_core import DirectoryStore, HeadSpec, MaskRegistry, Router, encode_mask, load_backbone, random_mask
-from service.engine import DEMO_VOCAB
+from service.pipeline.engine import DEMO_VOCAB
 
 LANGS = ["lang0", "lang1", "lang2", "lang3"]
 

@@ -147,7 +147,7 @@ def identify_languages(
     """``lang=auto`` for a list of clips in this thread (benchmarks, evaluation): each clip's language, its
     language-ID probability and its transcript (``None`` when the language has no transcription mask). The
     candidates of every clip run as one mixed-mask batch. (The service does the same through its batcher:
-    ``service.inference.transcribe_as``.)"""
+    ``service.pipeline.inference.transcribe_as``.)"""
     lids = router.classify(waves, [language_mask] * len(waves))
     usable = set(transcription_masks(router.registry, list(lids[0].probabilities))) if lids else set()
     jobs = [(i, label) for i, lid in enumerate(lids)

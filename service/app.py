@@ -1,5 +1,5 @@
 """``create_app(settings)``: the FastAPI application users deploy. It only assembles: the shared state
-(``service/state.py``), start-up (``service/lifespan.py``), error handlers (``service/errors.py``),
+(``service/pipeline/state.py``), start-up (``service/pipeline/lifespan.py``), error handlers (``service/errors.py``),
 request metrics, the health routes here, and the speech and mask routes.
 
 ``/readyz`` answers 503 with the reason until start-up is done.
@@ -17,14 +17,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import masks_api, speech_api, stream_api
-from service.api_docs import METRICS_RESPONSES
-from service.engine import build_engine
+from service.api import masks, speech, stream
+from service.api.docs import METRICS_RESPONSES
 from service.errors import install_error_handlers
-from service.lifespan import VERSION, EngineFactory, make_lifespan
 from service.metrics import ServiceMetrics
+from service.pipeline.engine import build_engine
+from service.pipeline.lifespan import VERSION, EngineFactory, make_lifespan
+from service.pipeline.state import AppState
 from service.settings import ServiceSettings
-from service.state import AppState
 
 RETRY_READY = {"Retry-After": "5"}  # /readyz while starting or cut off from the store
 CLIENT_CLOSED = 499  # nginx's "client closed request", as ClientClosedRequestError is answered
@@ -119,7 +119,7 @@ def create_app(settings: ServiceSettings, engine_factory: EngineFactory = build_
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(state.metrics.prom_registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(speech_api.api)
-    app.include_router(stream_api.api)
-    app.include_router(masks_api.api)
+    app.include_router(speech.api)
+    app.include_router(stream.api)
+    app.include_router(masks.api)
     return app

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from router_core.registry import MaskRegistry
-from service.batching import BatchReport
+from service.pipeline.batching import BatchReport
 
 log = logging.getLogger(__name__)
 

@@ -180,7 +180,7 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _api_keys_parse(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            from service.api_keys import parse_api_keys
+            from service.pipeline.api_keys import parse_api_keys
 
             if not parse_api_keys(value.get_secret_value()):
                 raise ValueError("api_keys names no key (unset it to leave the endpoints open)")

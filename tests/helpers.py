@@ -138,7 +138,7 @@ def tiny_engine_factory(
     ``run_delay`` seconds or ``before_forward()`` before every forward pass (to hold a batch in it)."""
     from router_core.kernels.backend import select_backend
     from router_core.router import Router
-    from service.engine import Engine
+    from service.pipeline.engine import Engine
 
     def factory(settings):
         bb = tiny_backbone()

@@ -6,8 +6,8 @@ from pydantic import ValidationError
 
 from helpers import audio_bytes, tiny_engine_factory
 from router_core.errors import AuthenticationError, RateLimitedError
-from service.api_keys import ApiKeyChecker, parse_api_keys
 from service.app import create_app
+from service.pipeline.api_keys import ApiKeyChecker, parse_api_keys
 from service.settings import ServiceSettings
 
 ALPHA = "alpha-key-0123456789"

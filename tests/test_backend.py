@@ -44,7 +44,7 @@ def test_a_kernel_flag_of_auto_wins_over_the_environment(monkeypatch, tmp_path):
     """`s3router serve --kernel auto` with S3R_KERNEL=reference set: the settings object is the only source
     (the engine passed None for "auto", and the backend then read the environment)."""
     from helpers import tiny_model
-    from service.engine import build_engine
+    from service.pipeline.engine import build_engine
     from service.settings import load_settings
 
     tiny_model().save_pretrained(tmp_path / "backbone")

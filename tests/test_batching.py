@@ -10,7 +10,7 @@ import torch
 
 from router_core.errors import DeadlineExceededError, MaskKindError, MaskNotFoundError, OverloadedError
 from router_core.router import RoutedOutput
-from service.batching import Batcher, Pending, admit, dispatch_delay, kind_mismatch, take_batch
+from service.pipeline.batching import Batcher, Pending, admit, dispatch_delay, kind_mismatch, take_batch
 
 
 def _pending(mask="fr", at=0.0, deadline=10.0, cancelled=False):
@@ -162,7 +162,7 @@ def test_a_request_task_cancelled_while_its_item_waits_drops_the_item():
     its other candidates when one fails): the queued item goes too, instead of running for nobody."""
     from types import SimpleNamespace
 
-    from service.inference import serve_item
+    from service.pipeline.inference import serve_item
 
     gate = threading.Event()
     model = RecordingModel(gate=gate)

@@ -37,7 +37,7 @@ from router_core.training.language_id_fit import (
     score_decision,
 )
 from service.cli import main
-from service.inference import language_picker
+from service.pipeline.inference import language_picker
 from service.settings import ServiceSettings
 
 

@@ -17,7 +17,7 @@ from router_core.router import Router
 from router_core.stores import open_store
 from service.app import create_app
 from service.cli import main
-from service.engine import Engine
+from service.pipeline.engine import Engine
 from service.settings import ServiceSettings
 
 ADMIN = {"Authorization": "Bearer redis-test-token"}

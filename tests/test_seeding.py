@@ -17,9 +17,9 @@ from router_core.errors import BackboneError
 from router_core.redis_store import RedisStore
 from router_core.registry import DirectoryStore, MaskStore
 from router_core.stores import SeedReport, open_store, seed_store
-from service import engine as engine_module
 from service.cli import main
-from service.engine import BUNDLE_DIR, build_engine, bundle_dir
+from service.pipeline import engine as engine_module
+from service.pipeline.engine import BUNDLE_DIR, build_engine, bundle_dir
 from service.settings import ServiceSettings
 
 BUNDLED = sorted(p.stem for p in (BUNDLE_DIR / "registry").glob("*.s3mask"))

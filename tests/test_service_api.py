@@ -417,7 +417,7 @@ def test_silence_and_noise_give_an_empty_transcript_and_speech_does_not(tmp_path
 
 def test_warm_up_runs_one_mask_of_each_kind(tmp_path):
     """It warmed the first two names, which with the bundle are two CTC masks."""
-    from service.lifespan import warm_up
+    from service.pipeline.lifespan import warm_up
 
     settings = _settings(tmp_path)
     engine = tiny_engine_factory(mask_names=("de", "es", "fr", "zz_speaker"))(settings)
@@ -432,7 +432,7 @@ def test_warm_up_runs_one_mask_of_each_kind(tmp_path):
 
 def test_warm_up_loads_a_bounded_number_of_masks(tmp_path, monkeypatch):
     """A store of CTC masks only: warm-up looks at the first WARM_UP_TRIES, not every mask in the store."""
-    from service.lifespan import WARM_UP_TRIES, warm_up
+    from service.pipeline.lifespan import WARM_UP_TRIES, warm_up
 
     settings = _settings(tmp_path)
     engine = tiny_engine_factory(mask_names=tuple(f"m{i:02d}" for i in range(WARM_UP_TRIES + 4)))(settings)

@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from router_core.errors import AdminDisabledError, AuthenticationError
 from router_core.mask_file import RoutingMask, check_compatible, decode_mask, validate_mask_name
 from router_core.registry import MaskRegistry
-from service.api_docs import ADMIN_ERRORS, MASK_FILE_BODY, READ_ERRORS, MaskNamePath, error_responses
-from service.state import AppState, state_of
-from service.uploads import read_body
+from service.api.docs import ADMIN_ERRORS, MASK_FILE_BODY, READ_ERRORS, MaskNamePath, error_responses
+from service.api.uploads import read_body
+from service.pipeline.state import AppState, state_of
 
 api = APIRouter(tags=["masks"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from service.cli_tools import add_backbone_args, backbone_from_args, registry_from_args
+from service.cli.tools import add_backbone_args, backbone_from_args, registry_from_args
 
 
 def run_fit_language_id(args: argparse.Namespace) -> dict[str, Any]:

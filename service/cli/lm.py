@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from router_core.errors import InvalidInputError
-from service.cli_tools import add_registry_args
+from service.cli.tools import add_registry_args
 
 
 def run_lm(args: argparse.Namespace) -> dict[str, Any]:

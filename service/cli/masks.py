@@ -78,7 +78,7 @@ def _copy(args: argparse.Namespace) -> dict[str, Any]:
 
 def _seed(args: argparse.Namespace) -> dict[str, Any]:
     """The bundled masks (or ``--from``'s) into an empty ``registry`` (default: ``S3R_REGISTRY``)."""
-    from service.engine import bundle_dir
+    from service.pipeline.engine import bundle_dir
     from service.settings import load_settings
 
     settings = load_settings()

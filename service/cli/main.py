@@ -118,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--backbone", help="also check the mask fits this backbone")
     inspect.add_argument("--offline", action="store_true", help="never contact the hub")
     inspect.set_defaults(run=_inspect)
-    from service.cli_language_id import add_language_id_commands
-    from service.cli_lm import add_lm_command
-    from service.cli_masks import add_masks_commands
-    from service.cli_stream import add_stream_command
-    from service.cli_tools import add_tool_commands
+    from service.cli.language_id import add_language_id_commands
+    from service.cli.lm import add_lm_command
+    from service.cli.masks import add_masks_commands
+    from service.cli.stream import add_stream_command
+    from service.cli.tools import add_tool_commands
 
     add_tool_commands(sub)
     add_lm_command(sub)

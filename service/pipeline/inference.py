@@ -22,10 +22,10 @@ from router_core.errors import (
 from router_core.heads import MaskKind
 from router_core.language_id import DecodingLanguageId, best_candidate, transcription_masks
 from router_core.router import RoutedOutput
-from service.admission import may_use, require_mask_right
-from service.batching import Pending
+from service.pipeline.admission import may_use, require_mask_right
+from service.pipeline.batching import Pending
+from service.pipeline.state import AppState
 from service.settings import LID_SETTINGS
-from service.state import AppState
 
 DISCONNECT_POLL_S = 0.1
 ROOM_POLL_S = 0.05  # how often a long recording's next segment looks for room in a full queue

@@ -20,9 +20,9 @@ from router_core.decoding import Transcript, mean_logprob
 from router_core.heads import MaskKind
 from router_core.router import RoutedOutput
 from router_core.vad import SegmentSettings
-from service.inference import allowed_for, run_request, transcribe_as, transcript_of
+from service.pipeline.inference import allowed_for, run_request, transcribe_as, transcript_of
+from service.pipeline.state import AppState
 from service.settings import ServiceSettings
-from service.state import AppState
 
 
 @dataclass(frozen=True)

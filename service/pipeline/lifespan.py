@@ -17,10 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from router_core.backbone import SAMPLE_RATE
 from router_core.errors import S3RouterError
 from router_core.vad import SpeechDetector
-from service.batching import Batcher
-from service.engine import Engine
+from service.pipeline.batching import Batcher
+from service.pipeline.engine import Engine
+from service.pipeline.state import AppState
 from service.settings import ServiceSettings
-from service.state import AppState
 
 log = logging.getLogger(__name__)
 VERSION = metadata.version("s3router")

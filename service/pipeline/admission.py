@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from service.api_keys import ApiKey
-from service.state import AppState
+from service.pipeline.api_keys import ApiKey
+from service.pipeline.state import AppState
 
 
 def admit_key(state: AppState, authorization: str | None,

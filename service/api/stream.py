@@ -47,11 +47,11 @@ from router_core.heads import MaskKind
 from router_core.mask_file import MASK_NAME_PATTERN
 from router_core.router import RoutedOutput
 from router_core.vad import speech_segments
-from service.admission import admit_key, may_use, require_mask_right
-from service.api_keys import ApiKey
-from service.inference import AUTO, serve_item, transcribe_as, transcript_of, word_bodies
-from service.longform import fixed_windows, segment_settings, shifted
-from service.state import AppState, state_of
+from service.pipeline.admission import admit_key, may_use, require_mask_right
+from service.pipeline.api_keys import ApiKey
+from service.pipeline.inference import AUTO, serve_item, transcribe_as, transcript_of, word_bodies
+from service.pipeline.longform import fixed_windows, segment_settings, shifted
+from service.pipeline.state import AppState, state_of
 
 api = APIRouter(tags=["speech"])
 CLOSE_DONE, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_RETRY = 1000, 1008, 1009, 1011, 1013

@@ -10,10 +10,10 @@ from starlette.requests import HTTPConnection
 from router_core.errors import NotReadyError
 from router_core.registry import MaskRegistry
 from router_core.vad import SpeechDetector
-from service.api_keys import ApiKeyChecker, parse_api_keys
-from service.batching import Batcher
-from service.engine import Engine
 from service.metrics import ServiceMetrics
+from service.pipeline.api_keys import ApiKeyChecker, parse_api_keys
+from service.pipeline.batching import Batcher
+from service.pipeline.engine import Engine
 from service.settings import ServiceSettings
 
 

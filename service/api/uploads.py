@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 
 from router_core.errors import EmptyAudioError, InvalidInputError, PayloadTooLargeError, UploadTimeoutError
-from service.state import state_of
+from service.pipeline.state import state_of
 
 
 async def read_body(request: Request, limit: int) -> bytes:

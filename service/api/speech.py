@@ -21,8 +21,7 @@ from router_core.errors import (
     NotImplementedFeatureError,
     StoreUnavailableError,
 )
-from service.admission import admit_request, may_use
-from service.api_docs import (
+from service.api.docs import (
     AUDIO_BODY,
     KEYED_ERRORS,
     OPENAI_BODY,
@@ -32,17 +31,18 @@ from service.api_docs import (
     TaskQuery,
     error_responses,
 )
-from service.inference import (
+from service.api.openai_format import SegmentView, check_format_options, render_transcription, stream_events
+from service.api.uploads import read_upload
+from service.pipeline.admission import admit_request, may_use
+from service.pipeline.inference import (
     AUTO,
     check_mask,
     classification_of,
     run_request,
     word_bodies,
 )
-from service.longform import SegmentResult, joined, main_language, plan_segments, transcribe_segments
-from service.openai_format import SegmentView, check_format_options, render_transcription, stream_events
-from service.state import AppState, state_of
-from service.uploads import read_upload
+from service.pipeline.longform import SegmentResult, joined, main_language, plan_segments, transcribe_segments
+from service.pipeline.state import AppState, state_of
 
 api = APIRouter(tags=["speech"])
 
