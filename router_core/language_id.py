@@ -21,7 +21,7 @@ labels; when its best probability reaches ``confident`` it is taken as is and no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -62,12 +62,20 @@ class DecodingLanguageId:
         """Whether candidates should be decoded: ``top`` > 1 and the mask's best probability under ``confident``."""
         return self.top > 1 and lid.top(1)[0][1] < self.confident
 
-    def candidates(self, lid: Classification, usable: set[str]) -> list[str]:
+    def candidates(self, lid: Classification, usable: Collection[str]) -> list[str]:
         """The labels to decode, best first: the mask's ``top`` labels among ``usable`` (the transcription
         masks the caller may use) when it is :meth:`undecided`, else ``[]``."""
         if not self.undecided(lid):
             return []
         return [label for label, _ in lid.top(len(lid.probabilities)) if label in usable][: self.top]
+
+    def languages_to_transcribe(self, lid: Classification, usable: Collection[str]) -> list[str]:
+        """The one rule of ``lang=auto``: the languages whose masks transcribe the clip. Two or more
+        :meth:`candidates` all transcribe it, and :func:`best_candidate` picks the answer; one candidate is the
+        answer; with none (the mask is confident, or nothing it proposes is usable) the mask's best label is.
+        ``usable`` is only read when the mask is :meth:`undecided`."""
+        candidates = self.candidates(lid, usable)
+        return candidates if len(candidates) >= 2 else [candidates[0] if candidates else lid.label]
 
 
 def ctc_log_likelihood(log_probs: torch.Tensor, text: str, spec: HeadSpec) -> float:
@@ -135,10 +143,8 @@ def decide(settings: DecodingLanguageId, lid: Classification, terms: Mapping[str
     (``terms``, by language; the transcription masks usable for the clip): the language-ID answer when it is
     confident or nothing else can be decoded, else the best-scoring candidate (the first of equals). What
     :func:`identify_languages` and the service decide, as a pure function (fitting the settings uses it)."""
-    candidates = settings.candidates(lid, set(terms))
-    if len(candidates) < 2:
-        return candidates[0] if candidates else lid.label
-    return max(candidates, key=lambda language: terms[language].score(settings))
+    languages = settings.languages_to_transcribe(lid, terms)
+    return max(languages, key=lambda language: terms[language].score(settings)) if len(languages) > 1 else languages[0]
 
 
 def identify_languages(
@@ -147,11 +153,11 @@ def identify_languages(
     """``lang=auto`` for a list of clips in this thread (benchmarks, evaluation): each clip's language, its
     language-ID probability and its transcript (``None`` when the language has no transcription mask). The
     candidates of every clip run as one mixed-mask batch. (The service does the same through its batcher:
-    ``service.pipeline.inference.transcribe_as``.)"""
+    ``service.pipeline.transcriber.Transcriber.transcribe``.)"""
     lids = router.classify(waves, [language_mask] * len(waves))
     usable = set(transcription_masks(router.registry, list(lids[0].probabilities))) if lids else set()
     jobs = [(i, label) for i, lid in enumerate(lids)
-            for label in settings.candidates(lid, usable) or ([lid.label] if lid.label in usable else [])]
+            for label in settings.languages_to_transcribe(lid, usable) if label in usable]
     outs = router.forward([waves[i] for i, _ in jobs], [label for _, label in jobs], "ctc")
     per_clip: list[list[RoutedOutput]] = [[] for _ in lids]
     for (i, _), out in zip(jobs, outs, strict=True):

@@ -16,7 +16,6 @@ neighbours' midpoints or the audio's ends).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
 import torch
@@ -92,25 +91,52 @@ class SpeechCheck:
     speech_ratio: float  # fraction of windows at or over the threshold
 
 
+STATE_SIZE, CONTEXT_SAMPLES = 128, 64  # silero-vad's recurrent state [2, 1, 128]; samples of context per window
+
+
+@dataclass
+class VadState:
+    """The detector's memory after the windows read so far: its recurrent state and the last samples."""
+
+    recurrent: torch.Tensor  # [2, 1, 128]
+    context: torch.Tensor  # [1, 64]
+
+
 class SpeechDetector:
-    """silero-vad over whole clips. One model, used under a lock: it keeps a recurrent state per call."""
+    """silero-vad. The model itself keeps no state between calls here: each caller holds its own
+    :class:`VadState` (one per clip, one per stream), so calls from many threads run side by side."""
 
     def __init__(self, threshold: float = 0.5, min_speech_s: float = 0.25) -> None:
         from silero_vad import load_silero_vad
 
         self.threshold = threshold
         self.min_speech_windows = max(1, round(min_speech_s / WINDOW_SECONDS))
-        self._model = load_silero_vad()
-        self._lock = threading.Lock()
+        self._network = load_silero_vad()._model  # the 16 kHz network: (window with context, state) -> (p, state)
+
+    def start(self) -> VadState:
+        """The state before the first window of a recording."""
+        return VadState(torch.zeros(2, 1, STATE_SIZE), torch.zeros(1, CONTEXT_SAMPLES))
+
+    def read(self, state: VadState, windows: torch.Tensor) -> torch.Tensor:
+        """Speech probabilities of ``windows [n * 512]`` (whole windows, in order, at 16 kHz) -> ``[n]``,
+        advancing ``state`` past them. Each window is read with the 64 samples before it, as silero-vad's
+        own loop does: window for window the same numbers as its ``audio_forward``."""
+        assert windows.shape[0] % WINDOW_SAMPLES == 0, "whole windows only"
+        probs = []
+        with torch.no_grad():
+            for frame in windows.float().cpu().view(-1, WINDOW_SAMPLES):  # [512]
+                x = torch.cat([state.context, frame[None]], dim=1)  # [1, 64 + 512]
+                p, state.recurrent = self._network.forward(x, state.recurrent)
+                state.context = x[:, -CONTEXT_SAMPLES:]
+                probs.append(p.reshape(1))
+        return torch.cat(probs) if probs else torch.zeros(0)
 
     def probabilities(self, wave: torch.Tensor) -> torch.Tensor:
-        """Speech probability per 32 ms window: ``wave [T]`` at 16 kHz -> ``[ceil(T / 512)]`` (a clip
-        shorter than one window is padded with silence: the model refuses it otherwise)."""
+        """Speech probability per 32 ms window: ``wave [T]`` at 16 kHz -> ``[ceil(T / 512)]`` (the last
+        window padded with silence; a clip shorter than one window is one padded window)."""
         wave = wave.float().cpu()  # [T]
-        if wave.shape[0] < WINDOW_SAMPLES:
-            wave = torch.nn.functional.pad(wave, (0, WINDOW_SAMPLES - wave.shape[0]))  # [512]
-        with self._lock, torch.no_grad():
-            return self._model.audio_forward(wave, SAMPLE_RATE)[0]  # [1, W] -> [W]
+        padding = (-wave.shape[0]) % WINDOW_SAMPLES if wave.shape[0] else WINDOW_SAMPLES
+        return self.read(self.start(), torch.nn.functional.pad(wave, (0, padding)))  # [W]
 
     def segments(self, wave: torch.Tensor, settings: SegmentSettings) -> list[SpeechSegment]:
         """Speech segments of ``wave [T]`` (16 kHz), in order."""
@@ -135,3 +161,36 @@ def _longest_run(flags: torch.Tensor) -> int:
         current = current + 1 if flag else 0
         longest = max(longest, current)
     return longest
+
+
+class StreamingVad:
+    """Window probabilities of audio that arrives in pieces (a stream): each whole window is read once, in
+    order, with the state carried over, so the probabilities are those of :meth:`SpeechDetector.probabilities`
+    over the whole stream; a last partial window is read padded with silence on a copy of the state. The
+    stream may :meth:`forget` its oldest windows once it no longer needs them."""
+
+    def __init__(self, detector: SpeechDetector) -> None:
+        self.detector = detector
+        self.state = detector.start()
+        self.kept = torch.zeros(0)  # [W] probabilities of the whole windows not forgotten
+        self.partial = torch.zeros(0)  # [< 512] samples after the last whole window
+
+    def push(self, samples: torch.Tensor) -> None:
+        """Read ``samples [n]`` (16 kHz), the audio after what was pushed before."""
+        pending = torch.cat([self.partial, samples.float().cpu()])
+        whole = pending.shape[0] - pending.shape[0] % WINDOW_SAMPLES
+        if whole:
+            self.kept = torch.cat([self.kept, self.detector.read(self.state, pending[:whole])])
+        self.partial = pending[whole:]
+
+    def probabilities(self) -> torch.Tensor:
+        """``[W]``: the kept windows', then the partial window's (padded), if any."""
+        if not self.partial.shape[0]:
+            return self.kept
+        probe = VadState(self.state.recurrent.clone(), self.state.context.clone())
+        padded = torch.nn.functional.pad(self.partial, (0, WINDOW_SAMPLES - self.partial.shape[0]))
+        return torch.cat([self.kept, self.detector.read(probe, padded)])
+
+    def forget(self, windows: int) -> None:
+        """Drop the probabilities of the oldest ``windows`` whole windows."""
+        self.kept = self.kept[windows:]

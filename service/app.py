@@ -70,10 +70,9 @@ class RequestMetricsMiddleware:
             raise
         finally:
             endpoint = getattr(scope.get("route"), "path", "unmatched")
-            request_state = scope.get("state", {})
-            mask = request_state.get("mask", "")
-            self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started,
-                                         request_state.get("api_key_id"))
+            admission = scope.get("state", {}).get("admission")  # set by the admission step, if reached
+            mask, key_id = (admission.mask, admission.key_id) if admission is not None else ("", None)
+            self.metrics.observe_request(endpoint, mask, status[0], time.perf_counter() - started, key_id)
 
 
 def create_app(settings: ServiceSettings, engine_factory: EngineFactory = build_engine) -> FastAPI:

@@ -4,6 +4,38 @@ Every error body has one shape, ``{"error": {"type", "message"}}``: the engine's
 hierarchy in ``router_core/errors.py``), and what the web framework raises itself (unknown route 404,
 wrong method 405 with ``Allow``, malformed multipart 400, parameter validation 422). Every 503 carries
 ``Retry-After``, and so does a 429.
+
+The hierarchy of ``router_core/errors.py``, each class with its status (a test keeps this drawing true)::
+
+    S3RouterError 500
+        InvalidInputError 400
+            InvalidMaskNameError 400
+            UnsupportedAudioError 415
+            EmptyAudioError 400
+            UploadTimeoutError 408
+        MaskNotFoundError 404
+        MaskKindError 422
+        MaskFormatError 400
+            TruncatedMaskFileError 400
+            ChecksumMismatchError 400
+            UnsupportedFormatVersionError 400
+            MaskIncompatibleError 409
+                FingerprintMismatchError 409
+                LayerShapeMismatchError 409
+        RegistryBudgetError 413
+        StoreUnavailableError 503
+        BackboneError 500
+        KernelUnavailableError 500
+        PayloadTooLargeError 413
+        OverloadedError 503
+        RateLimitedError 429
+        DeadlineExceededError 504
+        ClientClosedRequestError 499
+        NotReadyError 503
+        AuthenticationError 401
+        MaskForbiddenError 403
+        AdminDisabledError 403
+        NotImplementedFeatureError 501
 """
 
 from __future__ import annotations

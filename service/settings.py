@@ -116,6 +116,11 @@ class ServiceSettings(BaseSettings):
     max_audio_seconds: float = Field(
         default=120.0, gt=0.0, description="longest clip to classify; longer: 413 (transcription: max_longform_seconds)"
     )
+    def language_picker(self) -> DecodingLanguageId:
+        """How ``lang=auto`` decides (:mod:`router_core.language_id`) with these settings: the service and
+        ``s3router eval --decide`` alike."""
+        return DecodingLanguageId(**{field: getattr(self, name) for field, name in LID_SETTINGS.items()})
+
     @property
     def segment_seconds(self) -> float:
         """The longest segment actually used: never over ``max_audio_seconds`` (what kernels are prepared for)."""

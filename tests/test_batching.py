@@ -45,8 +45,10 @@ class RecordingModel:
         self.batches: list[list[str]] = []
         self.delay = delay
         self.gate = gate
+        self.entered = threading.Event()  # set as the first batch enters the model
 
     def __call__(self, waves, masks):
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         time.sleep(self.delay)
@@ -61,6 +63,19 @@ class RecordingModel:
 
 def _run(coro):
     return asyncio.run(coro)
+
+
+async def until(condition, timeout=5.0):
+    """Yield to the event loop until ``condition()`` holds (it is checked, not waited out)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.001)
+
+
+async def in_model(model):
+    """Until a batch is inside ``model`` (blocked on its gate, if it has one)."""
+    assert await asyncio.to_thread(model.entered.wait, 5)
 
 
 def test_mixed_masks_share_one_batch_and_results_go_to_their_callers():
@@ -87,7 +102,7 @@ def test_full_queue_is_refused_at_once_and_accepted_work_completes():
         batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=2)
         batcher.start()
         first = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
-        await asyncio.sleep(0.05)  # first is now running (blocked on the gate), the queue is empty
+        await in_model(model)  # first is now running (blocked on the gate), the queue is empty
         queued = [batcher.submit(torch.zeros(10), "fr", "ctc", 5.0) for _ in range(2)]
         with pytest.raises(OverloadedError):
             batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
@@ -143,11 +158,11 @@ def test_work_of_a_caller_that_went_away_is_dropped():
         batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=8)
         batcher.start()
         running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
-        await asyncio.sleep(0.05)  # 'fr' is in the model; the next two wait in the queue
+        await in_model(model)  # 'fr' is in the model; the next two wait in the queue
         gone = batcher.submit(torch.zeros(10), "de", "ctc", 5.0)
         kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
         waiter = asyncio.ensure_future(batcher.result(gone))
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # the waiter starts waiting
         waiter.cancel()  # the client disconnected
         gate.set()
         await asyncio.gather(batcher.result(running), batcher.result(kept))
@@ -158,26 +173,26 @@ def test_work_of_a_caller_that_went_away_is_dropped():
 
 
 def test_a_request_task_cancelled_while_its_item_waits_drops_the_item():
-    """serve_item's task cancelled (a long recording whose client left cancels its segments; lang=auto drops
-    its other candidates when one fails): the queued item goes too, instead of running for nobody."""
+    """A transcriber's task cancelled (a long recording whose client left cancels its segments; lang=auto
+    drops its other candidates when one fails): the queued item goes too, instead of running for nobody."""
     from types import SimpleNamespace
 
-    from service.pipeline.inference import serve_item
+    from service.pipeline.admission import Admission
+    from service.pipeline.transcriber import Transcriber
 
     gate = threading.Event()
     model = RecordingModel(gate=gate)
 
-    async def never_gone() -> bool:
-        return False
-
     async def scenario():
         batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=8)
         batcher.start()
-        state = SimpleNamespace(ready_engine=lambda: (None, batcher))
+        registry = SimpleNamespace(get=lambda name: SimpleNamespace(name=name, kind="ctc"))
+        state = SimpleNamespace(ready_engine=lambda: (SimpleNamespace(registry=registry), batcher), api_keys=None)
         running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
-        await asyncio.sleep(0.05)  # 'fr' is in the model
-        task = asyncio.ensure_future(serve_item(state, torch.zeros(10), "de", "ctc", time.monotonic() + 5, never_gone))
-        await asyncio.sleep(0.01)  # 'de' is queued
+        await in_model(model)  # 'fr' is in the model
+        transcriber = Transcriber(Admission(state, None, time.monotonic() + 5))
+        task = asyncio.ensure_future(transcriber.serve(torch.zeros(10), "de", "ctc"))
+        await until(lambda: batcher.queue_length == 1)  # 'de' is queued
         kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
         task.cancel()
         gate.set()
@@ -204,7 +219,7 @@ def test_a_cancelled_item_frees_its_queue_slot_at_once():
         batcher = Batcher(model, max_batch=1, max_wait_s=0.0, max_queue=1)
         batcher.start()
         running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
-        await asyncio.sleep(0.05)  # 'fr' is in the model; the queue has room for one
+        await in_model(model)  # 'fr' is in the model; the queue has room for one
         gone = batcher.submit(torch.zeros(10), "de", "ctc", 5.0)
         with pytest.raises(OverloadedError):
             batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
@@ -244,11 +259,9 @@ def test_the_next_batch_runs_while_the_last_one_finishes_and_a_failed_finish_sta
         batcher = Batcher(deferring, finish=finish, max_batch=2, max_wait_s=0.0, max_queue=8)
         batcher.start()
         first = [batcher.submit(torch.zeros(100), m, "ctc", 5.0) for m in ("fr", "bad")]
-        while len(model.batches) < 1:
-            await asyncio.sleep(0.01)
+        await until(lambda: len(model.batches) == 1)
         second = batcher.submit(torch.zeros(100), "de", "ctc", 5.0)
-        while len(model.batches) < 2:  # runs although the first batch's finish is still blocked
-            await asyncio.sleep(0.01)
+        await until(lambda: len(model.batches) == 2)  # runs although the first batch's finish is still blocked
         assert finished == []
         with pytest.raises(RuntimeError, match="decoder crashed"):
             await batcher.result(first[1])
@@ -282,20 +295,24 @@ def test_a_full_finish_stage_holds_the_next_batch_back():
         batcher = Batcher(deferring, finish=finish, max_finishing=1, max_batch=1, max_wait_s=0.0, max_queue=8)
         batcher.start()
         items = [batcher.submit(torch.zeros(100), m, "ctc", 5.0) for m in ("a", "b")]
-        await asyncio.sleep(0.2)
-        held = list(model.batches)
+        # the batcher's loop goes from a batch's end to waiting for finish room without yielding: once "a"
+        # is finishing, the loop is parked there, and "b" still waits in the queue
+        await until(lambda: batcher.finishing == 1)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        held = (list(model.batches), batcher.queue_length)
         release.set()
         await asyncio.gather(*(batcher.result(i) for i in items))
         await batcher.stop()
         return held
 
-    assert _run(scenario()) == [["a"]]
+    assert _run(scenario()) == ([["a"]], 1)
     assert model.batches == [["a"], ["b"]]
 
 
 def test_no_beam_search_is_run_for_a_caller_that_went_away():
     """An output whose caller left while its batch ran is not handed to the finish stage."""
-    model = RecordingModel(delay=0.2)
+    model = RecordingModel()
     finished: list[str] = []
     holder: dict = {}
 
@@ -311,13 +328,20 @@ def test_no_beam_search_is_run_for_a_caller_that_went_away():
         return out
 
     async def scenario():
-        batcher = holder["batcher"] = Batcher(deferring, finish=finish, max_batch=1, max_wait_s=0.0, max_queue=8)
+        batch_done = asyncio.Event()  # on_batch runs after each output was settled or sent to finish
+        finishing_then: list[int] = []
+
+        def report(_):
+            finishing_then.append(holder["batcher"].finishing)
+            batch_done.set()
+
+        batcher = holder["batcher"] = Batcher(deferring, finish=finish, max_batch=1, max_wait_s=0.0, max_queue=8,
+                                              on_batch=report)
         batcher.start()
         holder["item"] = batcher.submit(torch.zeros(100), "fr", "ctc", 5.0)
-        while not model.batches:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(batch_done.wait(), 5)
         await batcher.stop()
+        return finishing_then
 
-    _run(scenario())
+    assert _run(scenario()) == [0]  # no finish task was made for it
     assert model.batches == [["fr"]] and finished == []

@@ -13,3 +13,20 @@ def test_client_errors_are_4xx_and_specific():
     assert status_for(errors.ChecksumMismatchError("x")) == 400
     assert status_for(errors.FingerprintMismatchError("x")) == 409
     assert all(400 <= status_for(cls("x")) < 500 for cls in (errors.InvalidInputError, errors.MaskFormatError))
+
+
+def error_tree(cls: type = errors.S3RouterError, depth: int = 0) -> list[str]:
+    """The hierarchy as drawn in ``service/errors.py``'s docstring: one line per class, indented by depth,
+    with its status; subclasses in the order they are defined."""
+    lines = [f"{'    ' * depth}{cls.__name__} {HTTP_STATUS[cls]}"]
+    for sub in cls.__subclasses__():
+        lines += error_tree(sub, depth + 1)
+    return lines
+
+
+def test_the_error_tree_in_the_docstring_is_the_real_one():
+    import service.errors
+
+    doc = service.errors.__doc__ or ""
+    drawn = doc[doc.index("S3RouterError 500"):].split("\n\n")[0].rstrip().splitlines()
+    assert [line.removeprefix("    ") for line in drawn] == error_tree()

@@ -582,7 +582,7 @@ def test_launchers_refuse_bits_that_do_not_pack_the_weight(launcher):
     wrong = {"dtype": good.to(torch.int16), "shape": good[:, :3].contiguous(), "stride": good.t().contiguous().t()}
     x = torch.randn(5, k, device=device)
     call = {
-        "triton": lambda bits: triton_masked.masked_linear_triton(x, weight, None, bits),
+        "triton": lambda bits: triton_masked.masked_linear_triton(x, weight, None, bits, triton_masked.TritonTuner()),
         "cpu": lambda bits: cpu.masked_linear_tiled(x, weight, None, bits, 16),
         "materialized": lambda bits: triton_apply_bits.masked_weight_triton(weight, bits, torch.empty_like(weight)),
     }[launcher]

@@ -4,7 +4,6 @@ model score, which candidates are tried, and the decision on a tiny router whose
 import itertools
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import soundfile as sf
@@ -37,7 +36,6 @@ from router_core.training.language_id_fit import (
     score_decision,
 )
 from service.cli import main
-from service.pipeline.inference import language_picker
 from service.settings import ServiceSettings
 
 
@@ -81,6 +79,19 @@ def test_candidates_are_the_best_usable_labels_unless_the_mask_is_confident():
         DecodingLanguageId(top=0)
     with pytest.raises(InvalidInputError):
         DecodingLanguageId(confident=0.0)
+
+
+def test_lang_auto_has_one_rule_for_what_transcribes_a_clip():
+    """Two or more candidates all transcribe the clip; one candidate is the answer; with none (confident, or
+    nothing usable) the mask's best label is; the service, identify_languages and decide all ask this."""
+    unsure = Classification("fr", {"fr": 0.5, "de": 0.3, "it": 0.2})
+    sure = Classification("fr", {"fr": 1.0, "de": 0.0, "it": 0.0})
+    picker = DecodingLanguageId(top=3, confident=0.99)
+    assert picker.languages_to_transcribe(unsure, {"fr", "de", "it"}) == ["fr", "de", "it"]
+    assert picker.languages_to_transcribe(unsure, {"de"}) == ["de"]  # e.g. the key may use de alone
+    assert picker.languages_to_transcribe(unsure, set()) == ["fr"]
+    assert picker.languages_to_transcribe(sure, {"fr", "de"}) == ["fr"]
+    assert DecodingLanguageId(top=1).languages_to_transcribe(unsure, {"de", "it"}) == ["fr"]
 
 
 @pytest.fixture
@@ -179,7 +190,8 @@ def test_collect_terms_refuses_unlabelled_clips(unsure_router):
         collect_terms(unsure_router, _clips(), ["de", "de"], "language")
 
 
-def test_fit_lid_cli_prints_settings_the_service_takes(tmp_path, capsys):
+def _unsure_files(tmp_path) -> list[str]:
+    """The unsure masks' backbone and registry on disk, and manifest rows of clips labelled de."""
     tiny_model().save_pretrained(tmp_path / "bb")
     bb = load_backbone(tmp_path / "bb", local_files_only=True)
     store = DirectoryStore(tmp_path / "reg")
@@ -189,6 +201,23 @@ def test_fit_lid_cli_prints_settings_the_service_takes(tmp_path, capsys):
     for i, wave in enumerate(_clips()):
         sf.write(tmp_path / f"c{i}.wav", wave.numpy(), 16_000)
         rows.append(json.dumps({"audio": f"c{i}.wav", "label": "de"}))
+    return rows
+
+
+@pytest.mark.parametrize("environment, accuracy", [({}, 1.0), ({"S3R_LID_CANDIDATES": "1"}, 0.0)])
+def test_eval_decide_decides_with_the_services_settings(tmp_path, capsys, monkeypatch, environment, accuracy):
+    """``s3router eval --decide`` answers as the service would with the same S3R_LID_* settings: by default
+    decoding picks de; with one candidate the mask alone answers fr."""
+    (tmp_path / "dev.jsonl").write_text("\n".join(_unsure_files(tmp_path)) + "\n")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    assert main(["eval", "--backbone", str(tmp_path / "bb"), "--registry", str(tmp_path / "reg"), "--offline",
+                 "--mask", "language", "--decide", "--manifest", str(tmp_path / "dev.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == accuracy
+
+
+def test_fit_lid_cli_prints_settings_the_service_takes(tmp_path, capsys):
+    rows = _unsure_files(tmp_path)
     (tmp_path / "dev.jsonl").write_text("\n".join(rows[:2]) + "\n")  # two sets, pooled
     (tmp_path / "dev_everyday.jsonl").write_text("\n".join(rows[2:]) + "\n")
     assert main(["fit-lid", "--backbone", str(tmp_path / "bb"), "--registry", str(tmp_path / "reg"), "--offline",
@@ -198,7 +227,7 @@ def test_fit_lid_cli_prints_settings_the_service_takes(tmp_path, capsys):
     assert report["clips"] == 3 and report["mask_alone"] == 0.0 and len(report["best"]) == 3
     assert report["best"][0]["accuracy"] == 1.0 and report["defaults"]["accuracy"] == 1.0
     fitted = {name.removeprefix("S3R_").lower(): value for name, value in report["settings"].items()}
-    picker = language_picker(SimpleNamespace(settings=ServiceSettings(**fitted)))  # every name is a real setting
+    picker = ServiceSettings(**fitted).language_picker()  # every name is a real setting
     assert picker == ranked_settings(report["best"][0])
 
 

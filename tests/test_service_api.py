@@ -58,7 +58,9 @@ def test_transcribe_any_format_rate_and_channels(client, fmt, rate, channels):
     body = r.json()
     assert body["language"] == "fr" and body["mask"] == "fr" and body["decoder"] == "greedy"
     assert body["duration"] == pytest.approx(1.5, abs=0.06)
-    assert set(body["timing"]) == {"queue_ms", "inference_ms"}
+    timing = body["timing"]
+    assert set(timing) == {"queue_ms", "inference_ms", "items", "total_ms"} and timing["items"] == 1
+    assert 0 < timing["inference_ms"] <= timing["total_ms"] and timing["queue_ms"] <= timing["total_ms"]
     assert all(w["start"] <= w["end"] for w in body["words"])
 
 
@@ -274,6 +276,9 @@ def test_lang_auto_transcribes_the_candidates_and_keeps_the_best_explained(tmp_p
         assert (auto["language"], auto["mask"], auto["text"]) == (language, language, text)
         p_de = 1 / (1 + math.exp(0.2))
         assert auto["language_probability"] == pytest.approx(p_de if language == "de" else 1 - p_de, abs=1e-5)
+        # the timing counts every item the request ran: the language-ID mask's, then each candidate's
+        assert auto["timing"]["items"] == 1 + (2 if candidates > 1 else 1)
+        assert auto["timing"]["inference_ms"] <= auto["timing"]["total_ms"] * auto["timing"]["items"]
         metrics = c.get("/metrics").text
         decided, other = ("decoding", "mask") if candidates > 1 else ("mask", "decoding")
         assert f's3router_language_id_total{{decided_by="{decided}"}} 1.0' in metrics

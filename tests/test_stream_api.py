@@ -98,7 +98,7 @@ def test_a_stream_at_an_odd_rate_is_read_at_the_nearest_25_hz_as_uploads_are(tmp
     "query,settings,send,code,reason",
     [
         ("lang=xx", {}, None, 1008, "no mask named 'xx'"),
-        ("lang=cls_speaker", {}, None, 1008, "not a ctc mask"),
+        ("lang=cls_speaker", {}, None, 1008, "not a transcription (ctc) mask"),
         ("lang=fr", {}, "text:hello", 1008, "send binary"),
         ("lang=fr", {}, "bytes:odd", 1008, "even number"),
         ("lang=fr", {}, "bytes:long", 1009, "shorter chunks"),

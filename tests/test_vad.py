@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from router_core.audio import decode_audio
-from router_core.vad import SpeechDetector, _longest_run
+from router_core.vad import WINDOW_SAMPLES, SpeechDetector, StreamingVad, _longest_run
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +70,64 @@ def test_long_speech_is_split_at_its_least_speech_like_window_and_padding_never_
     assert all(a.end <= b.start for a, b in zip(segments, segments[1:], strict=False))
     assert segments[0].start == 0 and segments[-1].end == 60 * 16000
     assert speech_segments(_probs(seconds=5.0), 5 * 16000, 0.5, SegmentSettings()) == []
+
+
+def _spoken(text: str, voice: str = "en") -> torch.Tensor:
+    audio = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    return decode_audio(audio, 60)  # [T] 16 kHz
+
+
+def test_probabilities_are_silero_vads_own_window_for_window(detector):
+    """The detector runs the network itself with a state per call (no shared model state, no lock): the
+    numbers are those of silero-vad's own loop, ``audio_forward`` (the oracle)."""
+    from silero_vad import load_silero_vad
+
+    wave = _spoken("The kettle was still warm when we came home.")
+    wave = wave[: wave.shape[0] - 100]  # a partial last window
+    oracle = load_silero_vad().audio_forward(wave, 16_000)[0]
+    assert torch.allclose(detector.probabilities(wave), oracle, atol=1e-6)
+
+
+def test_detectors_share_nothing_between_threads(detector):
+    """Clips read at once from several threads give what each gives alone (the model keeps no state)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = [_spoken(text, voice) for text, voice in [("One two three four.", "en"), ("Un deux trois.", "fr"),
+                                                      ("Eins zwei drei vier fünf.", "de")]]
+    alone = [detector.probabilities(c) for c in clips]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(detector.probabilities, clips * 2))
+    assert all(torch.equal(a, b) for a, b in zip(alone * 2, together, strict=True))
+
+
+@pytest.mark.parametrize("piece", [320, 160 * 7, 4_000])
+def test_a_stream_reads_each_window_once_and_gets_the_whole_recordings_probabilities(detector, piece):
+    """A stream pushed in pieces (20 ms messages at 16 kHz, odd sizes, 0.25 s) has, after every push, the
+    probabilities of all its audio so far read at once; pushing reads each whole window through the network
+    exactly once, and asking for the probabilities reads at most the one partial window."""
+    wave = _spoken("Le petit chat dort sur la chaise, et le chien joue dans le jardin.", "fr")
+    stream = StreamingVad(detector)
+    read = {"push": 0, "ask": 0}
+    phase = ["push"]
+    original = detector.read
+
+    def counting(state, windows):
+        read[phase[0]] += windows.shape[0] // WINDOW_SAMPLES
+        return original(state, windows)
+
+    detector.read = counting
+    try:
+        for i, start in enumerate(range(0, wave.shape[0], piece)):
+            phase[0] = "push"
+            stream.push(wave[start:start + piece])
+            if i % 7 == 0:
+                phase[0], asked_before = "ask", read["ask"]
+                so_far = stream.probabilities()
+                assert read["ask"] - asked_before <= 1
+                assert torch.allclose(so_far, detector.probabilities(wave[:start + piece]), atol=1e-6)
+                read["ask"] = asked_before + 1  # the oracle's reads above are not the stream's
+    finally:
+        del detector.read
+    assert read["push"] == wave.shape[0] // WINDOW_SAMPLES
+    stream.forget(10)
+    assert torch.allclose(stream.probabilities(), detector.probabilities(wave)[10:], atol=1e-6)

@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +29,10 @@ from router_core.kernels.reference import (
     masked_linear_reference,
     segmented_masked_linear_reference,
 )
+
+if TYPE_CHECKING:
+    from router_core.kernels.cpu_schedule import CpuSchedule
+    from router_core.kernels.triton_masked import TritonTuner
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ class KernelBackend:
     masked_linear: MaskedLinearFn
     segmented_masked_linear: SegmentedFn
     prepare: PrepareFn = _nothing_to_prepare
-    tuner: Any = None  # what ``prepare`` and later calls chose (Triton: a ``TritonTuner``), for reports
+    tuner: TritonTuner | CpuSchedule | None = None  # what ``prepare`` and later calls chose (reports read it)
 
 
 REFERENCE = KernelBackend("reference", masked_linear_reference, segmented_masked_linear_reference)

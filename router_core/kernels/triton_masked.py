@@ -180,8 +180,8 @@ def segmented_masked_linear_triton(
     Shapes: ``x [R, K]`` (row stride free, ``K`` contiguous or strided), ``weight [N, K]``, ``bias [N]`` or
     ``None``, ``bits_stack [S, N, ceil(K/8)]`` uint8 (or a list of ``[N, ceil(K/8)]``), ``segments`` over
     ``R`` rows with ids into the stack (``-1``: dense); returns ``[R, N]`` in ``x``'s dtype.
-    ``config`` pins the tiles (tests); else ``tuner`` (default: the process's) picks tiles, or the
-    materialized path when it was timed faster for calls of this kind."""
+    ``config`` pins the tiles (tests); else ``tuner`` (the backend's: it holds what was tuned) picks tiles,
+    or the materialized path when it was timed faster for calls of this kind."""
     n_out, k = weight.shape
     rows = x.shape[0]
     stack = bits_stack if isinstance(bits_stack, torch.Tensor) else _stack(bits_stack, n_out, (k + 7) // 8, x.device)
@@ -192,7 +192,9 @@ def segmented_masked_linear_triton(
     if rows == 0:
         return torch.empty(0, n_out, dtype=x.dtype, device=x.device)
     precision = input_precision(x.dtype)
-    launch = _launch_kwargs(config) if config is not None else (tuner or TUNER).launch_for(
+    if config is None and tuner is None:
+        raise ValueError("pass the backend's tuner (or a config that pins the tiles)")
+    launch = _launch_kwargs(config) if config is not None else tuner.launch_for(  # type: ignore[union-attr]
         x, weight, bias, stack, segments
     )
     if launch is None:
@@ -316,8 +318,6 @@ def _launch_kwargs(config: triton.Config) -> dict:
 
 
 _INTERPRETER_LAUNCH = _launch_kwargs(INTERPRETER_CONFIG)
-TUNER = TritonTuner()
-"""The process's tuner: what calls without one of their own use (the Triton backend passes its own)."""
 
 
 def _cdiv(a: int, b: int) -> int:

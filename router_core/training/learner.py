@@ -19,6 +19,7 @@ from router_core.errors import InvalidInputError
 from router_core.heads import HeadSpec, OutputHead, masked_mean
 from router_core.maskable import weight_transform
 from router_core.training.manifest import Example
+from router_core.training.probe import fit_probe
 from router_core.training.scores import ScoreMasks
 
 SPECIAL_TOKENS = ("<pad>", "<unk>")
@@ -94,7 +95,7 @@ class MaskLearner(nn.Module):
 
     def probe_head(self, batches: Iterable[tuple[list[torch.Tensor], list[str]]], method: str = "softmax",
                    shrinkage: float = 0.3) -> float:
-        """Classification: fit the head by linear probing (:meth:`OutputHead.fit_probe`) on the pooled
+        """Classification: fit the head by linear probing (:func:`router_core.training.probe.fit_probe`) on the pooled
         features of these batches of (training waveforms, labels) under the initial mask; returns the
         probe's training accuracy."""
         backbone: Backbone = self.__dict__["backbone"]
@@ -105,8 +106,8 @@ class MaskLearner(nn.Module):
                 hidden, frames = backbone.encode_with_grad(waves, self.head_spec.all_layers)
                 pooled.append(self.head.pooled(hidden.float(), frames))  # [B, F]
                 labels += [index[t] for t in targets]
-        return self.head.fit_probe(torch.cat(pooled), torch.tensor(labels, device=pooled[0].device),
-                                   method=method, shrinkage=shrinkage)
+        return fit_probe(self.head, torch.cat(pooled), torch.tensor(labels, device=pooled[0].device),
+                         method=method, shrinkage=shrinkage)
 
 
 def pooled_logits(outputs: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ class TrainConfig:
     pooling: str | None = None  # classification pooling; None: "mean_std" (statistics pooling)
     layer_mix: bool | None = None  # weighted sum of all hidden states; None: on for classification only
     layer_concat: bool = False  # classification: all hidden states side by side (instead of layer_mix)
-    probe: str = "softmax"  # how a classification head is fitted before mask learning (heads.PROBES)
+    probe: str = "softmax"  # how a classification head is fitted before mask learning (training.probe.PROBES)
     lda_shrinkage: float = 0.3  # with probe="lda"
 
 

@@ -43,15 +43,13 @@ from router_core.errors import (
     RateLimitedError,
     S3RouterError,
 )
-from router_core.heads import MaskKind
 from router_core.mask_file import MASK_NAME_PATTERN
-from router_core.router import RoutedOutput
-from router_core.vad import speech_segments
-from service.pipeline.admission import admit_key, may_use, require_mask_right
-from service.pipeline.api_keys import ApiKey
-from service.pipeline.inference import AUTO, serve_item, transcribe_as, transcript_of, word_bodies
-from service.pipeline.longform import fixed_windows, segment_settings, shifted
-from service.pipeline.state import AppState, state_of
+from router_core.vad import WINDOW_SAMPLES, StreamingVad, speech_segments
+from service.api.bodies import word_bodies
+from service.pipeline.admission import Admission, admit
+from service.pipeline.segments import fixed_windows, segment_settings, shifted
+from service.pipeline.state import state_of
+from service.pipeline.transcriber import AUTO, Transcriber, transcript_of
 
 api = APIRouter(tags=["speech"])
 CLOSE_DONE, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_ERROR, CLOSE_RETRY = 1000, 1008, 1009, 1011, 1013
@@ -79,21 +77,26 @@ async def stream(
     state.open_streams += 1  # taken before the first await: connects arriving together cannot all pass the bound
     try:
         try:
-            key = await _admit(ws, state, lang)
-        except StreamClosed as closed:
-            await _refuse(ws, closed)
+            admission = admit(state, ws.headers.get("authorization"), queue=False)
+            await Transcriber(admission).check_language(lang)  # readiness, the key's rights, the mask and its kind
+        except S3RouterError as exc:
+            await _refuse(ws, StreamClosed(close_code(exc), str(exc)))
             return
         await ws.accept()
-        await StreamSession(state, ws, lang, rate, audio == "encoded", key).run()
+        await StreamSession(admission, ws, lang, rate, audio == "encoded").run()
     except StreamClosed as closed:
         await ws.close(closed.code, closed.reason[:120])
     except WebSocketDisconnect:
         pass
     except S3RouterError as exc:
-        await ws.close(CLOSE_RETRY if isinstance(exc, OverloadedError | NotReadyError) else CLOSE_POLICY,
-                       str(exc)[:120])
+        await ws.close(close_code(exc), str(exc)[:120])
     finally:
         state.open_streams -= 1
+
+
+def close_code(exc: S3RouterError) -> int:
+    """The close code of a refusal: 1013 (try again later) when waiting helps, else 1008."""
+    return CLOSE_RETRY if isinstance(exc, OverloadedError | NotReadyError | RateLimitedError) else CLOSE_POLICY
 
 
 async def _refuse(ws: WebSocket, closed: StreamClosed) -> None:
@@ -103,33 +106,17 @@ async def _refuse(ws: WebSocket, closed: StreamClosed) -> None:
     await ws.close(closed.code, closed.reason[:120])
 
 
-async def _admit(ws: WebSocket, state: AppState, lang: str) -> ApiKey | None:
-    """API key, readiness and the mask, before the handshake completes; the key, whose mask list every later
-    step of the stream keeps to."""
-    try:
-        key = admit_key(state, ws.headers.get("authorization"))
-        require_mask_right(state, key, state.settings.language_mask if lang == AUTO else lang)
-        engine, _ = state.ready_engine()
-        mask, kind = (state.settings.language_mask, "classify") if lang == AUTO else (lang, "ctc")
-        loaded = await run_in_threadpool(engine.registry.get, mask)
-        if loaded.kind != kind:
-            raise StreamClosed(CLOSE_POLICY, f"mask {mask!r} is a {loaded.kind} mask, not a {kind} mask")
-        return key
-    except (NotReadyError, RateLimitedError) as exc:
-        raise StreamClosed(CLOSE_RETRY, str(exc)) from exc
-    except S3RouterError as exc:
-        raise StreamClosed(CLOSE_POLICY, str(exc)) from exc
-
-
 class StreamSession:
     """One stream: the open segment's 16 kHz audio, where it starts, and what was received."""
 
-    def __init__(self, state: AppState, ws: WebSocket, lang: str, rate: int, encoded: bool = False,
-                 key: ApiKey | None = None) -> None:
-        self.state, self.ws, self.lang, self.rate, self.encoded, self.key = state, ws, lang, rate, encoded, key
-        self.cut = segment_settings(state.settings)
-        self.open = torch.zeros(0)  # [S] the open segment, 16 kHz
-        self.offset = 0  # samples of the stream before the open segment
+    def __init__(self, admission: Admission, ws: WebSocket, lang: str, rate: int, encoded: bool = False) -> None:
+        self.admission, self.state = admission, admission.state
+        self.ws, self.lang, self.rate, self.encoded = ws, lang, rate, encoded
+        self.cut = segment_settings(self.state.settings)
+        self.open = torch.zeros(0)  # [S] the open segment, 16 kHz; it starts on a VAD window's boundary
+        self.offset = 0  # samples of the stream before the open segment (whole VAD windows)
+        detector = self.state.speech_detector
+        self.vad = StreamingVad(detector) if detector is not None else None  # each window read once
         self.received = 0.0  # seconds of audio received
         self.since_step = 0  # samples received since the last step
         self.started = time.monotonic()
@@ -152,7 +139,7 @@ class StreamSession:
                     await self._step(final=False)
             elif _is_end(message.get("text")):
                 if self.resampler is not None:  # the filter's last samples
-                    self._add(torch.from_numpy(self.resampler.finish()), 0.0)
+                    await run_in_threadpool(self._add, torch.from_numpy(self.resampler.finish()), 0.0)
                 await self._step(final=True)
                 await self.ws.send_json({"type": "done"})
                 await self.ws.close(CLOSE_DONE)
@@ -190,6 +177,8 @@ class StreamSession:
         if self.received > settings.stream_max_speed * elapsed + settings.segment_seconds:
             raise StreamClosed(CLOSE_POLICY, f"audio arrives faster than {settings.stream_max_speed:g}x real time")
         self.open = torch.cat([self.open, pcm])
+        if self.vad is not None:
+            self.vad.push(pcm)
         self.since_step += pcm.shape[0]
         self.state.metrics.stream_audio.inc(seconds)
 
@@ -210,31 +199,30 @@ class StreamSession:
         if final or not segments:  # nothing open: keep only the tail that may start the next speech
             keep = 0 if final else int(self.cut.min_silence_s * SAMPLE_RATE)
             done = max(done, self.open.shape[0] - keep)
+        done -= done % WINDOW_SAMPLES  # the open audio keeps starting on a window the VAD has read
         self.offset += done
         self.open = self.open[done:]
+        if self.vad is not None:
+            self.vad.forget(done // WINDOW_SAMPLES)
 
     async def _segments(self) -> list[tuple[int, int]]:
         """Speech segments of the open audio, in samples from its start."""
-        detector, total = self.state.speech_detector, self.open.shape[0]
+        total = self.open.shape[0]
         if total < self.state.ready_engine()[0].backbone.min_samples:
             return []
-        if detector is None:
+        if self.vad is None:
             return fixed_windows(total, int(self.cut.max_segment_s * SAMPLE_RATE))
-        probs = await run_in_threadpool(detector.probabilities, self.open)
-        return [(s.start, s.end) for s in speech_segments(probs, total, detector.threshold, self.cut)]
+        probs = await run_in_threadpool(self.vad.probabilities)  # [W]: only a partial last window is read here
+        found = speech_segments(probs, total, self.vad.detector.threshold, self.cut)
+        return [(s.start, s.end) for s in found]
 
     async def _send(self, kind: str, start: int, end: int) -> None:
         piece = self.open[start:end]  # [S]
         if piece.shape[0] < self.state.ready_engine()[0].backbone.min_samples:
             return
-        deadline = time.monotonic() + self.state.settings.request_timeout_s
-
-        async def run(mask: str, kind: MaskKind) -> RoutedOutput:
-            require_mask_right(self.state, self.key, mask)  # lang=auto's answer too, as HTTP's check_mask does
-            return (await serve_item(self.state, piece, mask, kind, deadline, _never, wait_for_room=True))[0]
-
-        # partials: the language-ID mask alone; finals decide among the masks the key may use
-        out, _ = await transcribe_as(run, self.state, self.lang, may_use(self.state, self.key), decide=kind == "final")
+        # each step has one request's time; partials: the language-ID mask alone, finals decide
+        transcriber = Transcriber(self.admission.renewed())
+        out, _ = await transcriber.transcribe(piece, self.lang, decide=kind == "final", wait_for_room=True)
         language = out.mask_name
         seconds = (self.offset + start) / SAMPLE_RATE
         transcript = shifted(transcript_of(out), seconds)
@@ -244,10 +232,6 @@ class StreamSession:
             "words": word_bodies(transcript.words),
         }
         await self.ws.send_json(body)
-
-
-async def _never() -> bool:
-    return False  # a closed socket shows in the receive loop
 
 
 def _is_end(text: str | None) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +129,6 @@ def run_finetune(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     from router_core.training.evaluation import evaluate_examples
-    from router_core.training.finetune import hf_predict, load_hf_classifier_or_ctc
     from router_core.training.manifest import read_manifest
     from router_core.training.trainer import AudioCache
 
@@ -136,47 +136,10 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidInputError("give either --mask (with --backbone and --registry) or --checkpoint")
     if args.decide and args.checkpoint:
         raise InvalidInputError("--decide evaluates a language-ID mask (--mask), not a checkpoint")
-    load = AudioCache()
-    kind: MaskKind
     greedy: list[str] = []  # a mask with a language model: greedy decoding of the same outputs, for comparison
-    if args.checkpoint:
-        from router_core.backbone import load_backbone
-
-        model, spec = load_hf_classifier_or_ctc(args.checkpoint)
-        probe = load_backbone(args.checkpoint, local_files_only=True)  # frame rate, normalisation, attention
-        attn = probe.layer_norm_features
-        examples = read_manifest(args.manifest, spec.kind)
-
-        def predict(waves):
-            return hf_predict(model, spec, waves, probe.normalize_input, attn, probe.seconds_per_frame)
-
-        kind, subject = spec.kind, str(args.checkpoint)
-    else:
-        from router_core.decoding import ctc_greedy_decode
-        from router_core.router import Router
-
-        backbone = backbone_from_args(args)
-        router = Router(backbone, registry_from_args(args, backbone), decoder=args.decoder)
-        loaded = router.registry.get(args.mask)
-        kind = loaded.kind
-        examples = read_manifest(args.manifest, kind)
-        with_lm = kind == "ctc" and loaded.mask.lm is not None and args.decoder == "auto"
-
-        def predict(waves):
-            if args.decide:
-                from router_core.language_id import DecodingLanguageId, identify_languages
-
-                return [label for label, _, _ in identify_languages(router, waves, args.mask, DecodingLanguageId())]
-            outs = router.forward(waves, [args.mask] * len(waves))
-            if with_lm:
-                spf = backbone.seconds_per_frame
-                greedy.extend(ctc_greedy_decode(o.logits, loaded.mask.head, spf).text for o in outs)
-            return [o.transcript.text if o.transcript else o.classification.label for o in outs]  # type: ignore[union-attr]
-
-        subject = args.mask
-        if args.decide and kind != "classify":
-            raise InvalidInputError("--decide evaluates a language-ID (classification) mask")
-    scores = evaluate_examples(examples, predict, load, kind, args.batch_size)
+    predict, kind, subject = _checkpoint_predictor(args) if args.checkpoint else _mask_predictor(args, greedy)
+    examples = read_manifest(args.manifest, kind)
+    scores = evaluate_examples(examples, predict, AudioCache(), kind, args.batch_size)
     result = {"subject": subject, "kind": kind, **({"decided_by": "decoding"} if args.decide else {}), **scores}
     if greedy:
         from router_core.training.evaluation import error_rates
@@ -188,6 +151,52 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
     return result
+
+
+Predictor = Callable[[list[Any]], list[str]]
+
+
+def _checkpoint_predictor(args: argparse.Namespace) -> tuple[Predictor, MaskKind, str]:
+    """Predictions of a fine-tuned Hugging Face checkpoint (the baseline masks are compared with)."""
+    from router_core.backbone import load_backbone
+    from router_core.training.finetune import hf_predict, load_hf_classifier_or_ctc
+
+    model, spec = load_hf_classifier_or_ctc(args.checkpoint)
+    probe = load_backbone(args.checkpoint, local_files_only=True)  # frame rate, normalisation, attention
+
+    def predict(waves: list[Any]) -> list[str]:
+        return hf_predict(model, spec, waves, probe.normalize_input, probe.layer_norm_features,
+                          probe.seconds_per_frame)
+
+    return predict, spec.kind, str(args.checkpoint)
+
+
+def _mask_predictor(args: argparse.Namespace, greedy: list[str]) -> tuple[Predictor, MaskKind, str]:
+    """Predictions of a mask; ``--decide``: a language-ID mask deciding as ``lang=auto`` serves, with the
+    service's settings (``S3R_LID_*``); a mask with a language model also decodes greedily into ``greedy``."""
+    from router_core.decoding import ctc_greedy_decode
+    from router_core.language_id import identify_languages
+    from router_core.router import Router
+    from service.settings import load_settings
+
+    backbone = backbone_from_args(args)
+    router = Router(backbone, registry_from_args(args, backbone), decoder=args.decoder)
+    loaded = router.registry.get(args.mask)
+    if args.decide and loaded.kind != "classify":
+        raise InvalidInputError("--decide evaluates a language-ID (classification) mask")
+    with_lm = loaded.kind == "ctc" and loaded.mask.lm is not None and args.decoder == "auto"
+    picker = load_settings().language_picker() if args.decide else None
+
+    def predict(waves: list[Any]) -> list[str]:
+        if picker is not None:
+            return [label for label, _, _ in identify_languages(router, waves, args.mask, picker)]
+        outs = router.forward(waves, [args.mask] * len(waves))
+        if with_lm:
+            spf = backbone.seconds_per_frame
+            greedy.extend(ctc_greedy_decode(o.logits, loaded.mask.head, spf).text for o in outs)
+        return [o.transcript.text if o.transcript else o.classification.label for o in outs]  # type: ignore[union-attr]
+
+    return predict, loaded.kind, args.mask
 
 
 def run_export(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,7 +272,8 @@ def add_backbone_args(p: argparse.ArgumentParser, registry: bool = True) -> None
 
 
 def _training(p: argparse.ArgumentParser, keep: float, init: str, attention: bool) -> None:
-    from router_core.heads import POOLINGS, PROBES
+    from router_core.heads import POOLINGS
+    from router_core.training.probe import PROBES
     from router_core.training.scores import SCORE_INITS
 
     p.add_argument("--train", required=True, help="manifest (JSONL or TSV)")
