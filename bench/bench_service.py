@@ -7,6 +7,10 @@ load is sent at each concurrency level. Baseline: ``Router.forward`` on one wave
 Target: p50 at concurrency 1 <= 1.15x the direct call. (The load is random noise, so the server runs with
 ``--no-vad``: the speech gate would answer it without inference.)
 
+``--against DIR``: the same server at concurrency 1 from another checkout (``git worktree add DIR REV``),
+requests alternating between the two, and the ratio of their p50s: a change to the request path must not
+make a request slower.
+
 ``--overload``: an open-loop load at 3x the measured capacity for ``--overload-seconds`` against a server
 with a small queue. Every answer must be a 200 or a 503 with Retry-After, and the p95 latency of the 200s
 is compared with its bound, (queue length / batch size + 1) batches of the measured batch time.
@@ -58,6 +62,7 @@ def main() -> None:
     parser.add_argument("--levels", default="1,4,8")
     parser.add_argument("--requests", type=int, default=12, help="requests per concurrency level")
     parser.add_argument("--small", action="store_true", help="4 transformer layers instead of 12")
+    parser.add_argument("--against", metavar="DIR", help="also compare concurrency 1 with another checkout's server")
     parser.add_argument("--overload", action="store_true", help="also run the 3x-capacity overload test")
     parser.add_argument("--overload-seconds", type=float, default=20.0)
     args = parser.parse_args()
@@ -100,6 +105,8 @@ def main() -> None:
         layers = "4" if args.small else "12"
         print(f"{args.seconds:g} s clips, {layers}-layer wav2vec2-base shape, threads={torch.get_num_threads()}")
         print(markdown_table(["mode", "concurrency", "p50 s", "p95 s", "audio s per s", "p50 / direct p50"], rows))
+        if args.against:
+            _against(folder, wav, args.against, args.requests)
         if args.overload:
             _overload(folder, wav, base_p50, args.overload_seconds)
 
@@ -107,6 +114,25 @@ def main() -> None:
 def _flags(folder: str, max_queue: int, max_batch: int) -> list[str]:
     return ["--backbone", f"{folder}/backbone", "--registry", f"{folder}/registry", "--max-wait-ms", "2",
             "--max-queue", str(max_queue), "--max-batch-size", str(max_batch), "--no-vad"]
+
+
+def _against(folder: str, wav: bytes, checkout: str, requests: int) -> None:
+    """p50 at concurrency 1 of this checkout's server against ``checkout``'s, requests alternating (so a
+    drift of the machine's speed touches both alike), each server warmed first."""
+    flags = _flags(folder, max_queue=256, max_batch=8)
+    with serving(*flags) as ours, serving(*flags, checkout=checkout) as theirs:
+        latencies: dict[str, list[float]] = {ours: [], theirs: []}
+        for url in (ours, theirs):
+            httpx.post(f"{url}/transcribe?lang={LANGS[0]}", content=wav, timeout=600).raise_for_status()
+        for i in range(2 * requests):
+            url = (ours, theirs)[i % 2]
+            start = time.perf_counter()
+            httpx.post(f"{url}/transcribe?lang={LANGS[i // 2 % len(LANGS)]}", content=wav,
+                       timeout=600).raise_for_status()
+            latencies[url].append(time.perf_counter() - start)
+    new, old = statistics.median(latencies[ours]), statistics.median(latencies[theirs])
+    print(f"\nconcurrency 1, alternating, {requests} requests each: this checkout p50 {new:.3f} s, "
+          f"{checkout} p50 {old:.3f} s, ratio {new / old:.3f}")
 
 
 def _overload(folder: str, wav: bytes, one_item_s: float, seconds: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -17,15 +18,18 @@ import numpy as np
 
 
 @contextlib.contextmanager
-def serving(*flags: str, ready_s: float = 300.0, log: IO[bytes] | None = None) -> Iterator[str]:
+def serving(*flags: str, ready_s: float = 300.0, log: IO[bytes] | None = None,
+            checkout: str | None = None) -> Iterator[str]:
     """Run ``s3router serve FLAGS`` on a free loopback port; yield its base URL once ``/readyz`` says so.
-    ``log``: where the server's stderr goes, at log level info (default: this process's stderr, warnings only)."""
+    ``log``: where the server's stderr goes, at log level info (default: this process's stderr, warnings only).
+    ``checkout``: serve that checkout's code (another commit, e.g. a ``git worktree``) with this venv."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     level = "warning" if log is None else "info"
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--log-level", level, *flags]
-    server = subprocess.Popen(command, stderr=log)
+    env = None if checkout is None else {**os.environ, "PYTHONPATH": checkout}
+    server = subprocess.Popen(command, stderr=log, cwd=checkout, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_s

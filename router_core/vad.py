@@ -107,8 +107,10 @@ class SpeechDetector:
     :class:`VadState` (one per clip, one per stream), so calls from many threads run side by side."""
 
     def __init__(self, threshold: float = 0.5, min_speech_s: float = 0.25) -> None:
-        from silero_vad import load_silero_vad
+        threads = torch.get_num_threads()
+        from silero_vad import load_silero_vad  # its first import sets torch's threads to 1, process-wide
 
+        torch.set_num_threads(threads)  # the backbone's batches need every thread they had
         self.threshold = threshold
         self.min_speech_windows = max(1, round(min_speech_s / WINDOW_SECONDS))
         self._network = load_silero_vad()._model  # the 16 kHz network: (window with context, state) -> (p, state)

@@ -165,3 +165,9 @@ def test_masks_seed_reports_what_it_did(tmp_path, prefix, capsys, monkeypatch):
     monkeypatch.setenv("S3R_BUNDLE_DIR", str(tmp_path / "missing"))
     assert main(["masks", "seed", str(tmp_path / "target")]) == 1
     assert "no bundled model" in capsys.readouterr().err
+
+
+def test_the_bundle_is_the_checkouts_masks_folder():
+    """Where the code looks for the bundle is the checkout's masks/ (a move of the engine module once made
+    it look in service/masks, and every test that needs the bundle skipped itself)."""
+    assert BUNDLE_DIR == Path(__file__).resolve().parents[1] / "masks" and BUNDLED

@@ -1,6 +1,8 @@
 """The speech gate on its own: silero-vad's pretrained model on espeak-ng speech, silence, noise, tiny clips."""
 
+import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +133,15 @@ def test_a_stream_reads_each_window_once_and_gets_the_whole_recordings_probabili
     assert read["push"] == wave.shape[0] // WINDOW_SAMPLES
     stream.forget(10)
     assert torch.allclose(stream.probabilities(), detector.probabilities(wave)[10:], atol=1e-6)
+
+
+def test_loading_the_detector_leaves_torchs_threads_alone():
+    """silero-vad's first import calls torch.set_num_threads(1): every thread started after it (the model
+    thread of the batcher) ran the backbone on one core. Loading the detector keeps the count."""
+    probe = ("import threading, torch; before = torch.get_num_threads(); "
+             "from router_core.vad import SpeechDetector; SpeechDetector(); seen = []; "
+             "t = threading.Thread(target=lambda: seen.append(torch.get_num_threads())); t.start(); t.join(); "
+             "print(before, torch.get_num_threads(), seen[0])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout.split()
+    assert out == ["2", "2", "2"]

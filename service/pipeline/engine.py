@@ -26,7 +26,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "masks"
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "masks"  # service/pipeline/engine.py -> the checkout
 """Where the bundled default model lies in a source checkout: ``masks/backbone`` (a HF checkpoint) and
 ``masks/registry`` (mask files). An installed package has no such folder beside it: the image names its copy
 with ``S3R_BUNDLE_DIR``."""
