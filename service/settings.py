@@ -108,7 +108,12 @@ class ServiceSettings(BaseSettings):
         default=5.0, gt=0.0, le=600.0, description="idle HTTP keep-alive connections are closed after this"
     )
     max_connections: int = Field(
-        default=256, ge=1, le=100_000, description="open connections at most; past it new ones get a 503"
+        default=1024, ge=1, le=100_000,
+        description="open connections at most; past it a request gets a 503 with Retry-After",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=600.0,
+        description="a connection that sends no complete request line and headers in this time is closed",
     )
     mask_budget_mb: float = Field(default=512.0, gt=0.0, description="memory for resident masks (LRU beyond it)")
 

@@ -10,7 +10,8 @@ import torch
 
 from router_core.errors import DeadlineExceededError, MaskKindError, MaskNotFoundError, OverloadedError
 from router_core.router import RoutedOutput
-from service.pipeline.batching import Batcher, Pending, admit, dispatch_delay, kind_mismatch, take_batch
+from service.pipeline.batching import Batcher, Pending, admit, dispatch_delay, kind_mismatch
+from service.pipeline.scheduling import AGING, take_batch
 
 
 def _pending(mask="fr", at=0.0, deadline=10.0, cancelled=False):
@@ -33,9 +34,57 @@ def test_take_batch_drops_cancelled_and_expired_and_keeps_order():
     alive = [_pending("a", 0), _pending("b", 1), _pending("c", 2)]
     queue = deque([alive[0], _pending("x", cancelled=True), alive[1], _pending("y", deadline=0.5), alive[2]])
     batch, dead = take_batch(queue, max_batch=2, now=1.0)
-    assert [p.mask for p in batch] == ["a", "b"] and [p.mask for p in dead] == ["x"]
+    assert [p.mask for p in batch] == ["a", "b"] and [p.mask for p in dead] == ["x", "y"]
     batch, dead = take_batch(queue, max_batch=2, now=1.0)
-    assert [p.mask for p in batch] == ["c"] and [p.mask for p in dead] == ["y"] and not queue
+    assert [p.mask for p in batch] == ["c"] and dead == [] and not queue
+
+
+def _item(mask, seconds, request_s, at=0.0):
+    item = Pending(torch.zeros(int(seconds * 16_000)), mask, "ctc", at, 1e9)
+    item.request_audio_s = request_s
+    return item
+
+
+def test_a_short_request_goes_before_a_long_recordings_queued_segments_and_alone():
+    """Eight 25 s segments of a 60-minute recording wait; a 3 s clip arrives after them. It runs next, in a
+    batch of its own (a 25 s segment would make it pay for 25 s of padding); the segments follow in order.
+    (First in, first out put the clip behind all eight, in a batch padded to 25 s.)"""
+    segments = [_item(f"long{i}", 25.0, 3600.0, at=0.01 * i) for i in range(8)]
+    clip = _item("clip", 3.0, 3.0, at=0.1)
+    queue = deque([*segments, clip])
+    batch, _ = take_batch(queue, max_batch=8, now=0.2)
+    assert [p.mask for p in batch] == ["clip"]
+    batch, _ = take_batch(queue, max_batch=8, now=0.3)
+    assert [p.mask for p in batch] == [f"long{i}" for i in range(8)]
+
+
+def test_a_long_request_is_not_starved_by_short_ones():
+    """Aging: a segment that has waited its request's audio / AGING seconds goes before a new short clip."""
+    old = _item("long", 25.0, 600.0, at=0.0)
+    waited = 600.0 / AGING + 1.0
+    queue = deque([old, _item("clip", 3.0, 3.0, at=waited)])
+    assert [p.mask for p in take_batch(queue, max_batch=1, now=waited)[0]] == ["long"]
+
+
+def test_a_request_that_cannot_finish_by_its_deadline_is_refused_with_the_wait():
+    """With 100 s of audio ranked ahead (2.5 s clips) at 0.1 s per audio second, a 3 s clip waits about 10 s: refused at
+    once (503, Retry-After 10 s) when it has 5 s left, admitted with 30 s. Long segments ranked after it do
+    not count against it."""
+
+    async def scenario():
+        batcher = Batcher(RecordingModel(), max_batch=8, max_wait_s=0.0, max_queue=64)  # not started
+        batcher.rate.observe(1.0, 10.0)  # measured: 0.1 s per audio second
+        for _ in range(40):  # 100 s of short clips, ranked before a new 3 s clip
+            batcher.submit(torch.zeros(40_000), "fr", "ctc", 60.0)
+        with pytest.raises(OverloadedError) as refused:
+            batcher.check_wait(3.0, remaining_s=5.0)
+        batcher.check_wait(3.0, remaining_s=30.0)
+        for _ in range(8):  # a long recording's segments rank after the clip
+            batcher.submit(torch.zeros(25 * 16_000), "de", "ctc", 600.0, request_audio_s=3600.0)
+        return refused.value.retry_after, batcher.expected_wait(3.0)
+
+    retry_after, wait = _run(scenario())
+    assert retry_after == pytest.approx(10.0, rel=0.01) and wait == pytest.approx(10.0, rel=0.01)
 
 
 class RecordingModel:

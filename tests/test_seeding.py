@@ -170,4 +170,4 @@ def test_masks_seed_reports_what_it_did(tmp_path, prefix, capsys, monkeypatch):
 def test_the_bundle_is_the_checkouts_masks_folder():
     """Where the code looks for the bundle is the checkout's masks/ (a move of the engine module once made
     it look in service/masks, and every test that needs the bundle skipped itself)."""
-    assert BUNDLE_DIR == Path(__file__).resolve().parents[1] / "masks" and BUNDLED
+    assert Path(__file__).resolve().parents[1] / "masks" == BUNDLE_DIR and BUNDLED

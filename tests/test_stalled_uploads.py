@@ -119,3 +119,43 @@ def test_an_event_stream_whose_client_leaves_is_counted_as_499_not_200(tmp_path)
         exported = re.search(r'^s3router_requests_total\{endpoint="/v1/audio/transcriptions",mask="[^"]*",'
                              r'status="499"\} 1\.0$', httpx.get(f"{url}/metrics").text, re.M)
     assert counted == [499] and exported
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    answer = b""
+    while chunk := conn.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_idle_connections_are_closed_and_the_limit_answers_in_json(tmp_path):
+    """Sockets that send nothing (or half a head) no longer hold the connection limit: they are closed after
+    the header timeout (a half head gets a 408 first). While they are open, a request past the limit gets a
+    503 in the service's error body with Retry-After (it was a bare plain-text 503, and the sockets were never
+    closed: with S3R_MAX_CONNECTIONS=8, no request got through while they stayed)."""
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, max_connections=8,
+                               header_timeout_s=1.0)
+    with serve_in_thread(create_app(settings, tiny_engine_factory()), **uvicorn_options(settings)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(12)]
+        idle[0].sendall(b"POST /transcribe?lang=fr HTTP/1.1\r\nHost: x\r\n")  # half a head
+        refused = httpx.get(f"{url}/healthz", timeout=10)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["type"] == "OverloadedError"
+        answers = [_read_all(conn) for conn in idle]  # each returns when the server closes it
+        assert answers[0].startswith(b"HTTP/1.1 408") and b"RequestHeaderTimeout" in answers[0]
+        assert answers[1:] == [b""] * 11
+        for conn in idle:
+            conn.close()
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_connection_that_sent_its_request_is_not_cut_by_the_header_timeout(tmp_path):
+    """The header timeout covers the head only: a request whose batch takes longer than it still gets its
+    answer, over keep-alive a second time too."""
+    settings = ServiceSettings(registry=str(tmp_path / "registry"), max_wait_ms=1, header_timeout_s=0.5)
+    app = create_app(settings, tiny_engine_factory(run_delay=1.0))
+    with serve_in_thread(app, **uvicorn_options(settings)) as url, httpx.Client(timeout=30) as client:
+        for _ in range(2):
+            assert client.post(f"{url}/transcribe?lang=fr", content=audio_bytes(1.0)).status_code == 200

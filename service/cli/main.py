@@ -78,8 +78,9 @@ def _serve(args: argparse.Namespace) -> dict:
     except ValidationError as exc:
         raise SettingsError(f"invalid settings:\n{exc}") from exc
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from service.http_server import uvicorn_options
+    from service.http_server import raise_open_file_limit, uvicorn_options
 
+    raise_open_file_limit(settings.max_connections)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, **uvicorn_options(settings))
     return {"stopped": True}
 

@@ -5,7 +5,8 @@ The pure part (testable without a server or a model):
 * :func:`admit` — may one more request enter a queue of this length?
 * :func:`dispatch_delay` — how long to wait before the next batch (0 = now, ``None`` = nothing queued);
   a batch goes when it is full or its oldest request has waited ``max_wait`` seconds.
-* :func:`take_batch` — drop cancelled and expired requests, take up to ``max_batch`` in arrival order.
+* :func:`~service.pipeline.scheduling.take_batch` — drop cancelled and expired requests, take up to
+  ``max_batch`` by fair rank (short requests first, aging, similar lengths: :mod:`scheduling`).
 
 :class:`Batcher` feeds one model executor thread: requests from many coroutines become batches that
 run ``Router.forward`` with mixed masks; each caller gets its own result or exception.
@@ -30,6 +31,7 @@ from router_core.backbone import SAMPLE_RATE
 from router_core.errors import DeadlineExceededError, MaskKindError, OverloadedError, S3RouterError
 from router_core.heads import MaskKind
 from router_core.router import RoutedOutput
+from service.pipeline.scheduling import ServiceRate, audio_ranked_before, take_batch
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,11 @@ class Pending:
     cancelled: bool = False
     started_at: float | None = None  # batch start (queue wait = started_at - enqueued_at)
     finished_at: float | None = None
+    request_audio_s: float = 0.0  # its request's audio (the fair rank; at least its own)
+
+    @property
+    def audio_s(self) -> float:
+        return self.wave.shape[0] / SAMPLE_RATE
 
     def dead(self, now: float) -> bool:
         return self.cancelled or now >= self.deadline or (self.future is not None and self.future.done())
@@ -65,16 +72,6 @@ def dispatch_delay(queue: Sequence[Pending], max_batch: int, max_wait: float, no
     if len(queue) >= max_batch:
         return 0.0
     return max(0.0, queue[0].enqueued_at + max_wait - now)
-
-
-def take_batch(queue: deque[Pending], max_batch: int, now: float) -> tuple[list[Pending], list[Pending]]:
-    """Pop up to ``max_batch`` live requests (arrival order); also return the dead ones popped on the way."""
-    batch: list[Pending] = []
-    dead: list[Pending] = []
-    while queue and len(batch) < max_batch:
-        item = queue.popleft()
-        (dead if item.dead(now) else batch).append(item)
-    return batch, dead
 
 
 def kind_mismatch(item: Pending, out: RoutedOutput) -> MaskKindError | None:
@@ -131,6 +128,8 @@ class Batcher:
         self.on_batch = on_batch
         self.clock = clock
         self.queue: deque[Pending] = deque()
+        self.rate = ServiceRate()  # batch seconds per audio second, measured
+        self._running: tuple[float, float] | None = None  # (start, audio seconds) of the batch in the model
         self._wake = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3r-model")
         self._task: asyncio.Task[None] | None = None
@@ -167,11 +166,35 @@ class Batcher:
         if not admit(len(self.queue), self.max_queue):
             raise OverloadedError(f"the request queue is full ({self.max_queue} waiting); retry shortly", 1.0)
 
-    def submit(self, wave: torch.Tensor, mask: str, kind: MaskKind, timeout_s: float) -> Pending:
-        """Enqueue at once or raise :class:`OverloadedError` (never waits for room)."""
+    def expected_wait(self, request_audio_s: float) -> float:
+        """Seconds until a new request of ``request_audio_s`` would start: what is left of the batch in the
+        model, then the audio ranked before it, at the measured rate (0 before any batch was measured)."""
+        rate = self.rate.seconds_per_audio_s
+        if rate is None:
+            return 0.0
+        now = self.clock()
+        running = 0.0 if self._running is None else max(0.0, rate * self._running[1] - (now - self._running[0]))
+        return running + rate * audio_ranked_before(self.queue, request_audio_s, now)
+
+    def check_wait(self, audio_s: float, remaining_s: float) -> None:
+        """:class:`OverloadedError` (503, ``Retry-After`` the expected wait) for a request of ``audio_s``
+        seconds that would not be done within ``remaining_s``: refused now rather than timing out later."""
+        rate = self.rate.seconds_per_audio_s
+        if rate is None:
+            return
+        wait = self.expected_wait(audio_s)
+        if wait + rate * audio_s > remaining_s:
+            raise OverloadedError(f"the service is busy: this request would wait about {wait:.0f} s and not be "
+                                  f"done within its {remaining_s:.0f} s; retry later", max(1.0, wait))
+
+    def submit(self, wave: torch.Tensor, mask: str, kind: MaskKind, timeout_s: float,
+               request_audio_s: float = 0.0) -> Pending:
+        """Enqueue at once or raise :class:`OverloadedError` (never waits for room). ``request_audio_s``: the
+        audio of the whole request the item belongs to (its fair rank)."""
         self.check_room()
         now = self.clock()
         item = Pending(wave, mask, kind, now, now + timeout_s, asyncio.get_running_loop().create_future())
+        item.request_audio_s = max(request_audio_s, item.audio_s)
         self.queue.append(item)
         self._wake.set()
         return item
@@ -214,6 +237,7 @@ class Batcher:
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
         started = self.clock()
+        self._running = (started, sum(item.audio_s for item in batch))
         waves = [item.wave for item in batch]
         masks = [item.mask for item in batch]
         try:
@@ -227,6 +251,8 @@ class Batcher:
             outputs = [exc] * len(batch)
         finished = self.clock()
         elapsed = finished - started
+        self.rate.observe(elapsed, self._running[1])
+        self._running = None
         for item, out in zip(batch, outputs, strict=True):
             item.started_at, item.finished_at = started, finished
             gone = item.cancelled or item.future is None or item.future.done()  # no beam search for nobody

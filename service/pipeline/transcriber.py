@@ -44,6 +44,7 @@ class Transcriber:
         self.admission = admission
         self.state = admission.state
         self.items: list[Pending] = []  # every batcher item served, for the timing
+        self.request_audio_s = 0.0  # the request's audio: its items' fair rank in the queue
 
     async def check(self, mask: str, kind: MaskKind) -> None:
         """Before any inference: 403 for a mask the key may not use, 404 for an unknown mask (listing what
@@ -90,7 +91,7 @@ class Transcriber:
             if remaining <= 0:
                 raise DeadlineExceededError("the request was not served before its deadline")
             try:
-                return batcher.submit(wave, mask, kind, remaining)
+                return batcher.submit(wave, mask, kind, remaining, self.request_audio_s)
             except OverloadedError:
                 if not wait_for_room:
                     raise
@@ -100,6 +101,7 @@ class Transcriber:
 
     async def classify(self, wave: torch.Tensor, task: str) -> Classification:
         """``wave [T]`` classified by the task's mask."""
+        self._admit_audio(wave.shape[0] / SAMPLE_RATE)
         return classification_of(await self.serve(wave, task, "classify"))
 
     async def transcribe(self, piece: torch.Tensor, lang: str, decide: bool = True,
@@ -162,6 +164,7 @@ class Transcriber:
         in_flight = asyncio.Semaphore(self.state.settings.max_batch_size)
         usable = [s for s in segments if s.end - s.start >= engine.backbone.min_samples]
         wait = len(usable) > 1
+        self._admit_audio(sum(s.end - s.start for s in usable) / SAMPLE_RATE)
 
         async def one(segment: Segment) -> SegmentResult:
             async with in_flight:
@@ -178,6 +181,13 @@ class Transcriber:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _admit_audio(self, audio_s: float) -> None:
+        """Once the request's audio is known: refused now (503 + Retry-After) if the queue ahead of it means
+        it cannot be done by its deadline; else its items rank in the queue by ``audio_s``."""
+        _, batcher = self.state.ready_engine()
+        batcher.check_wait(audio_s, self.admission.deadline - time.monotonic())
+        self.request_audio_s = audio_s
 
     def timing(self) -> dict[str, Any]:
         """Milliseconds: ``queue_ms`` and ``inference_ms`` summed over every item served (a ``lang=auto``
