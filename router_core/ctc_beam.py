@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ import torch
 
 from router_core.char_lm import WORD_DELIMITER, CharNgramLM
 from router_core.decoding import Transcript, is_special_token, transcript_from_emissions
-from router_core.errors import InvalidInputError
+from router_core.errors import DeadlineExceededError, InvalidInputError
 from router_core.heads import HeadSpec
 
 NEG_INF = float("-inf")
@@ -42,6 +43,11 @@ def _logaddexp(a: float, b: float) -> float:
     if b == NEG_INF:
         return a
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+MAX_BEAM_WIDTH = 512  # a beam wider than this costs seconds per second of audio
+MAX_CANDIDATES = 64
+DEADLINE_CHECK_FRAMES = 8
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class BeamSettings:
     def __post_init__(self) -> None:
         if self.beam_width < 1 or self.max_candidates < 1 or self.token_prune <= 0:
             raise InvalidInputError(f"beam width, candidates and prune must be positive: {self}")
+        if self.beam_width > MAX_BEAM_WIDTH or self.max_candidates > MAX_CANDIDATES:
+            raise InvalidInputError(f"a beam of at most {MAX_BEAM_WIDTH} prefixes and {MAX_CANDIDATES} candidates "
+                                    f"per frame is served (a wider one costs minutes per clip): {self}")
 
 
 @dataclass
@@ -111,8 +120,12 @@ def ctc_beam_decode(
     seconds_per_frame: float,
     lm: CharNgramLM | None = None,
     settings: BeamSettings | None = None,
+    deadline: float | None = None,
 ) -> Transcript:
-    """Prefix beam search over ``logits [T, V]`` (raw or log-softmaxed), fused with ``lm`` if given."""
+    """Prefix beam search over ``logits [T, V]`` (raw or log-softmaxed), fused with ``lm`` if given.
+    ``deadline`` (``time.monotonic()``, the same clock in every process of the machine): checked every
+    :data:`DEADLINE_CHECK_FRAMES` frames, :class:`DeadlineExceededError` past it (a search nobody waits
+    for stops instead of holding its worker)."""
     settings = settings or BeamSettings()
     alpha, beta = (settings.alpha, settings.beta) if lm is not None else (0.0, 0.0)
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
@@ -124,6 +137,8 @@ def ctc_beam_decode(
     top_values, top_ids = log_probs.topk(min(settings.max_candidates + 1, log_probs.shape[1]), dim=-1)
     rows = zip(log_probs.tolist(), top_values.tolist(), top_ids.tolist(), strict=True)
     for t, (frame, values, ids) in enumerate(rows):
+        if deadline is not None and t % DEADLINE_CHECK_FRAMES == 0 and time.monotonic() > deadline:
+            raise DeadlineExceededError(f"the beam search passed its deadline at frame {t} of {log_probs.shape[0]}")
         candidates = _candidates(values, ids, blank, settings)
         # prefix -> [log p_b, log p_nb] after this frame; a prefix not in the trie yet is keyed by
         # (parent, token) and becomes a node only if it survives the cut (most never do)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import multiprocessing
+import os
 import shutil
 import tempfile
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -44,9 +46,10 @@ class BeamJob:
     spec: HeadSpec
     seconds_per_frame: float
 
-    def run(self, log_probs: torch.Tensor) -> Transcript:
+    def run(self, log_probs: torch.Tensor, deadline: float | None = None) -> Transcript:
         """The search in this thread: ``log_probs [T, V]`` -> the best transcript."""
-        return ctc_beam_decode(log_probs, self.spec, self.seconds_per_frame, self.lm.model, self.lm.settings)
+        return ctc_beam_decode(log_probs, self.spec, self.seconds_per_frame, self.lm.model, self.lm.settings,
+                               deadline)
 
 
 class DecodePool:
@@ -57,7 +60,8 @@ class DecodePool:
             raise ValueError(f"decode workers must be >= 0, not {workers}")
         self.workers = workers
         self._executor = (
-            concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                   initializer=_die_with_parent, initargs=(os.getpid(),))
             if workers else None
         )
         self._folder = Path(tempfile.mkdtemp(prefix="s3router-lm-")) if workers else None
@@ -65,19 +69,21 @@ class DecodePool:
         self._numbers = itertools.count()
         self._lock = threading.Lock()
 
-    def submit(self, job: BeamJob, log_probs: torch.Tensor) -> concurrent.futures.Future[Transcript]:
-        """Search ``log_probs [T, V]`` (host memory) with ``job``; the future holds the transcript."""
+    def submit(self, job: BeamJob, log_probs: torch.Tensor,
+               deadline: float | None = None) -> concurrent.futures.Future[Transcript]:
+        """Search ``log_probs [T, V]`` (host memory) with ``job``; the future holds the transcript, or
+        :class:`DeadlineExceededError` once ``deadline`` (``time.monotonic()``) passed (the worker is free)."""
         if self._executor is None:
             future: concurrent.futures.Future[Transcript] = concurrent.futures.Future()
             try:
-                future.set_result(job.run(log_probs))
+                future.set_result(job.run(log_probs, deadline))
             except Exception as exc:  # noqa: BLE001 - the caller's future carries it
                 future.set_exception(exc)
             return future
         path = self._file_for(job.lm.model)
         return self._executor.submit(
             _decode_in_worker, str(path), job.lm.model.order, job.lm.model.tokens, job.lm.settings, job.spec,
-            job.seconds_per_frame, log_probs.numpy(),
+            job.seconds_per_frame, log_probs.numpy(), deadline,
         )
 
     def _file_for(self, model: CharNgramLM) -> Path:
@@ -105,12 +111,29 @@ class DecodePool:
             shutil.rmtree(self._folder, ignore_errors=True)
 
 
+PARENT_CHECK_S = 0.5  # how often a worker looks whether the process that started it is still there
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker's initializer: a thread that ends the worker once its parent is gone (killed with -9, or
+    exited while the worker was busy), so no worker outlives the service (it was reparented and kept its
+    hundreds of MB). Polling the parent's pid is what works on every start method and from any thread
+    (a parent-death signal follows the thread that started the worker, not the process)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="s3r-parent-watch", daemon=True).start()
+
+
 _loaded: OrderedDict[str, CharNgramLM] = OrderedDict()  # in a worker: file -> model, most recent last
 
 
 def _decode_in_worker(
     path: str, order: int, tokens: list[str], settings: BeamSettings, spec: HeadSpec, seconds_per_frame: float,
-    log_probs: object,
+    log_probs: object, deadline: float | None = None,
 ) -> Transcript:
     """Runs in a worker process: the model from ``path`` (cached), then the search."""
     model = _loaded.pop(path, None)
@@ -119,4 +142,5 @@ def _decode_in_worker(
     _loaded[path] = model
     while len(_loaded) > WORKER_LM_CACHE:
         _loaded.popitem(last=False)
-    return ctc_beam_decode(torch.from_numpy(log_probs), spec, seconds_per_frame, model, settings)  # type: ignore[arg-type]
+    return ctc_beam_decode(torch.from_numpy(log_probs), spec, seconds_per_frame, model, settings,  # type: ignore[arg-type]
+                           deadline)

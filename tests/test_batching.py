@@ -296,7 +296,7 @@ def test_the_next_batch_runs_while_the_last_one_finishes_and_a_failed_finish_sta
             out.beam = object()  # a pending beam search
         return outs
 
-    async def finish(out):
+    async def finish(out, deadline):
         if out.mask_name == "bad":
             raise RuntimeError("decoder crashed")
         await release.wait()
@@ -336,7 +336,7 @@ def test_a_full_finish_stage_holds_the_next_batch_back():
             out.beam = object()
         return outs
 
-    async def finish(out):
+    async def finish(out, deadline):
         await release.wait()
         return out
 
@@ -372,7 +372,7 @@ def test_no_beam_search_is_run_for_a_caller_that_went_away():
             out.beam = object()
         return outs
 
-    async def finish(out):
+    async def finish(out, deadline):
         finished.append(out.mask_name)
         return out
 

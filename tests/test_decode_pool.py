@@ -60,3 +60,69 @@ def test_a_decode_worker_imports_no_model_code():
             "print(sorted(m for m in ('transformers', 'router_core.backbone') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_search_past_its_deadline_stops_and_frees_its_worker():
+    """A beam search whose request's deadline passed raises instead of running for nobody (a 5,000-wide
+    beam once held the worker for 11 minutes after its request's 504); the worker then serves the next."""
+    import time
+
+    import pytest
+
+    from router_core.errors import DeadlineExceededError
+
+    job, x = _job(), _log_probs(0)
+    pool = DecodePool(1)
+    try:
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            pool.submit(job, x, deadline=time.monotonic() - 1).result(timeout=120)
+        assert pool.submit(job, x, deadline=time.monotonic() + 60).result(timeout=120) == job.run(x)
+    finally:
+        pool.close()
+    with pytest.raises(DeadlineExceededError):
+        DecodePool(0).submit(job, x, deadline=time.monotonic() - 1).result()
+
+
+def test_decoding_settings_a_mask_may_carry_are_bounded():
+    import pytest
+
+    from router_core.ctc_beam import MAX_BEAM_WIDTH, MAX_CANDIDATES
+    from router_core.errors import InvalidInputError
+
+    BeamSettings(beam_width=MAX_BEAM_WIDTH, max_candidates=MAX_CANDIDATES)
+    for wide in ({"beam_width": 5000}, {"max_candidates": MAX_CANDIDATES + 1}):
+        with pytest.raises(InvalidInputError, match="at most"):
+            BeamSettings(**wide)
+
+
+def test_workers_end_when_the_service_is_killed():
+    """``kill -9`` of the process that owns the pool: its decode worker (and multiprocessing's resource
+    tracker) are gone within 5 s (they were still running 90 s later, reparented to PID 1)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys, time; sys.path.insert(0, 'tests'); from test_decode_pool import _job, _log_probs; "
+              "from router_core.decode_pool import DecodePool; pool, job = DecodePool(1), _job(); "
+              "pool.submit(job, _log_probs(0)).result(timeout=120); "
+              "print(*pool._executor._processes, flush=True); time.sleep(600)")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in owner.stdout.readline().split()]
+    assert workers
+    children = subprocess.run(["pgrep", "-P", str(owner.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(10)
+
+    def alive(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    gone_by = time.monotonic() + 5
+    while any(alive(int(pid)) for pid in children) and time.monotonic() < gone_by:
+        time.sleep(0.1)  # polling another process's state: it offers no event to wait on
+    assert not [pid for pid in children if alive(int(pid))], "a child outlived its killed parent"

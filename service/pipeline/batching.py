@@ -96,7 +96,7 @@ class BatchReport:
 
 
 RunBatch = Callable[[list[torch.Tensor], list[str]], list[RoutedOutput]]
-Finish = Callable[[RoutedOutput], Awaitable[RoutedOutput]]
+Finish = Callable[[RoutedOutput, float], Awaitable[RoutedOutput]]  # (output, its deadline)
 
 
 class Batcher:
@@ -279,7 +279,7 @@ class Batcher:
         assert self.finish is not None
         result: RoutedOutput | BaseException
         try:
-            result = await self.finish(out)
+            result = await self.finish(out, item.deadline)  # the search stops at the request's deadline
         except asyncio.CancelledError:
             _settle(item, DeadlineExceededError("the service is shutting down"))
             raise

@@ -57,10 +57,11 @@ class Engine:
         workers."""
         return self.router.forward(waves, mask_names, defer_beam=self.decode_pool.workers > 0)
 
-    async def finish(self, out: RoutedOutput) -> RoutedOutput:
-        """Run ``out``'s pending beam search in the decode pool (awaiting it, off the event loop)."""
+    async def finish(self, out: RoutedOutput, deadline: float | None = None) -> RoutedOutput:
+        """Run ``out``'s pending beam search in the decode pool (awaiting it, off the event loop), until
+        ``deadline`` (``time.monotonic()``) at most."""
         if out.beam is not None:
-            out.transcript = await asyncio.wrap_future(self.decode_pool.submit(out.beam, out.logits))
+            out.transcript = await asyncio.wrap_future(self.decode_pool.submit(out.beam, out.logits, deadline))
             out.beam = None
         return out
 
