@@ -10,7 +10,9 @@ Keys (under a configurable prefix, default ``s3router:``)::
 A change is written in one MULTI/EXEC transaction, then published. :class:`RegistryWatcher` subscribes
 on every replica and, for each change, re-validates and swaps (or evicts) the resident mask. When Redis
 goes away the replica keeps serving what it holds (``degraded``), reconnects with exponential backoff,
-and on reconnection compares versions to catch up on changes it missed.
+and on reconnection compares versions to catch up on changes it missed. A store whose change counter went
+back (Redis restarted without its data, or flushed) has not deleted the masks it lacks: the replica keeps
+serving them and reports degraded (``store_reset``) until they are put back or an admin deletes them.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class RedisStore:
         if data is None:
             raise MaskNotFoundError(name, self.names())
         return bytes(data)
+
+    def generation(self) -> int:
+        """The store's change counter (every put and delete raises it; an empty, restarted store has 0)."""
+        value = self._call("GET", self.client.get, f"{self.prefix}version")
+        return int(value) if value is not None else 0
 
     def versions(self) -> dict[str, int]:
         """``{name: version}`` of every stored mask (for catching up after an outage)."""
@@ -132,8 +139,10 @@ class RegistryWatcher:
         self.registry = registry
         self.store = store
         self.max_backoff_s = max_backoff_s
-        self.degraded = False
+        self.degraded = False  # Redis unreachable
+        self.lost: set[str] = set()  # masks missing since the store was reset (restarted empty, flushed)
         self._seen: dict[str, int] = {}
+        self._generation = 0  # the highest change counter seen
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="s3r-registry-watcher", daemon=True)
 
@@ -145,7 +154,14 @@ class RegistryWatcher:
         self._stop.set()
         self._thread.join(timeout=10)
 
+    @property
+    def store_reset(self) -> bool:
+        """The store came back without masks this replica served: they keep serving, and /readyz says
+        degraded until they are back or an admin deletes them."""
+        return bool(self.lost)
+
     def _apply(self, op: str, name: str) -> None:
+        self.lost.discard(name)  # put back, or deleted on purpose
         try:
             if op == "delete":
                 self.registry.evict(name)
@@ -156,7 +172,14 @@ class RegistryWatcher:
 
     def _catch_up(self) -> None:
         """After (re)connecting: apply whatever changed while we were not listening."""
-        current = self.store.versions()
+        current, generation = self.store.versions(), self.store.generation()
+        if self._seen and generation < self._generation:  # the counter went back: a reset, not deletions
+            self.lost |= {name for name in self._seen if name not in current and self.registry.is_resident(name)}
+            log.warning("the mask store was reset (change counter %d, was %d): %d resident masks missing from "
+                        "it keep serving", generation, self._generation, len(self.lost))
+            self._seen, self._generation = current, generation
+            return
+        self._generation = max(self._generation, generation)
         for name in {*self._seen, *current}:
             if name not in current:
                 self._apply("delete", name)
@@ -178,6 +201,7 @@ class RegistryWatcher:
                     if message and message.get("type") == "message":
                         change = json.loads(message["data"])
                         self._seen[change["name"]] = int(change["version"])
+                        self._generation = max(self._generation, int(change["version"]))
                         if change["op"] == "delete":
                             self._seen.pop(change["name"], None)
                         self._apply(change["op"], change["name"])

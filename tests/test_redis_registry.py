@@ -172,6 +172,34 @@ def test_redis_outage_keeps_resident_masks_serving_then_catches_up(prefix, tmp_p
         assert _wait_for(lambda: client.post("/transcribe?lang=fr", content=wav).json()["text"] == expected, 3.0)
 
 
+def test_a_store_that_comes_back_empty_does_not_empty_the_replica(prefix, tmp_path):
+    """Redis restarted without its data: the masks it lacks were not deleted. The resident one keeps
+    serving and /readyz says degraded until it is put back (every replica once evicted every mask and
+    answered 404 while /readyz said ok)."""
+    bb = tiny_backbone()
+    direct = RedisStore(REDIS_URL, prefix)
+    for name in ("fr", "de"):
+        direct.write(name, ctc_mask_bytes(bb, name, seed=0))
+    proxy = Proxy()
+    app = create_app(_settings(tmp_path), _engine_factory(f"redis://127.0.0.1:{proxy.port}/0", prefix))
+    with TestClient(app) as client:
+        wav = audio_bytes(1.0)
+        assert client.post("/transcribe?lang=fr", content=wav).status_code == 200  # fr is resident
+        proxy.cut()
+        for key in direct.client.scan_iter(f"{prefix}*"):  # the restart: every key and the counter gone
+            direct.client.delete(key)
+        proxy.restore()
+        watcher = app.state.s3r.engine.watcher
+        assert _wait_for(lambda: watcher.store_reset and not watcher.degraded, 10.0)
+        assert "fr" in watcher.lost and watcher.lost == {m.name for m in app.state.s3r.engine.registry.resident()}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["registry"] == "degraded"
+        assert client.post("/transcribe?lang=fr", content=wav).status_code == 200
+        for name in sorted(watcher.lost):  # put back (e.g. masks-init seeds again)
+            direct.write(name, ctc_mask_bytes(bb, name, seed=0))
+        assert _wait_for(lambda: client.get("/readyz").json()["registry"] == "ok", 5.0)
+
+
 def test_a_frozen_redis_adds_nothing_to_requests_for_resident_masks(prefix, tmp_path):
     bb = tiny_backbone()
     RedisStore(REDIS_URL, prefix).write("fr", ctc_mask_bytes(bb, "fr", seed=0))

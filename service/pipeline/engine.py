@@ -50,7 +50,7 @@ class Engine:
 
     @property
     def registry_degraded(self) -> bool:
-        return self.watcher is not None and self.watcher.degraded
+        return self.watcher is not None and (self.watcher.degraded or self.watcher.store_reset)
 
     def run_batch(self, waves: list[torch.Tensor], mask_names: list[str]) -> list[RoutedOutput]:
         """The model thread's part of a batch: beam searches are left to :meth:`finish` when the pool has
