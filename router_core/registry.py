@@ -11,9 +11,12 @@ or replaced, so a bad file never costs a working mask.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,12 +51,25 @@ class MaskStore(Protocol):
     def delete(self, name: str) -> bool: ...  # False when there was nothing to delete
 
 
+STALE_TEMP_S = 600.0  # a temporary file this old in a folder store has no writer left
+
+
 class DirectoryStore:
     """A folder of ``<name>.s3mask`` files."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, stale_after_s: float = STALE_TEMP_S) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_temporaries(stale_after_s)
+
+    def _remove_stale_temporaries(self, older_than_s: float) -> None:
+        """Temporary files left by a writer that was killed mid-write (a finished write renames or removes
+        its own); one younger than ``older_than_s`` may belong to a writer still at work, and is kept."""
+        now = time.time()
+        for tmp in self.root.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
 
     def _path(self, name: str) -> Path:
         return self.root / f"{validate_mask_name(name)}{MASK_SUFFIX}"
@@ -121,6 +137,7 @@ class LoadedMask:
     mask: RoutingMask
     head: OutputHead
     nbytes: int
+    digest: str = ""  # SHA-256 of the file it was read from (an identical upload changes nothing)
 
     @property
     def name(self) -> str:
@@ -186,7 +203,9 @@ class MaskRegistry:
         if expected_name is not None and mask.name != expected_name:
             raise InvalidInputError(f"the file holds mask {mask.name!r}, not {expected_name!r}")
         check_compatible(mask, self.spec)
-        return self._to_device(mask)
+        loaded = self._to_device(mask)
+        loaded.digest = hashlib.sha256(data).hexdigest()
+        return loaded
 
     def _to_device(self, mask: RoutingMask) -> LoadedMask:
         bits = {n: b.to(self.device) for n, b in mask.layer_bits.items()}
@@ -266,7 +285,14 @@ class MaskRegistry:
 
     # --- changes ---------------------------------------------------------------------------------
     def put(self, data: bytes, name: str | None = None) -> LoadedMask:
-        """Validate a mask file fully, then store it and make it resident (replacing an old version)."""
+        """Validate a mask file fully, then store it and make it resident (replacing an old version). The
+        same bytes as the resident mask of that ``name`` are a no-op: nothing is written, published (other
+        replicas would reload it) or rebuilt, and the resident copy stays."""
+        if name is not None:
+            with self._lock:
+                held = self._resident.get(name)
+            if held is not None and held.digest == hashlib.sha256(data).hexdigest():
+                return held
         loaded = self.prepare(data, expected_name=name)
         self._check_fits(loaded)  # a mask that could never be served is not stored either
         self.store.write(loaded.name, data)
