@@ -21,6 +21,7 @@ a blank; a word ends one frame after its last token's span, as in greedy decodin
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
 import time
@@ -122,10 +123,8 @@ def ctc_beam_decode(
     settings: BeamSettings | None = None,
     deadline: float | None = None,
 ) -> Transcript:
-    """Prefix beam search over ``logits [T, V]`` (raw or log-softmaxed), fused with ``lm`` if given.
-    ``deadline`` (``time.monotonic()``, the same clock in every process of the machine): checked every
-    :data:`DEADLINE_CHECK_FRAMES` frames, :class:`DeadlineExceededError` past it (a search nobody waits
-    for stops instead of holding its worker)."""
+    """Prefix beam search over ``logits [T, V]`` (raw or log-softmaxed), fused with ``lm`` if given, until
+    ``deadline`` at most (:func:`_check_deadline`)."""
     settings = settings or BeamSettings()
     alpha, beta = (settings.alpha, settings.beta) if lm is not None else (0.0, 0.0)
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
@@ -137,8 +136,7 @@ def ctc_beam_decode(
     top_values, top_ids = log_probs.topk(min(settings.max_candidates + 1, log_probs.shape[1]), dim=-1)
     rows = zip(log_probs.tolist(), top_values.tolist(), top_ids.tolist(), strict=True)
     for t, (frame, values, ids) in enumerate(rows):
-        if deadline is not None and t % DEADLINE_CHECK_FRAMES == 0 and time.monotonic() > deadline:
-            raise DeadlineExceededError(f"the beam search passed its deadline at frame {t} of {log_probs.shape[0]}")
+        _check_deadline(deadline, t, log_probs.shape[0])
         candidates = _candidates(values, ids, blank, settings)
         # prefix -> [log p_b, log p_nb] after this frame; a prefix not in the trie yet is keyed by
         # (parent, token) and becomes a node only if it survives the cut (most never do)
@@ -169,17 +167,28 @@ def ctc_beam_decode(
                     trie.frame[child] = trie.until[child] = t  # its best path emits the token now
                 add(child, 1, emitted)
 
-        def rank(item: tuple, pending: dict = pending) -> float:
-            key, (p_b, p_nb) = item
-            return _logaddexp(p_b, p_nb) + (trie.fusion[key] if isinstance(key, int) else pending[key][1])
-
         beams = {}
-        for key, (p_b, p_nb) in heapq.nlargest(settings.beam_width, step.items(), key=rank):
+        ranked = heapq.nlargest(settings.beam_width, step.items(), key=functools.partial(_rank, trie, pending))
+        for key, (p_b, p_nb) in ranked:
             node = key if isinstance(key, int) else trie.child(*key, t, *pending[key])
             beams[node] = (p_b, p_nb)
 
     best = max(beams, key=lambda node: _final_score(node, beams[node], trie, lm, alpha))
     return _transcript(trie, best, spec, seconds_per_frame, log_probs)
+
+
+def _check_deadline(deadline: float | None, frame: int, frames: int) -> None:
+    """:class:`DeadlineExceededError` once ``deadline`` (``time.monotonic()``, one clock for every process
+    of the machine) has passed, looked at every :data:`DEADLINE_CHECK_FRAMES` frames: a search nobody waits
+    for any more stops instead of holding its worker."""
+    if deadline is not None and frame % DEADLINE_CHECK_FRAMES == 0 and time.monotonic() > deadline:
+        raise DeadlineExceededError(f"the beam search passed its deadline at frame {frame} of {frames}")
+
+
+def _rank(trie: _Prefixes, pending: dict, item: tuple) -> float:
+    """How a prefix after this frame ranks for the cut: its probability plus its language-model fusion."""
+    key, (p_b, p_nb) = item
+    return _logaddexp(p_b, p_nb) + (trie.fusion[key] if isinstance(key, int) else pending[key][1])
 
 
 def _candidates(values: list[float], ids: list[int], blank: int, settings: BeamSettings) -> list[tuple[float, int]]:
