@@ -111,6 +111,15 @@ class ServiceSettings(BaseSettings):
         default=1024, ge=1, le=100_000,
         description="open connections at most; past it a request gets a 503 with Retry-After",
     )
+    max_queue_wait_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0,
+        description="a request the queued work would keep waiting longer than this gets a 503 with Retry-After",
+    )
+    max_batch_audio_s: float | None = Field(
+        default=None, gt=0.0,
+        description="padded audio seconds in one batch at most (a short clip waits for at most one such batch); "
+                    "unset: 30 on a CPU, no bound on a GPU",
+    )
     header_timeout_s: float = Field(
         default=10.0, gt=0.0, le=600.0,
         description="a connection that sends no complete request line and headers in this time is closed",

@@ -394,3 +394,29 @@ def test_no_beam_search_is_run_for_a_caller_that_went_away():
 
     assert _run(scenario()) == [0]  # no finish task was made for it
     assert model.batches == [["fr"]] and finished == []
+
+
+def test_a_batch_holds_at_most_its_padded_audio_bound():
+    """On a CPU a batch costs about the sum of its items, so a clip that arrives while one runs waits for
+    all of it: with 30 s of padded audio per batch, long segments run one at a time, short clips together."""
+    segments = deque(_item(f"long{i}", 25.0, 3600.0, at=0.0) for i in range(4))
+    assert len(take_batch(segments, max_batch=8, now=0.0, max_audio_s=30.0)[0]) == 1
+    clips = deque(_item(f"clip{i}", 3.0, 3.0, at=0.0) for i in range(12))
+    assert len(take_batch(clips, max_batch=8, now=0.0, max_audio_s=30.0)[0]) == 8
+    assert len(take_batch(clips, max_batch=8, now=0.0, max_audio_s=10.0)[0]) == 3
+    assert len(take_batch(deque([_item("huge", 60.0, 60.0)]), 8, 0.0, max_audio_s=30.0)[0]) == 1  # never stuck
+
+
+def test_a_request_behind_more_than_the_queue_wait_bound_is_refused():
+    """The backlog a request may join is bounded (``max_queue_wait_s``), so a burst leaves at most that much
+    work behind it: the service recovers within it once the burst ends."""
+
+    async def scenario():
+        batcher = Batcher(RecordingModel(), max_batch=8, max_wait_s=0.0, max_queue=64, max_queue_wait_s=5.0)
+        batcher.rate.observe(1.0, 10.0)  # 0.1 s per audio second
+        for _ in range(24):  # 60 s of clips: 6 s of work ahead
+            batcher.submit(torch.zeros(40_000), "fr", "ctc", 600.0)
+        with pytest.raises(OverloadedError, match="at most 5 s"):
+            batcher.check_wait(3.0, remaining_s=600.0)  # a 3 s clip ranks after the 2.5 s ones
+
+    _run(scenario())

@@ -115,6 +115,8 @@ class Batcher:
         max_batch: int,
         max_wait_s: float,
         max_queue: int,
+        max_queue_wait_s: float = float("inf"),
+        max_batch_audio_s: float | None = None,
         on_batch: Callable[[BatchReport], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -125,6 +127,8 @@ class Batcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
+        self.max_queue_wait_s = max_queue_wait_s
+        self.max_batch_audio_s = max_batch_audio_s
         self.on_batch = on_batch
         self.clock = clock
         self.queue: deque[Pending] = deque()
@@ -178,14 +182,18 @@ class Batcher:
 
     def check_wait(self, audio_s: float, remaining_s: float) -> None:
         """:class:`OverloadedError` (503, ``Retry-After`` the expected wait) for a request of ``audio_s``
-        seconds that would not be done within ``remaining_s``: refused now rather than timing out later."""
+        seconds that would wait more than ``max_queue_wait_s`` or not be done within ``remaining_s``: refused
+        now rather than timing out later (and the backlog, the time to recover after a burst, stays short).
+        Call it just before the request's first :meth:`submit`, with no ``await`` between: requests decoded
+        at once must not all pass on the same queue."""
         rate = self.rate.seconds_per_audio_s
         if rate is None:
             return
         wait = self.expected_wait(audio_s)
-        if wait + rate * audio_s > remaining_s:
-            raise OverloadedError(f"the service is busy: this request would wait about {wait:.0f} s and not be "
-                                  f"done within its {remaining_s:.0f} s; retry later", max(1.0, wait))
+        if wait + rate * audio_s > remaining_s or wait > self.max_queue_wait_s:
+            raise OverloadedError(f"the service is busy: this request would wait about {wait:.0f} s (at most "
+                                  f"{self.max_queue_wait_s:g} s are queued) or not be done within its "
+                                  f"{remaining_s:.0f} s; retry later", max(1.0, wait))
 
     def submit(self, wave: torch.Tensor, mask: str, kind: MaskKind, timeout_s: float,
                request_audio_s: float = 0.0) -> Pending:
@@ -228,7 +236,7 @@ class Batcher:
                 continue
             while len(self._finishing) >= self.max_finishing:  # the decode stage is the bottleneck: wait for it
                 await asyncio.wait(self._finishing, return_when=asyncio.FIRST_COMPLETED)
-            batch, dead = take_batch(self.queue, self.max_batch, self.clock())
+            batch, dead = take_batch(self.queue, self.max_batch, self.clock(), self.max_batch_audio_s)
             for item in dead:
                 if item.future is not None and not item.future.done():
                     item.future.set_exception(DeadlineExceededError("the request expired in the queue"))

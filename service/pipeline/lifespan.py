@@ -22,6 +22,7 @@ from service.pipeline.engine import Engine
 from service.pipeline.state import AppState
 from service.settings import ServiceSettings
 
+CPU_BATCH_AUDIO_S = 30.0  # on a CPU a batch costs about the sum of its items: small ones keep short waits short
 log = logging.getLogger(__name__)
 VERSION = metadata.version("s3router")
 
@@ -64,6 +65,8 @@ async def _start(state: AppState, engine_factory: EngineFactory) -> None:
         max_batch=settings.max_batch_size,
         max_wait_s=settings.max_wait_ms / 1000.0,
         max_queue=settings.max_queue,
+        max_queue_wait_s=settings.max_queue_wait_s,
+        max_batch_audio_s=settings.max_batch_audio_s or (CPU_BATCH_AUDIO_S if settings.device == "cpu" else None),
         on_batch=metrics.observe_batch,
     )
     batcher.start()

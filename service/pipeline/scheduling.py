@@ -47,15 +47,20 @@ def rank(item: Queued, now: float) -> tuple[float, float]:
     return item.request_audio_s - AGING * (now - item.enqueued_at), item.enqueued_at
 
 
-def take_batch(queue: deque, max_batch: int, now: float) -> tuple[list, list]:
+def take_batch(queue: deque, max_batch: int, now: float, max_audio_s: float | None = None) -> tuple[list, list]:
     """Pop the next batch: the best-ranked live item and, by rank, up to ``max_batch - 1`` more whose audio
-    is at most ``LENGTH_RATIO`` times its own; also pop and return every dead item (cancelled, expired)."""
+    is at most ``LENGTH_RATIO`` times its own, while the batch's padded audio (items x longest) stays within
+    ``max_audio_s``; also pop and return every dead item (cancelled, expired)."""
     dead = [item for item in queue if item.dead(now)]
     live = sorted((item for item in queue if not item.dead(now)), key=lambda item: rank(item, now))
-    batch = []
+    batch: list = []
     if live:
         longest = LENGTH_RATIO * max(live[0].audio_s, MIN_LENGTH_S)
-        batch = [item for item in live if item.audio_s <= longest][:max_batch]
+        for item in (item for item in live if item.audio_s <= longest):
+            padded = (len(batch) + 1) * max([item.audio_s, *(b.audio_s for b in batch)])
+            if len(batch) == max_batch or (batch and max_audio_s is not None and padded > max_audio_s):
+                break
+            batch.append(item)
     taken = {id(item) for item in [*batch, *dead]}
     kept = [item for item in queue if id(item) not in taken]
     queue.clear()

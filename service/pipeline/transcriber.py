@@ -86,6 +86,8 @@ class Transcriber:
 
     async def _submit(self, wave: torch.Tensor, mask: str, kind: MaskKind, wait_for_room: bool) -> Pending:
         _, batcher = self.state.ready_engine()
+        if not self.items and self.request_audio_s:  # the request's first item: can it be done in time?
+            batcher.check_wait(self.request_audio_s, self.admission.deadline - time.monotonic())
         while True:
             remaining = self.admission.deadline - time.monotonic()  # one deadline for decoding and every pass
             if remaining <= 0:
@@ -183,10 +185,8 @@ class Transcriber:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _admit_audio(self, audio_s: float) -> None:
-        """Once the request's audio is known: refused now (503 + Retry-After) if the queue ahead of it means
-        it cannot be done by its deadline; else its items rank in the queue by ``audio_s``."""
-        _, batcher = self.state.ready_engine()
-        batcher.check_wait(audio_s, self.admission.deadline - time.monotonic())
+        """The request's audio, once known: its items rank in the queue by it, and its first item is only
+        enqueued if the queue ahead lets it be done in time (else 503 + Retry-After, at once)."""
         self.request_audio_s = audio_s
 
     def timing(self) -> dict[str, Any]:
