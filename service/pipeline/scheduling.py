@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-AGING = 120.0  # audio seconds of rank gained per second waited
+AGING = 10.0  # audio seconds of rank gained per second waited
 LENGTH_RATIO = 2.0  # a batch's items are at most this many times as long as its first
 MIN_LENGTH_S = 1.0  # ... counting the first as at least this long
 
