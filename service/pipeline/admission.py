@@ -46,7 +46,7 @@ class Admission:
 
     def may_use(self, mask: str) -> bool:
         """Whether the key may use ``mask``: every mask without keys, or for a key without a mask list."""
-        return self.key is None or self.key.masks is None or mask in self.key.masks
+        return self.key is None or self.key.may_use(mask)
 
     def require(self, mask: str) -> None:
         """:class:`~router_core.errors.MaskForbiddenError` (403) unless the key may use ``mask``."""
@@ -78,11 +78,6 @@ def admit(state: AppState, authorization: str | None, gone: Gone = never_gone, *
         _, batcher = state.ready_engine()
         batcher.check_room()  # 503 + Retry-After before the body is read or decoded
     return admission
-
-
-def admission_of(request: Request) -> Admission | None:
-    """The admission of an HTTP request, if it got that far (the metrics label requests with it)."""
-    return getattr(request.state, "admission", None)
 
 
 def _admit_http(request: Request, queue: bool) -> Admission:

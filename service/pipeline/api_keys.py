@@ -28,6 +28,10 @@ class ApiKey:
     _refilled_at: float = field(default=0.0, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def may_use(self, mask: str) -> bool:
+        """Whether this key may use ``mask``: any mask without a list of its own."""
+        return self.masks is None or mask in self.masks
+
     def take(self, now: float) -> float:
         """Take one request from the bucket: 0.0 when allowed, else the seconds until one is."""
         if self.rps is None:
@@ -111,5 +115,5 @@ class ApiKeyChecker:
 
     @staticmethod
     def allow_mask(key: ApiKey, mask: str) -> None:
-        if key.masks is not None and mask not in key.masks:
+        if not key.may_use(mask):
             raise MaskForbiddenError(f"API key {key.id!r} may not use mask {mask!r}")

@@ -245,7 +245,8 @@ class Batcher:
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[Pending]) -> None:
         started = self.clock()
-        self._running = (started, sum(item.audio_s for item in batch))
+        audio_seconds = sum(item.audio_s for item in batch)
+        self._running = (started, audio_seconds)
         waves = [item.wave for item in batch]
         masks = [item.mask for item in batch]
         try:
@@ -259,7 +260,7 @@ class Batcher:
             outputs = [exc] * len(batch)
         finished = self.clock()
         elapsed = finished - started
-        self.rate.observe(elapsed, self._running[1])
+        self.rate.observe(elapsed, audio_seconds)
         self._running = None
         for item, out in zip(batch, outputs, strict=True):
             item.started_at, item.finished_at = started, finished
@@ -276,7 +277,7 @@ class Batcher:
                 masks=len(set(masks)),
                 queue_waits=[started - item.enqueued_at for item in batch],
                 inference_seconds=elapsed,
-                audio_seconds=sum(w.shape[0] for w in waves) / SAMPLE_RATE,
+                audio_seconds=audio_seconds,
             )
             try:
                 self.on_batch(report)

@@ -117,12 +117,11 @@ class Transcriber:
         lid = classification_of(await self.serve(piece, settings.language_mask, "classify", wait_for_room))
         if not decide:
             return await self.serve(piece, lid.label, "ctc", wait_for_room), lid.probabilities[lid.label]
-        picker = settings.language_picker()
+        picker, registry = settings.language_picker(), self.state.ready_engine()[0].registry
         usable: list[str] = []
         if picker.undecided(lid):  # only then does the rule read which masks are usable
-            engine, _ = self.state.ready_engine()
             allowed = [label for label in lid.probabilities if self.admission.may_use(label)]
-            usable = await run_in_threadpool(transcription_masks, engine.registry, allowed)
+            usable = await run_in_threadpool(transcription_masks, registry, allowed)
         languages = picker.languages_to_transcribe(lid, usable)
         self.state.metrics.observe_language_id("decoding" if len(languages) > 1 else "mask")
         tasks = [asyncio.ensure_future(self.serve(piece, label, "ctc", wait_for_room)) for label in languages]
@@ -131,7 +130,6 @@ class Transcriber:
         finally:  # one failed (or the request was cancelled): the others' items leave the queue
             for task in tasks:
                 task.cancel()
-        registry = self.state.ready_engine()[0].registry
         best = 0 if len(outs) == 1 else await run_in_threadpool(best_candidate, picker, registry, outs, lid)
         return outs[best], lid.probabilities[languages[best]]
 
