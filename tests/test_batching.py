@@ -95,6 +95,7 @@ class RecordingModel:
         self.delay = delay
         self.gate = gate
         self.entered = threading.Event()  # set as the first batch enters the model
+        self.ran = threading.Condition()  # notified as each batch is recorded
 
     def __call__(self, waves, masks):
         self.entered.set()
@@ -103,7 +104,9 @@ class RecordingModel:
         time.sleep(self.delay)
         if "missing" in masks:
             raise MaskNotFoundError("missing", ["fr"])
-        self.batches.append(list(masks))
+        with self.ran:
+            self.batches.append(list(masks))
+            self.ran.notify_all()
         return [
             RoutedOutput(m, "ctc", torch.tensor([float(w.shape[0])]), w.shape[0] / 16000)
             for w, m in zip(waves, masks, strict=True)
@@ -114,12 +117,14 @@ def _run(coro):
     return asyncio.run(coro)
 
 
-async def until(condition, timeout=5.0):
-    """Yield to the event loop until ``condition()`` holds (it is checked, not waited out)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "the condition never held"
-        await asyncio.sleep(0.001)
+async def batches_run(model, count):
+    """Until ``model`` has recorded ``count`` batches (woken by the model, not polled)."""
+
+    def wait() -> bool:
+        with model.ran:
+            return model.ran.wait_for(lambda: len(model.batches) >= count, timeout=5)
+
+    assert await asyncio.to_thread(wait)
 
 
 async def in_model(model):
@@ -210,8 +215,14 @@ def test_work_of_a_caller_that_went_away_is_dropped():
         await in_model(model)  # 'fr' is in the model; the next two wait in the queue
         gone = batcher.submit(torch.zeros(10), "de", "ctc", 5.0)
         kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
-        waiter = asyncio.ensure_future(batcher.result(gone))
-        await asyncio.sleep(0)  # the waiter starts waiting
+        waiting = asyncio.Event()
+
+        async def client():
+            waiting.set()  # runs on into batcher.result before the test resumes
+            await batcher.result(gone)
+
+        waiter = asyncio.ensure_future(client())
+        await waiting.wait()  # the client waits inside batcher.result
         waiter.cancel()  # the client disconnected
         gate.set()
         await asyncio.gather(batcher.result(running), batcher.result(kept))
@@ -239,9 +250,17 @@ def test_a_request_task_cancelled_while_its_item_waits_drops_the_item():
         state = SimpleNamespace(ready_engine=lambda: (SimpleNamespace(registry=registry), batcher), api_keys=None)
         running = batcher.submit(torch.zeros(10), "fr", "ctc", 5.0)
         await in_model(model)  # 'fr' is in the model
+        queued, submit = asyncio.Event(), batcher.submit
+
+        def submit_and_tell(*args, **kwargs):
+            item = submit(*args, **kwargs)
+            queued.set()
+            return item
+
+        batcher.submit = submit_and_tell
         transcriber = Transcriber(Admission(state, None, time.monotonic() + 5))
         task = asyncio.ensure_future(transcriber.serve(torch.zeros(10), "de", "ctc"))
-        await until(lambda: batcher.queue_length == 1)  # 'de' is queued
+        await asyncio.wait_for(queued.wait(), 5)  # 'de' is queued
         kept = batcher.submit(torch.zeros(10), "es", "ctc", 5.0)
         task.cancel()
         gate.set()
@@ -308,9 +327,9 @@ def test_the_next_batch_runs_while_the_last_one_finishes_and_a_failed_finish_sta
         batcher = Batcher(deferring, finish=finish, max_batch=2, max_wait_s=0.0, max_queue=8)
         batcher.start()
         first = [batcher.submit(torch.zeros(100), m, "ctc", 5.0) for m in ("fr", "bad")]
-        await until(lambda: len(model.batches) == 1)
+        await batches_run(model, 1)
         second = batcher.submit(torch.zeros(100), "de", "ctc", 5.0)
-        await until(lambda: len(model.batches) == 2)  # runs although the first batch's finish is still blocked
+        await batches_run(model, 2)  # runs although the first batch's finish is still blocked
         assert finished == []
         with pytest.raises(RuntimeError, match="decoder crashed"):
             await batcher.result(first[1])
@@ -336,7 +355,10 @@ def test_a_full_finish_stage_holds_the_next_batch_back():
             out.beam = object()
         return outs
 
+    finishing = asyncio.Event()
+
     async def finish(out, deadline):
+        finishing.set()
         await release.wait()
         return out
 
@@ -344,11 +366,9 @@ def test_a_full_finish_stage_holds_the_next_batch_back():
         batcher = Batcher(deferring, finish=finish, max_finishing=1, max_batch=1, max_wait_s=0.0, max_queue=8)
         batcher.start()
         items = [batcher.submit(torch.zeros(100), m, "ctc", 5.0) for m in ("a", "b")]
-        # the batcher's loop goes from a batch's end to waiting for finish room without yielding: once "a"
-        # is finishing, the loop is parked there, and "b" still waits in the queue
-        await until(lambda: batcher.finishing == 1)
-        for _ in range(10):
-            await asyncio.sleep(0)
+        # the batcher's loop goes from creating "a"'s finish task to waiting for finish room without
+        # yielding, so by the time that task starts, the loop is parked there and "b" is still queued
+        await asyncio.wait_for(finishing.wait(), 5)
         held = (list(model.batches), batcher.queue_length)
         release.set()
         await asyncio.gather(*(batcher.result(i) for i in items))

@@ -2,7 +2,6 @@
 request that the queue ahead of it would make late is refused at once (503 + Retry-After), not timed out."""
 
 import threading
-import time
 
 import httpx
 
@@ -65,17 +64,25 @@ def test_a_request_the_queue_would_make_late_is_refused_at_once_with_the_wait(tm
         hold.clear()
         entered.clear()
         batcher = app.state.s3r.batcher
+        four_queued, submitted, submit = threading.Event(), [], batcher.submit
+
+        def submit_and_count(*args, **kwargs):
+            item = submit(*args, **kwargs)
+            submitted.append(item)
+            if len(submitted) == 4:
+                four_queued.set()
+            return item
+
+        batcher.submit = submit_and_count
         answers: list[int] = []
         queued = [threading.Thread(target=lambda: answers.append(httpx.post(
             f"{url}/transcribe?lang=fr", content=audio_bytes(1.0), timeout=30).status_code)) for _ in range(4)]
         try:
             for thread in queued:
                 thread.start()
-            assert entered.wait(30)  # one batch is in the model
-            give_up = time.monotonic() + 10
-            while batcher.queue_length < 3:  # the others wait behind it (checked, not waited out)
-                assert time.monotonic() < give_up, f"{batcher.queue_length} queued, answers {answers}"
-                time.sleep(0.01)
+            assert entered.wait(30)  # one batch is in the model, and stays there: the others queue behind it
+            assert four_queued.wait(30), f"{len(submitted)} submitted, answers {answers}"
+            assert batcher.queue_length == 3
             refused = httpx.post(f"{url}/transcribe?lang=fr", content=audio_bytes(3.0), timeout=30)
         finally:
             hold.set()
